@@ -1,0 +1,38 @@
+# The two set-up commands of the README: `make run` (sample data) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAMPLE := fixtures/cases/sample
+
+.PHONY: run test lint bench fixtures clean
+
+$(BIN)/prosody-lastlog: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/prosody-lastlog
+	@$(BIN)/prosody-lastlog count --data-dir $(SAMPLE)/data \
+		--now $$($(BIN)/python -c 'import json; print(json.load(open("$(SAMPLE)/expected.json"))["now"])')
+
+lint: $(BIN)/prosody-lastlog
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(BIN)/prosody-lastlog lint
+	tools/install-debian-packages.sh
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/prosody-lastlog
+	tools/install-debian-packages.sh
+	$(BIN)/python benchmarks/scan.py --users 100000 --repeat 5
+
+fixtures: $(BIN)/prosody-lastlog
+	tools/install-debian-packages.sh
+	$(BIN)/python fixtures/make_fixtures.py
+	$(BIN)/python fixtures/make_hostile.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info

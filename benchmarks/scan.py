@@ -1,0 +1,121 @@
+"""Cold-scan benchmark: prosody-lastlog against Prosody's own datamanager running the seed algorithm.
+
+Generates N users' lastlog2 files with Prosody's real util.datamanager (Lua 5.4), then times, each in a
+fresh process and repeated: our reader + counting core, and Prosody's datamanager + mod_measure_active_users'
+arithmetic. Prints µs per user file, peak RSS and the ratio, and checks both give the same counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prosody_lastlog.counting import count_hosts
+from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.windows import DEFAULT_WINDOWS
+
+HERE = Path(__file__).resolve().parent
+SEED_SCRIPT = HERE / "prosody_seed.lua"
+NOW = 1_763_900_000
+HOSTS = ("example.com", "chat.example.org", "münchen.example")
+WINDOWS = ("1d", "7d", "30d")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed scan: seconds inside the process, its peak RSS, and the counts it found."""
+
+    seconds: float
+    peak_rss_kib: int
+    counts: dict[str, list[int]]
+
+
+def generate(data_dir: Path, users: int) -> float:
+    """Writes the users' files through Prosody's datamanager; returns the seconds it took."""
+    started = time.perf_counter()
+    subprocess.run(["lua5.4", str(SEED_SCRIPT), "write", str(data_dir), str(users), str(NOW), "42", *HOSTS], check=True)
+    return time.perf_counter() - started
+
+
+def run_prosody(data_dir: Path) -> Run:
+    """Prosody's datamanager and the seed module's arithmetic, in a fresh Lua 5.4 process."""
+    output, rss = _run_child(["lua5.4", str(SEED_SCRIPT), "count", str(data_dir), str(NOW), *HOSTS])
+    lines = output.splitlines()
+    counts = {}
+    for line in lines[:-1]:
+        host, *numbers = line.rsplit(" ", 4)
+        counts[host] = [int(n) for n in numbers[:3]]
+    return Run(float(lines[-1].split()[1]), rss, counts)
+
+
+def run_ours(data_dir: Path) -> Run:
+    """prosody-lastlog's file reader and counting core, in a fresh Python process."""
+    output, rss = _run_child([sys.executable, __file__, "--child", str(data_dir)])
+    result = json.loads(output)
+    return Run(result["seconds"], rss, result["counts"])
+
+
+def child(data_dir: Path) -> None:
+    """Runs inside the fresh process: times read + count only."""
+    started = time.perf_counter()
+    result = FileStoreReader(data_dir).read()
+    counts = count_hosts(result.hosts.values(), now=NOW, windows=DEFAULT_WINDOWS)
+    seconds = time.perf_counter() - started
+    by_host = {host: [c.active[w] for w in WINDOWS] for host, c in counts.items()}
+    print(json.dumps({"seconds": seconds, "counts": by_host, "problems": len(result.problems)}))
+
+
+def _run_child(command: list[str]) -> tuple[str, int]:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"benchmark child failed ({process.returncode}): {' '.join(command)}")
+    return output, usage.ru_maxrss
+
+
+def _summary(name: str, runs: list[Run], users: int) -> float:
+    seconds = statistics.median(run.seconds for run in runs)
+    peak = max(run.peak_rss_kib for run in runs)
+    print(f"{name:<44} median {seconds:8.3f} s  {seconds / users * 1e6:7.2f} µs/file  peak RSS {peak / 1024:6.1f} MiB")
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="prosody-lastlog-bench-") as tmp:
+        data_dir = Path(tmp)
+        print(f"generated {args.users} users on {len(HOSTS)} hosts in {generate(data_dir, args.users):.1f} s")
+        ours, prosody = [], []
+        for _ in range(args.repeat):  # interleaved, so both see the same machine state
+            ours.append(run_ours(data_dir))
+            prosody.append(run_prosody(data_dir))
+    ours_s = _summary("prosody-lastlog (lupa sandbox, batched)", ours, args.users)
+    prosody_s = _summary("Prosody datamanager + seed algorithm (Lua 5.4)", prosody, args.users)
+    print(f"ratio prosody-lastlog / Prosody: {ours_s / prosody_s:.2f}x")
+    agree = all(run.counts == prosody[0].counts for run in ours + prosody)
+    print(f"counts agree: {'yes' if agree else 'NO'} {prosody[0].counts}")
+    print(f"this process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB")
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

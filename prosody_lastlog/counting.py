@@ -1,0 +1,65 @@
+"""The counting core: activity records and a given `now` in, counts per host and window out. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from prosody_lastlog.records import HostData, Store
+from prosody_lastlog.windows import Window
+
+
+@dataclass(frozen=True, slots=True)
+class HostCounts:
+    """Counts for one host; `active` and `registered` are keyed by window label."""
+
+    store: Store
+    accounts: int
+    never_active: int
+    disabled: int
+    future: int
+    active: Mapping[str, int]
+    registered: Mapping[str, int]
+
+    def stickiness(self, shortest: Window, longest: Window) -> float | None:
+        """Active in the shortest window over active in the longest (DAU/MAU by default); None if undefined."""
+        denominator = self.active[longest.label]
+        return self.active[shortest.label] / denominator if denominator else None
+
+
+def count_host(data: HostData, *, now: float, windows: Sequence[Window]) -> HostCounts:
+    """Counts one host as mod_measure_active_users does: active in W iff now - last_active < W (strict).
+
+    A last activity in the future (clock skew) makes the user active in every window, as in the seed
+    module. Accounts marked disabled are not counted active. `registered` alone is not activity.
+    """
+    active = dict.fromkeys((w.label for w in windows), 0)
+    registered = dict.fromkeys((w.label for w in windows), 0)
+    never_active = disabled = future = 0
+    for user in data.users:
+        if user.registered is not None:
+            _add_within(registered, windows, now - user.registered)
+        if user.disabled:
+            disabled += 1
+        elif user.last_active is None:
+            never_active += 1
+        else:
+            if user.last_active > now:
+                future += 1
+            _add_within(active, windows, now - user.last_active)
+    return HostCounts(data.store, len(data.users), never_active, disabled, future, active, registered)
+
+
+def count_hosts(hosts: Iterable[HostData], *, now: float, windows: Sequence[Window]) -> dict[str, HostCounts]:
+    """Counts every host, keyed and sorted by host name."""
+    return {data.host: count_host(data, now=now, windows=windows) for data in sorted(hosts, key=_host_name)}
+
+
+def _add_within(counts: dict[str, int], windows: Sequence[Window], age: float) -> None:
+    for window in windows:
+        if age < window.seconds:
+            counts[window.label] += 1
+
+
+def _host_name(data: HostData) -> str:
+    return data.host

@@ -1,0 +1,28 @@
+"""Prosody's file-store name encoding (util.datamanager `encode`, `store_encode`, `decode`)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+_NOT_ALNUM = re.compile(rb"[^A-Za-z0-9]")
+_NOT_STORE_SAFE = re.compile(rb"[^A-Za-z0-9_]")
+
+
+def _percent(match: re.Match[bytes]) -> bytes:
+    return b"%%%02x" % match.group()[0]
+
+
+def encode_name(name: str) -> str:
+    """Encodes a host or user name: every byte outside [A-Za-z0-9] becomes %xx (lowercase hex)."""
+    return _NOT_ALNUM.sub(_percent, name.encode("utf-8")).decode("ascii")
+
+
+def encode_store(store: str) -> str:
+    """Encodes a store name: like `encode_name`, but `_` is kept."""
+    return _NOT_STORE_SAFE.sub(_percent, store.encode("utf-8")).decode("ascii")
+
+
+def decode_name(encoded: str) -> str:
+    """Decodes a path part back to the host, user or store name (either hex case)."""
+    return unquote_to_bytes(encoded).decode("utf-8", "replace")

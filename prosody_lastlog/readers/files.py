@@ -1,0 +1,213 @@
+"""Reads Prosody's internal file store: <data_path>/<host>/<store>/<user>.dat, names percent-encoded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from prosody_lastlog.pathnames import decode_name, encode_store
+from prosody_lastlog.readers import ReadResult
+from prosody_lastlog.readers.stores import interpret
+from prosody_lastlog.records import HostData, ReadProblem, Store
+from prosody_lastlog.sandbox import BATCH_SIZE, LuaSandbox
+
+MAX_FILE_SIZE = 256 * 1024  # a real last-activity file is a few hundred bytes
+_DAT = ".dat"
+_ACCOUNTS = "accounts"
+
+
+class DataDirError(Exception):
+    """The data directory itself is missing or unreadable (one file's trouble is a ReadProblem)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _UserFile:
+    user: str
+    path: str
+    where: str
+
+
+class FileStoreReader:
+    """Reads last-activity data for every host (or the chosen ones) under a Prosody data directory."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        hosts: Collection[str] = (),
+        store: Store | None = None,
+        count_disabled: bool = False,
+        sandbox: LuaSandbox | None = None,
+    ) -> None:
+        self._data_dir = data_dir
+        self._prefix = os.path.join(str(data_dir), "")
+        self._hosts = {host.lower() for host in hosts}
+        self._forced_store = store
+        self._count_disabled = count_disabled
+        self._sandbox = sandbox or LuaSandbox()
+
+    def read(self) -> ReadResult:
+        """Scans the whole tree; raises DataDirError only if the data directory cannot be listed."""
+        result = ReadResult()
+        for host, host_dir in self._host_dirs():
+            store = self._choose_store(host_dir)
+            if store is None:
+                continue
+            data = HostData(host, store)
+            disabled = self._disabled_users(host_dir, result.problems) if self._checks_disabled(store) else set()
+            for batch in _batches(self._user_files(host_dir, store, result.problems)):
+                self._read_batch(batch, store, data, disabled, result.problems)
+            result.hosts[host] = data
+        return result
+
+    def _host_dirs(self) -> Iterator[tuple[str, str]]:
+        try:
+            entries = sorted(os.scandir(self._data_dir), key=lambda entry: entry.name)
+        except OSError as exc:
+            raise DataDirError(f"cannot read data directory {self._data_dir}: {exc.strerror or exc}") from exc
+        for entry in entries:
+            host = decode_name(entry.name)
+            if (not self._hosts or host in self._hosts) and _is_dir(entry):
+                yield host, entry.path
+
+    def _choose_store(self, host_dir: str) -> Store | None:
+        """The store the server's own mod_measure_active_users would read: 13's first, then lastlog2, lastlog."""
+        candidates = [self._forced_store] if self._forced_store else list(Store)
+        for store in candidates:
+            if os.path.isdir(os.path.join(host_dir, encode_store(store.value))):
+                return store
+        return None
+
+    def _checks_disabled(self, store: Store) -> bool:
+        # Only Prosody 13 can disable accounts, and only 13 writes account_activity; its
+        # mod_measure_active_users then leaves disabled accounts out (measure_active_users_count_disabled).
+        return store is Store.ACCOUNT_ACTIVITY and not self._count_disabled
+
+    def _user_files(self, host_dir: str, store: Store, problems: list[ReadProblem]) -> Iterator[_UserFile]:
+        store_dir = os.path.join(host_dir, encode_store(store.value))
+        try:
+            entries = list(os.scandir(store_dir))
+        except OSError as exc:
+            problems.append(ReadProblem(self._where(store_dir), "unreadable", exc.strerror or str(exc)))
+            return
+        for entry in entries:
+            # Prosody's users() takes every name ending in .dat; `<user>.dat~` is a scratch file mid-write.
+            if entry.name.endswith(_DAT):
+                user_file = _UserFile(decode_name(entry.name[: -len(_DAT)]), entry.path, self._where(entry.path))
+                if _is_regular_file(entry):
+                    yield user_file
+                elif os.path.lexists(entry.path):  # else removed since listing: normal
+                    problems.append(
+                        ReadProblem(user_file.where, "not_a_file", "not a regular file (links are not followed)")
+                    )
+
+    def _read_batch(
+        self,
+        batch: list[_UserFile],
+        store: Store,
+        data: HostData,
+        disabled: set[str],
+        problems: list[ReadProblem],
+    ) -> None:
+        readable: list[_UserFile] = []
+        texts: list[tuple[bytes, str]] = []
+        for user_file in batch:
+            text = self._read_text(user_file, problems)
+            if text is not None:
+                readable.append(user_file)
+                texts.append((text, os.path.basename(user_file.path)))
+        for user_file, loaded in zip(readable, self._sandbox.load_many(texts), strict=True):
+            if loaded.error is not None:
+                kind = "limit" if loaded.hit_limit else "invalid"
+                problems.append(ReadProblem(user_file.where, kind, loaded.error))
+                continue
+            interpreted = interpret(store, user_file.user, loaded.value)
+            problems.extend(ReadProblem(user_file.where, "unexpected", odd) for odd in interpreted.oddities)
+            if interpreted.activity is not None:
+                activity = interpreted.activity
+                if activity.user in disabled:
+                    activity = replace(activity, disabled=True)
+                data.users.append(activity)
+
+    def _read_text(self, user_file: _UserFile, problems: list[ReadProblem]) -> bytes | None:
+        try:
+            text = _read_bounded(user_file.path)
+        except FileNotFoundError:
+            return None  # removed between listing and reading: Prosody deletes emptied records
+        except OSError as exc:
+            problems.append(ReadProblem(user_file.where, "unreadable", exc.strerror or str(exc)))
+            return None
+        if not text:
+            problems.append(ReadProblem(user_file.where, "empty", "empty file (Prosody reads it as no record)"))
+            return None
+        if len(text) > MAX_FILE_SIZE:
+            problems.append(ReadProblem(user_file.where, "limit", f"larger than {MAX_FILE_SIZE} bytes"))
+            return None
+        return text
+
+    def _disabled_users(self, host_dir: str, problems: list[ReadProblem]) -> set[str]:
+        """Users whose `accounts` record says `disabled = true` (Prosody 13's mod_auth_internal_hashed)."""
+        accounts_dir = os.path.join(host_dir, _ACCOUNTS)
+        candidates: list[tuple[str, bytes, str]] = []
+        try:
+            entries = list(os.scandir(accounts_dir))
+        except OSError:
+            return set()  # no internal accounts store: nothing says an account is disabled
+        for entry in entries:
+            if not entry.name.endswith(_DAT) or not _is_regular_file(entry):
+                continue
+            user_file = _UserFile(decode_name(entry.name[: -len(_DAT)]), entry.path, self._where(entry.path))
+            text = self._read_text(user_file, problems)
+            # Accounts files hold password hashes: only those that mention `disabled` are evaluated at all.
+            if text is not None and b"disabled" in text:
+                candidates.append((user_file.user, text, user_file.where))
+        loaded = self._sandbox.load_many([(text, os.path.basename(where)) for _, text, where in candidates])
+        disabled: set[str] = set()
+        for (user, _, where), result in zip(candidates, loaded, strict=True):
+            if result.error is not None:
+                problems.append(ReadProblem(where, "limit" if result.hit_limit else "invalid", result.error))
+            elif isinstance(result.value, dict) and result.value.get("disabled") is True:
+                disabled.add(user)
+        return disabled
+
+    def _where(self, path: str) -> str:
+        return path[len(self._prefix) :] if path.startswith(self._prefix) else path
+
+
+def _batches(files: Iterator[_UserFile]) -> Iterator[list[_UserFile]]:
+    batch: list[_UserFile] = []
+    for user_file in files:
+        batch.append(user_file)
+        if len(batch) == BATCH_SIZE:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_regular_file(entry: os.DirEntry[str]) -> bool:
+    # A FIFO or device named `x.dat` would block or stream forever on open(), and a link may point at
+    # anything on the machine: only regular files are read.
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _read_bounded(path: str) -> bytes:
+    """At most MAX_FILE_SIZE + 1 bytes of a file, never following a link nor blocking on a FIFO."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        # One read: Prosody replaces files by rename, so a file does not change while it is open.
+        return os.read(descriptor, min(os.fstat(descriptor).st_size, MAX_FILE_SIZE) + 1)
+    finally:
+        os.close(descriptor)

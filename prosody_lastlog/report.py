@@ -1,0 +1,68 @@
+"""Renders counts for people (a table) and for scripts (stable JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from prosody_lastlog.counting import HostCounts
+from prosody_lastlog.records import ReadProblem
+from prosody_lastlog.windows import Window
+
+
+def to_json_document(
+    counts: Mapping[str, HostCounts], *, now: int, windows: Sequence[Window], problems: Sequence[ReadProblem]
+) -> dict[str, object]:
+    """The JSON interface; its documented keys never change, new keys may be added."""
+    shortest, longest = windows[0], windows[-1]
+    return {
+        "now": now,
+        "windows": {w.label: w.seconds for w in windows},
+        "hosts": {
+            host: {
+                "active": dict(c.active),
+                "accounts": c.accounts,
+                "never_active": c.never_active,
+                "registered": dict(c.registered),
+                "store": c.store.value,
+                "disabled": c.disabled,
+                "future_timestamps": c.future,
+                "stickiness": {f"{shortest.label}/{longest.label}": c.stickiness(shortest, longest)},
+            }
+            for host, c in counts.items()
+        },
+        "problems": len(problems),
+        "problem_kinds": dict(sorted(Counter(p.kind for p in problems).items())),
+    }
+
+
+def render_json(document: Mapping[str, object]) -> str:
+    """Pretty, stable JSON text."""
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_table(counts: Mapping[str, HostCounts], *, windows: Sequence[Window]) -> str:
+    """A fixed-width table: one row per host."""
+    shortest, longest = windows[0], windows[-1]
+    header = ["host", "store", "accounts", "never"]
+    header += [f"active {w.label}" for w in windows] + [f"new {w.label}" for w in windows]
+    header.append(f"{shortest.label}/{longest.label}")
+    rows = [header]
+    for host, c in counts.items():
+        ratio = c.stickiness(shortest, longest)
+        row = [host, c.store.value, str(c.accounts), str(c.never_active)]
+        row += [str(c.active[w.label]) for w in windows] + [str(c.registered[w.label]) for w in windows]
+        row.append("-" if ratio is None else f"{ratio:.2f}")
+        rows.append(row)
+    if len(rows) == 1:
+        return "no hosts with last-activity data found\n"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"

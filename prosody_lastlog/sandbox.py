@@ -1,0 +1,179 @@
+"""The only code that runs Lua: Prosody data files evaluated as text chunks in an empty environment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from lupa.lua54 import LuaError, LuaRuntime
+
+PlainValue: TypeAlias = "str | int | float | bool | dict[Any, PlainValue]"
+
+DEFAULT_MAX_MEMORY = 64 * 1024 * 1024
+DEFAULT_MAX_INSTRUCTIONS = 200_000
+DEFAULT_MAX_VALUES = 2_000
+MAX_DEPTH = 16
+BATCH_SIZE = 256
+_VALUE, _NO_VALUE, _ERROR = 1, 2, 3
+_LIMIT_MESSAGES = ("instruction limit exceeded", "not enough memory", "value too large", "value nested too deeply")
+
+# Runs once in a private runtime. Data chunks get `{}` as their environment, mode "t" refuses bytecode,
+# the string metatable is removed so `("x"):rep(1e10)` has no methods to reach, a count hook bounds the
+# instructions a chunk may run, and the runtime's max_memory bounds what it may allocate. Each result is
+# flattened into a token stream returned as multiple values, which crosses into Python far faster than
+# walking Lua tables: per chunk a status (_VALUE then the value, _NO_VALUE, or _ERROR then a message); a
+# table is `nil, <pair count>, k1, v1, ...` (nil never occurs inside a Lua table).
+_LOADER = b"""
+local load, pcall, sethook, error, type, next, unpack, tostring, gsub =
+  load, pcall, debug.sethook, error, type, next, table.unpack, tostring, string.gsub
+debug.setmetatable("", nil)
+local max_depth, VALUE, NO_VALUE, ERROR = ...
+local function over_limit() error("instruction limit exceeded", 0) end
+
+local function flatten(value, out, n, depth, budget)
+  if n > budget then error("value too large", 0) end
+  local kind = type(value)
+  if kind ~= "table" then
+    if kind ~= "string" and kind ~= "number" and kind ~= "boolean" and kind ~= "nil" then
+      error("unsupported value type " .. kind, 0)
+    end
+    n = n + 1; out[n] = value; return n
+  end
+  if depth >= max_depth then error("value nested too deeply", 0) end
+  local count = 0
+  for _ in next, value do count = count + 1 end
+  out[n + 1] = nil; out[n + 2] = count
+  n = n + 2
+  for k, v in next, value do
+    if type(k) == "table" then error("unsupported table key", 0) end
+    n = flatten(k, out, n, depth + 1, budget)
+    n = flatten(v, out, n, depth + 1, budget)
+  end
+  return n
+end
+
+return function(texts, names, max_instructions, max_values)
+  local out, n = {}, 0
+  for i = 1, #texts do
+    local chunk, err = load(texts[i], names[i], "t", {})
+    local ok, value = false, err
+    if chunk then
+      sethook(over_limit, "", max_instructions)
+      ok, value = pcall(chunk)
+      sethook()
+    end
+    local mark = n + 1
+    if ok and value == nil then
+      out[mark] = NO_VALUE; n = mark
+    else
+      if ok then
+        ok, value = pcall(flatten, value, out, mark, 0, mark + max_values)
+      end
+      if ok then
+        out[mark] = VALUE; n = value
+      else
+        out[mark] = ERROR; out[mark + 1] = gsub(tostring(value), "[\\128-\\255]", "?"); n = mark + 1
+      end
+    end
+  end
+  return unpack(out, 1, n)
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What one chunk gave: its value, or the reason it gave none."""
+
+    value: PlainValue | None
+    error: str | None = None
+    hit_limit: bool = False
+
+
+class LuaSandbox:
+    """Evaluates Prosody's serialized data (`return {...};`) safely and returns plain Python values.
+
+    Strings come back as `str` (invalid UTF-8 replaced), Lua tables as dicts, numbers as int or float.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_memory: int = DEFAULT_MAX_MEMORY,
+        max_instructions: int = DEFAULT_MAX_INSTRUCTIONS,
+        max_values: int = DEFAULT_MAX_VALUES,
+    ) -> None:
+        self._lua = LuaRuntime(
+            encoding="utf-8",  # strings cross as str; a chunk with invalid UTF-8 fails alone (see load_many)
+            register_eval=False,
+            register_builtins=False,
+            unpack_returned_tuples=True,
+            max_memory=max_memory,
+        )
+        self._run_batch = self._lua.execute(_LOADER, MAX_DEPTH, _VALUE, _NO_VALUE, _ERROR)
+        self._max_instructions = max_instructions
+        self._max_values = max_values
+
+    def load(self, text: bytes, name: str) -> Loaded:
+        """Evaluates one chunk; `name` appears in Lua's error messages."""
+        return self.load_many([(text, name)])[0]
+
+    def load_many(self, chunks: Sequence[tuple[bytes, str]]) -> list[Loaded]:
+        """Evaluates many chunks, a batch per Lua call; one bad chunk never affects another."""
+        results: list[Loaded] = []
+        for start in range(0, len(chunks), BATCH_SIZE):
+            batch = chunks[start : start + BATCH_SIZE]
+            try:
+                results.extend(self._call(batch))
+            except (LuaError, MemoryError, UnicodeDecodeError):
+                # Only a failure outside the per-chunk pcall gets here (e.g. the runtime's memory cap hit
+                # while building the batch result); retrying one by one confines it to the chunk at fault.
+                results.extend(self._call_alone(chunk) for chunk in batch)
+        return results
+
+    def _call_alone(self, chunk: tuple[bytes, str]) -> Loaded:
+        try:
+            return self._call([chunk])[0]
+        except UnicodeDecodeError:
+            return Loaded(None, "a string is not valid UTF-8")
+        except (LuaError, MemoryError) as exc:
+            return Loaded(None, f"Lua runtime error: {exc}", hit_limit=True)
+
+    def _call(self, batch: Sequence[tuple[bytes, str]]) -> list[Loaded]:
+        texts = self._lua.table_from([text for text, _ in batch])
+        names = self._lua.table_from([("=" + name).encode("utf-8", "replace") for _, name in batch])
+        tokens = self._run_batch(texts, names, self._max_instructions, self._max_values)
+        if not isinstance(tokens, tuple):
+            tokens = (tokens,)
+        return _decode_results(tokens)
+
+
+def _decode_results(tokens: tuple[Any, ...]) -> list[Loaded]:
+    results: list[Loaded] = []
+    position = 0
+    while position < len(tokens):
+        status = tokens[position]
+        if status == _VALUE:
+            value, position = _decode_value(tokens, position + 1)
+            results.append(Loaded(value))
+        elif status == _NO_VALUE:
+            results.append(Loaded(None))
+            position += 1
+        else:
+            message = str(tokens[position + 1])
+            results.append(Loaded(None, message, hit_limit=message.endswith(_LIMIT_MESSAGES)))
+            position += 2
+    return results
+
+
+def _decode_value(tokens: tuple[Any, ...], position: int) -> tuple[PlainValue, int]:
+    token = tokens[position]
+    if token is None:  # a table: nil, pair count, then the pairs
+        table: dict[Any, PlainValue] = {}
+        position += 2
+        for _ in range(tokens[position - 1]):
+            key, position = _decode_value(tokens, position)
+            table[key], position = _decode_value(tokens, position)
+        return table, position
+    return token, position + 1

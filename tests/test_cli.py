@@ -1,0 +1,101 @@
+"""The command line as an admin or a script uses it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prosody_lastlog.cli import main
+from prosody_lastlog.pathnames import encode_name
+from tests.conftest import case_data
+
+SAMPLE_NOW = json.loads((case_data("sample").parent / "expected.json").read_text())["now"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_has_the_documented_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "count", "--data-dir", str(case_data("sample")), "--now", str(SAMPLE_NOW), "--format", "json"
+    )
+    assert code == 0
+    document = json.loads(out)
+    assert document["now"] == SAMPLE_NOW
+    assert document["windows"] == {"1d": 86400, "7d": 604800, "30d": 2592000}
+    assert document["problems"] == 0
+    assert document["hosts"]
+    for host, counts in document["hosts"].items():
+        assert "%" not in host
+        assert set(counts) >= {"active", "accounts", "never_active", "registered"}
+        assert set(counts["active"]) == set(counts["registered"]) == {"1d", "7d", "30d"}
+        assert all(isinstance(n, int) for n in counts["active"].values())
+        assert counts["active"]["1d"] <= counts["active"]["7d"] <= counts["active"]["30d"] <= counts["accounts"]
+
+
+def test_windows_and_host_filter(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "count", "--data-dir", str(case_data("sample")), "--now", str(SAMPLE_NOW),
+        "--format", "json", "--window", "1h", "--window", "90d", "--host", "example.com",
+    )  # fmt: skip
+    document = json.loads(out)
+    assert code == 0
+    assert document["windows"] == {"1h": 3600, "90d": 7776000}
+    assert list(document["hosts"]) == ["example.com"]
+    assert set(document["hosts"]["example.com"]["active"]) == {"1h", "90d"}
+
+
+def test_table_lists_every_host(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "count", "--data-dir", str(case_data("sample")), "--now", str(SAMPLE_NOW))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["host", "store", "accounts", "never"]
+    hosts = {line.split()[0] for line in lines[1:]}
+    assert "example.com" in hosts and "münchen.example" in hosts
+
+
+def test_missing_data_dir_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "count", "--data-dir", str(tmp_path / "missing"))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "missing" in err and "No such file" in err
+
+
+def test_bad_window_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["count", "--window", "yesterday"])
+    assert exit_info.value.code == 2
+    assert "invalid window" in capsys.readouterr().err
+
+
+def test_problems_summary_names_no_user_and_verbose_names_files(
+    capsys: pytest.CaptureFixture[str], sample_tree: Path
+) -> None:
+    (sample_tree / encode_name("example.com") / "lastlog2" / "secret%2euser.dat").write_bytes(b"return {")
+    code, out, err = run(capsys, "count", "--data-dir", str(sample_tree), "--format", "json")
+    assert code == 0 and json.loads(out)["problems"] == 1
+    assert "1 problem(s)" in err and "invalid: 1" in err
+    assert "secret" not in err and "192.0.2" not in err and "192.0.2" not in out
+    _, _, verbose_err = run(capsys, "count", "--data-dir", str(sample_tree), "-v")
+    assert "example%2ecom/lastlog2/secret%2euser.dat: invalid:" in verbose_err
+
+
+def test_clock_skew_is_reported_once_per_host(capsys: pytest.CaptureFixture[str]) -> None:
+    boundaries = case_data("boundaries")
+    now = json.loads((boundaries.parent / "expected.json").read_text())["now"]
+    _, _, err = run(capsys, "count", "--data-dir", str(boundaries), "--now", str(now))
+    assert err.count("in the future") == 1
+
+
+def test_python_dash_m_runs() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "prosody_lastlog", "count", "--data-dir", str(case_data("sample")), "--format", "json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(completed.stdout)["hosts"]

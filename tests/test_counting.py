@@ -1,0 +1,89 @@
+"""The counting core against a literal transcription of mod_measure_active_users' arithmetic."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prosody_lastlog.counting import count_host, count_hosts
+from prosody_lastlog.records import HostData, Store, UserActivity
+from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
+
+NOW = 1_763_900_000
+DAY = 86400
+
+
+def host(*users: UserActivity, name: str = "example.com") -> HostData:
+    return HostData(name, Store.LASTLOG2, list(users))
+
+
+def test_windows_are_strict_like_the_seed_module() -> None:
+    users = [
+        UserActivity("a", NOW - DAY),  # exactly one day: not in 1d
+        UserActivity("b", NOW - DAY + 1),
+        UserActivity("c", NOW - 7 * DAY),
+        UserActivity("d", NOW - 7 * DAY + 1),
+        UserActivity("e", NOW - 30 * DAY),
+        UserActivity("f", NOW - 30 * DAY + 1),
+    ]
+    counts = count_host(host(*users), now=NOW, windows=DEFAULT_WINDOWS)
+    assert counts.active == {"1d": 1, "7d": 3, "30d": 5}
+
+
+def test_never_active_registered_disabled_and_future() -> None:
+    users = [
+        UserActivity("reg-only", None, registered=NOW - 10),
+        UserActivity("old-reg", NOW - 3600, registered=NOW - 40 * DAY),
+        UserActivity("off", NOW - 10, disabled=True),
+        UserActivity("skewed", NOW + 3600),
+    ]
+    counts = count_host(host(*users), now=NOW, windows=DEFAULT_WINDOWS)
+    assert counts.accounts == 4
+    assert counts.never_active == 1
+    assert counts.disabled == 1
+    assert counts.future == 1
+    assert counts.active == {"1d": 2, "7d": 2, "30d": 2}
+    assert counts.registered == {"1d": 1, "7d": 1, "30d": 1}
+
+
+def test_stickiness() -> None:
+    counts = count_host(
+        host(UserActivity("a", NOW - 10), UserActivity("b", NOW - 10 * DAY)), now=NOW, windows=DEFAULT_WINDOWS
+    )
+    assert counts.stickiness(DEFAULT_WINDOWS[0], DEFAULT_WINDOWS[-1]) == 0.5
+    empty = count_host(host(), now=NOW, windows=DEFAULT_WINDOWS)
+    assert empty.stickiness(DEFAULT_WINDOWS[0], DEFAULT_WINDOWS[-1]) is None
+    assert empty.active == {"1d": 0, "7d": 0, "30d": 0}
+
+
+def test_count_hosts_sorts_by_host() -> None:
+    counts = count_hosts([host(name="b.example"), host(name="a.example")], now=NOW, windows=DEFAULT_WINDOWS)
+    assert list(counts) == ["a.example", "b.example"]
+
+
+def seed_module_counts(records: list[tuple[int | None, int | None]], now: int, windows: list[int]) -> list[int]:
+    """mod_measure_active_users, transcribed: max(login or 0, logout or 0), then now - last < W."""
+    result = [0] * len(windows)
+    for login, logout in records:
+        last_active = max(login or 0, logout or 0)
+        for i, window in enumerate(windows):
+            if now - last_active < window:
+                result[i] += 1
+    return result
+
+
+timestamps = st.one_of(st.none(), st.integers(min_value=1, max_value=NOW + 5 * DAY))
+
+
+@given(
+    records=st.lists(st.tuples(timestamps, timestamps), max_size=60),
+    windows=st.lists(st.integers(min_value=1, max_value=100 * DAY), min_size=1, max_size=5, unique=True),
+)
+def test_matches_the_seed_module_on_any_data(records: list[tuple[int | None, int | None]], windows: list[int]) -> None:
+    users = []
+    for i, (login, logout) in enumerate(records):
+        times = [t for t in (login, logout) if t is not None]
+        users.append(UserActivity(f"u{i}", max(times) if times else None))
+    window_objects = [Window(seconds, f"{seconds}s") for seconds in windows]
+    counts = count_host(host(*users), now=NOW, windows=window_objects)
+    assert [counts.active[w.label] for w in window_objects] == seed_module_counts(records, NOW, windows)

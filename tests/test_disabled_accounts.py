@@ -1,0 +1,48 @@
+"""Prosody 13 disabled accounts (`disabled = true` in the accounts store) are not counted active by default."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from prosody_lastlog.counting import count_hosts
+from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.records import Store
+from prosody_lastlog.windows import DEFAULT_WINDOWS
+from tests.conftest import case_data
+
+STORE_SCRIPT = Path(__file__).with_name("datamanager_store.lua")
+
+
+def prosody_store(data: Path, user: str, host: str, store: str, record: str) -> None:
+    subprocess.run(["lua5.4", str(STORE_SCRIPT), str(data), user, host, store, record], check=True)
+
+
+def test_disabled_accounts_are_left_out_unless_asked(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(case_data("account_activity"), data)
+    now = json.loads((case_data("account_activity").parent / "expected.json").read_text())["now"]
+    before = FileStoreReader(data).read()
+    host, host_data = next((h, d) for h, d in before.hosts.items() if d.store is Store.ACCOUNT_ACTIVITY)
+    active_user = next(u for u in host_data.users if u.last_active is not None and now - u.last_active < 86400)
+    # What Prosody 13's mod_auth_internal_hashed writes on disable, next to an enabled account's record.
+    prosody_store(data, active_user.user, host, "accounts", '{ disabled = true; created = 1; salt = "s" }')
+    prosody_store(data, "someone-else", host, "accounts", '{ created = 1; salt = "disabled-looking salt" }')
+
+    counts = count_hosts(FileStoreReader(data).read().hosts.values(), now=now, windows=DEFAULT_WINDOWS)
+    baseline = count_hosts(before.hosts.values(), now=now, windows=DEFAULT_WINDOWS)
+    assert counts[host].disabled == 1
+    assert counts[host].active["1d"] == baseline[host].active["1d"] - 1
+    kept = FileStoreReader(data, count_disabled=True).read()
+    assert count_hosts(kept.hosts.values(), now=now, windows=DEFAULT_WINDOWS)[host].active == baseline[host].active
+
+
+def test_lastlog2_hosts_never_read_account_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(case_data("sample"), data)
+    # A hostile accounts file would be a problem if it were read; on a 0.12-style host it is not read at all.
+    (data / "example%2ecom" / "accounts").mkdir(exist_ok=True)
+    (data / "example%2ecom" / "accounts" / "x.dat").write_bytes(b"while true do end -- disabled")
+    assert not FileStoreReader(data).read().problems

@@ -1,0 +1,112 @@
+"""The file-store reader on trees written by real Prosody, with odd and hostile files added."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from prosody_lastlog.pathnames import encode_name
+from prosody_lastlog.readers.files import MAX_FILE_SIZE, DataDirError, FileStoreReader
+from prosody_lastlog.records import Store
+from tests.conftest import case_data
+
+
+def lastlog2_dir(tree: Path, host: str) -> Path:
+    return tree / encode_name(host) / "lastlog2"
+
+
+def a_real_file(tree: Path, host: str = "example.com") -> Path:
+    return sorted(lastlog2_dir(tree, host).glob("*.dat"))[0]
+
+
+def test_reads_every_host_decoded_with_its_store(sample_tree: Path) -> None:
+    result = FileStoreReader(sample_tree).read()
+    assert not result.problems
+    assert "example.com" in result.hosts
+    assert all("%" not in host for host in result.hosts)
+    assert {data.store for data in result.hosts.values()} <= set(Store)
+    users = {u.user for u in result.hosts["example.com"].users}
+    assert all("%" not in user for user in users)
+
+
+def test_scratch_files_are_ignored(sample_tree: Path) -> None:
+    source = a_real_file(sample_tree)
+    shutil.copy(source, source.with_name(source.name + "~"))
+    (source.parent / "half-written.dat~").write_bytes(b"return {\n\t[")
+    before = FileStoreReader(case_data("sample")).read()
+    after = FileStoreReader(sample_tree).read()
+    assert not after.problems
+    assert len(after.hosts["example.com"].users) == len(before.hosts["example.com"].users)
+
+
+def test_a_file_vanishing_between_listing_and_reading_is_normal(
+    sample_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = a_real_file(sample_tree)
+    real_scandir = os.scandir
+
+    def scandir_then_delete(path: str) -> list[os.DirEntry[str]]:
+        entries = list(real_scandir(path))
+        if Path(path) == victim.parent and victim.exists():
+            victim.unlink()
+        return entries
+
+    monkeypatch.setattr(os, "scandir", scandir_then_delete)
+    expected = len(FileStoreReader(case_data("sample")).read().hosts["example.com"].users) - 1
+    result = FileStoreReader(sample_tree).read()
+    assert not result.problems
+    assert len(result.hosts["example.com"].users) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "kind"),
+    [
+        ("empty.dat", lambda p: p.write_bytes(b""), "empty"),
+        ("huge.dat", lambda p: p.write_bytes(b"return {}" + b" " * MAX_FILE_SIZE), "limit"),
+        ("loop.dat", lambda p: p.write_bytes(b"while true do end"), "limit"),
+        ("shell.dat", lambda p: p.write_bytes(b'os.execute("touch /tmp/prosody-lastlog-pwned")'), "invalid"),
+        ("truncated.dat", lambda p: p.write_bytes(b'return {\n\t["login"] = {\n\t\t["timest'), "invalid"),
+        ("bytecode.dat", lambda p: p.write_bytes(b"\x1bLuaT\x00\x19\x93\r\n\x1a\n"), "invalid"),
+        ("fifo.dat", os.mkfifo, "not_a_file"),
+        ("dir.dat", lambda p: p.mkdir(), "not_a_file"),
+        ("link.dat", lambda p: p.symlink_to("/etc/passwd"), "not_a_file"),
+        ("odd.dat", lambda p: p.write_bytes(b'return { login = "now" };\n'), "unexpected"),
+    ],
+)
+def test_bad_files_are_reported_by_name_and_the_rest_still_counts(
+    sample_tree: Path, name: str, make: object, kind: str
+) -> None:
+    target = lastlog2_dir(sample_tree, "example.com") / name
+    make(target)  # type: ignore[operator]
+    clean = FileStoreReader(case_data("sample")).read()
+    started = time.monotonic()
+    result = FileStoreReader(sample_tree).read()
+    assert time.monotonic() - started < 10
+    assert [(p.where, p.kind) for p in result.problems] == [(f"example%2ecom/lastlog2/{name}", kind)]
+    clean_users = {u.user for u in clean.hosts["example.com"].users}
+    assert clean_users <= {u.user for u in result.hosts["example.com"].users}
+    assert not Path("/tmp/prosody-lastlog-pwned").exists()
+
+
+def test_host_filter(sample_tree: Path) -> None:
+    result = FileStoreReader(sample_tree, hosts=["EXAMPLE.com"]).read()
+    assert list(result.hosts) == ["example.com"]
+
+
+def test_missing_data_dir_is_fatal_and_named(tmp_path: Path) -> None:
+    with pytest.raises(DataDirError, match=str(tmp_path / "nope")):
+        FileStoreReader(tmp_path / "nope").read()
+
+
+def test_prefers_account_activity_then_lastlog2_then_lastlog() -> None:
+    tree = case_data("account_activity")
+    auto = FileStoreReader(tree).read()
+    assert {data.store for data in auto.hosts.values()} == {Store.ACCOUNT_ACTIVITY}
+    forced = FileStoreReader(tree, store=Store.LASTLOG2).read()
+    assert {data.store for data in forced.hosts.values()} == {Store.LASTLOG2}
+    legacy = FileStoreReader(case_data("lastlog_legacy")).read()
+    assert {data.store for data in legacy.hosts.values()} == {Store.LASTLOG, Store.LASTLOG2}
