@@ -25,4 +25,6 @@ def encode_store(store: str) -> str:
 
 def decode_name(encoded: str) -> str:
     """Decodes a path part back to the host, user or store name (either hex case)."""
+    if "%" not in encoded:
+        return encoded
     return unquote_to_bytes(encoded).decode("utf-8", "replace")

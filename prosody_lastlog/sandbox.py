@@ -15,6 +15,7 @@ DEFAULT_MAX_INSTRUCTIONS = 200_000
 DEFAULT_MAX_VALUES = 2_000
 MAX_DEPTH = 16
 BATCH_SIZE = 256
+BATCH_BYTES = 4 * 1024 * 1024  # well under max_memory, so a batch of large files still fits
 _VALUE, _NO_VALUE, _ERROR = 1, 2, 3
 _LIMIT_MESSAGES = ("instruction limit exceeded", "not enough memory", "value too large", "value nested too deeply")
 
@@ -122,8 +123,7 @@ class LuaSandbox:
     def load_many(self, chunks: Sequence[tuple[bytes, str]]) -> list[Loaded]:
         """Evaluates many chunks, a batch per Lua call; one bad chunk never affects another."""
         results: list[Loaded] = []
-        for start in range(0, len(chunks), BATCH_SIZE):
-            batch = chunks[start : start + BATCH_SIZE]
+        for batch in _batches(chunks):
             try:
                 results.extend(self._call(batch))
             except (LuaError, MemoryError, UnicodeDecodeError):
@@ -147,6 +147,20 @@ class LuaSandbox:
         if not isinstance(tokens, tuple):
             tokens = (tokens,)
         return _decode_results(tokens)
+
+
+def _batches(chunks: Sequence[tuple[bytes, str]]) -> list[Sequence[tuple[bytes, str]]]:
+    """Splits chunks into batches of at most BATCH_SIZE chunks and (beyond one chunk) BATCH_BYTES bytes."""
+    batches: list[Sequence[tuple[bytes, str]]] = []
+    start = size = 0
+    for index, (text, _) in enumerate(chunks):
+        if index > start and (index - start == BATCH_SIZE or size + len(text) > BATCH_BYTES):
+            batches.append(chunks[start:index])
+            start, size = index, 0
+        size += len(text)
+    if start < len(chunks):
+        batches.append(chunks[start:])
+    return batches
 
 
 def _decode_results(tokens: tuple[Any, ...]) -> list[Loaded]:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from prosody_lastlog.sandbox import LuaSandbox
+from prosody_lastlog.sandbox import BATCH_BYTES, BATCH_SIZE, LuaSandbox, _batches
 
 LASTLOG2_FILE = (
     b'return {\n\t["registered"] = {\n\t\t["timestamp"] = 1690000000;\n\t};\n'
@@ -113,3 +113,17 @@ def test_chunks_share_no_state(sandbox: LuaSandbox) -> None:
 def test_error_messages_name_the_chunk(sandbox: LuaSandbox) -> None:
     loaded = sandbox.load(b"return {", "bob.dat")
     assert loaded.error is not None and loaded.error.startswith("bob.dat:1:")
+
+
+def test_batches_are_bounded_in_count_and_bytes() -> None:
+    small = [(b"return {}", "s.dat")] * (BATCH_SIZE + 1)
+    assert [len(b) for b in _batches(small)] == [BATCH_SIZE, 1]
+    big = [(b"x" * (BATCH_BYTES // 2 + 1), "b.dat")] * 3
+    assert [len(b) for b in _batches(big)] == [1, 1, 1]
+    assert _batches([]) == []
+
+
+def test_a_batch_of_large_files_loads(sandbox: LuaSandbox) -> None:
+    large = b"return { pad = '" + b"x" * 200_000 + b"' }"
+    results = sandbox.load_many([(large, f"{i}.dat") for i in range(40)])
+    assert all(r.error is None for r in results)

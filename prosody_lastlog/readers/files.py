@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from prosody_lastlog.pathnames import decode_name, encode_store
@@ -20,13 +20,6 @@ _ACCOUNTS = "accounts"
 
 class DataDirError(Exception):
     """The data directory itself is missing or unreadable (one file's trouble is a ReadProblem)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _UserFile:
-    user: str
-    path: str
-    where: str
 
 
 class FileStoreReader:
@@ -85,7 +78,7 @@ class FileStoreReader:
         # mod_measure_active_users then leaves disabled accounts out (measure_active_users_count_disabled).
         return store is Store.ACCOUNT_ACTIVITY and not self._count_disabled
 
-    def _user_files(self, host_dir: str, store: Store, problems: list[ReadProblem]) -> Iterator[_UserFile]:
+    def _user_files(self, host_dir: str, store: Store, problems: list[ReadProblem]) -> Iterator[os.DirEntry[str]]:
         store_dir = os.path.join(host_dir, encode_store(store.value))
         try:
             entries = list(os.scandir(store_dir))
@@ -94,90 +87,93 @@ class FileStoreReader:
             return
         for entry in entries:
             # Prosody's users() takes every name ending in .dat; `<user>.dat~` is a scratch file mid-write.
-            if entry.name.endswith(_DAT):
-                user_file = _UserFile(decode_name(entry.name[: -len(_DAT)]), entry.path, self._where(entry.path))
-                if _is_regular_file(entry):
-                    yield user_file
-                elif os.path.lexists(entry.path):  # else removed since listing: normal
-                    problems.append(
-                        ReadProblem(user_file.where, "not_a_file", "not a regular file (links are not followed)")
-                    )
+            if not entry.name.endswith(_DAT):
+                continue
+            if _is_regular_file(entry):
+                yield entry
+            elif os.path.lexists(entry.path):  # else removed since listing: normal
+                problems.append(
+                    ReadProblem(self._where(entry.path), "not_a_file", "not a regular file (links are not followed)")
+                )
 
     def _read_batch(
         self,
-        batch: list[_UserFile],
+        batch: list[os.DirEntry[str]],
         store: Store,
         data: HostData,
         disabled: set[str],
         problems: list[ReadProblem],
     ) -> None:
-        readable: list[_UserFile] = []
+        readable: list[os.DirEntry[str]] = []
         texts: list[tuple[bytes, str]] = []
-        for user_file in batch:
-            text = self._read_text(user_file, problems)
+        for entry in batch:
+            text = self._read_text(entry.path, problems)
             if text is not None:
-                readable.append(user_file)
-                texts.append((text, os.path.basename(user_file.path)))
-        for user_file, loaded in zip(readable, self._sandbox.load_many(texts), strict=True):
+                readable.append(entry)
+                texts.append((text, entry.name))
+        for entry, loaded in zip(readable, self._sandbox.load_many(texts), strict=True):
             if loaded.error is not None:
                 kind = "limit" if loaded.hit_limit else "invalid"
-                problems.append(ReadProblem(user_file.where, kind, loaded.error))
+                problems.append(ReadProblem(self._where(entry.path), kind, loaded.error))
                 continue
-            interpreted = interpret(store, user_file.user, loaded.value)
-            problems.extend(ReadProblem(user_file.where, "unexpected", odd) for odd in interpreted.oddities)
+            interpreted = interpret(store, _user_name(entry), loaded.value)
+            for oddity in interpreted.oddities:
+                problems.append(ReadProblem(self._where(entry.path), "unexpected", oddity))
             if interpreted.activity is not None:
                 activity = interpreted.activity
                 if activity.user in disabled:
                     activity = replace(activity, disabled=True)
                 data.users.append(activity)
 
-    def _read_text(self, user_file: _UserFile, problems: list[ReadProblem]) -> bytes | None:
+    def _read_text(self, path: str, problems: list[ReadProblem]) -> bytes | None:
         try:
-            text = _read_bounded(user_file.path)
+            text = _read_bounded(path)
         except FileNotFoundError:
             return None  # removed between listing and reading: Prosody deletes emptied records
         except OSError as exc:
-            problems.append(ReadProblem(user_file.where, "unreadable", exc.strerror or str(exc)))
+            problems.append(ReadProblem(self._where(path), "unreadable", exc.strerror or str(exc)))
             return None
         if not text:
-            problems.append(ReadProblem(user_file.where, "empty", "empty file (Prosody reads it as no record)"))
+            problems.append(ReadProblem(self._where(path), "empty", "empty file (Prosody reads it as no record)"))
             return None
         if len(text) > MAX_FILE_SIZE:
-            problems.append(ReadProblem(user_file.where, "limit", f"larger than {MAX_FILE_SIZE} bytes"))
+            problems.append(ReadProblem(self._where(path), "limit", f"larger than {MAX_FILE_SIZE} bytes"))
             return None
         return text
 
     def _disabled_users(self, host_dir: str, problems: list[ReadProblem]) -> set[str]:
         """Users whose `accounts` record says `disabled = true` (Prosody 13's mod_auth_internal_hashed)."""
-        accounts_dir = os.path.join(host_dir, _ACCOUNTS)
-        candidates: list[tuple[str, bytes, str]] = []
         try:
-            entries = list(os.scandir(accounts_dir))
+            entries = list(os.scandir(os.path.join(host_dir, _ACCOUNTS)))
         except OSError:
             return set()  # no internal accounts store: nothing says an account is disabled
+        candidates: list[tuple[os.DirEntry[str], bytes]] = []
         for entry in entries:
-            if not entry.name.endswith(_DAT) or not _is_regular_file(entry):
-                continue
-            user_file = _UserFile(decode_name(entry.name[: -len(_DAT)]), entry.path, self._where(entry.path))
-            text = self._read_text(user_file, problems)
-            # Accounts files hold password hashes: only those that mention `disabled` are evaluated at all.
-            if text is not None and b"disabled" in text:
-                candidates.append((user_file.user, text, user_file.where))
-        loaded = self._sandbox.load_many([(text, os.path.basename(where)) for _, text, where in candidates])
+            if entry.name.endswith(_DAT) and _is_regular_file(entry):
+                text = self._read_text(entry.path, problems)
+                # Accounts files hold password hashes: only those that mention `disabled` are evaluated at all.
+                if text is not None and b"disabled" in text:
+                    candidates.append((entry, text))
+        loaded = self._sandbox.load_many([(text, entry.name) for entry, text in candidates])
         disabled: set[str] = set()
-        for (user, _, where), result in zip(candidates, loaded, strict=True):
+        for (entry, _), result in zip(candidates, loaded, strict=True):
             if result.error is not None:
-                problems.append(ReadProblem(where, "limit" if result.hit_limit else "invalid", result.error))
+                kind = "limit" if result.hit_limit else "invalid"
+                problems.append(ReadProblem(self._where(entry.path), kind, result.error))
             elif isinstance(result.value, dict) and result.value.get("disabled") is True:
-                disabled.add(user)
+                disabled.add(_user_name(entry))
         return disabled
 
     def _where(self, path: str) -> str:
         return path[len(self._prefix) :] if path.startswith(self._prefix) else path
 
 
-def _batches(files: Iterator[_UserFile]) -> Iterator[list[_UserFile]]:
-    batch: list[_UserFile] = []
+def _user_name(entry: os.DirEntry[str]) -> str:
+    return decode_name(entry.name[: -len(_DAT)])
+
+
+def _batches(files: Iterator[os.DirEntry[str]]) -> Iterator[list[os.DirEntry[str]]]:
+    batch: list[os.DirEntry[str]] = []
     for user_file in files:
         batch.append(user_file)
         if len(batch) == BATCH_SIZE:
