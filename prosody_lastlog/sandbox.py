@@ -83,6 +83,25 @@ end
 """
 
 
+def restricted_runtime(*, max_memory: int) -> LuaRuntime:
+    """A Lua 5.4 runtime capped at `max_memory` bytes, from which no Python object's attributes are reachable.
+
+    Strings cross as `str` (UTF-8); Python functions handed to it can be called but not inspected.
+    """
+    return LuaRuntime(
+        encoding="utf-8",
+        register_eval=False,
+        register_builtins=False,
+        unpack_returned_tuples=True,
+        max_memory=max_memory,
+        attribute_filter=_refuse_attribute,
+    )
+
+
+def _refuse_attribute(obj: object, name: object, is_setting: bool) -> str:
+    raise AttributeError("Python attributes are not reachable from the sandbox")
+
+
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """What one chunk gave: its value, or the reason it gave none."""
@@ -105,13 +124,7 @@ class LuaSandbox:
         max_instructions: int = DEFAULT_MAX_INSTRUCTIONS,
         max_values: int = DEFAULT_MAX_VALUES,
     ) -> None:
-        self._lua = LuaRuntime(
-            encoding="utf-8",  # strings cross as str; a chunk with invalid UTF-8 fails alone (see load_many)
-            register_eval=False,
-            register_builtins=False,
-            unpack_returned_tuples=True,
-            max_memory=max_memory,
-        )
+        self._lua = restricted_runtime(max_memory=max_memory)
         self._run_batch = self._lua.execute(_LOADER, MAX_DEPTH, _VALUE, _NO_VALUE, _ERROR)
         self._max_instructions = max_instructions
         self._max_values = max_values

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog.counting import count_hosts
-from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.database import SqlSettings
+from prosody_lastlog.readers import SourceCount
 from prosody_lastlog.records import Store
+from prosody_lastlog.sources import FileSource, SqlSource
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.conftest import CASES
 
@@ -18,17 +19,36 @@ EXPECTED = sorted(CASES.glob("*/expected.json"))
 
 def test_there_are_fixtures() -> None:
     cases = {"sample", "boundaries", "lastlog_legacy", "account_activity", "large", "hostile"}
+    cases |= {f"{case}-sqlite" for case in ("sample", "boundaries", "lastlog_legacy", "account_activity")}
     assert {p.parent.name for p in EXPECTED} >= cases
+
+
+def count_case(case_dir: Path, now: int) -> SourceCount:
+    # Prosody 0.12's mod_measure_active_users reads lastlog2, so compare on that store.
+    if (case_dir / "prosody.sqlite").exists():
+        source = SqlSource(SqlSettings("SQLite3", str(case_dir / "prosody.sqlite")), store=Store.LASTLOG2)
+        return source.count(now=now, windows=DEFAULT_WINDOWS)
+    return FileSource(case_dir / "data", store=Store.LASTLOG2).count(now=now, windows=DEFAULT_WINDOWS)
 
 
 @pytest.mark.parametrize("expected_path", EXPECTED, ids=lambda p: p.parent.name)
 def test_counts_equal_prosodys(expected_path: Path) -> None:
     expected = json.loads(expected_path.read_text())
-    # Prosody 0.12's mod_measure_active_users reads lastlog2, so compare on that store.
-    result = FileStoreReader(expected_path.parent / "data", store=Store.LASTLOG2).read()
-    counts = count_hosts(result.hosts.values(), now=expected["now"], windows=DEFAULT_WINDOWS)
+    result = count_case(expected_path.parent, expected["now"])
     # Only the `hostile` case has bad files: each must be reported by name, with its kind.
     assert {p.where: p.kind for p in result.problems} == expected.get("problems", {})
     assert expected["active_users"], "the oracle reported no hosts"
     for host, by_window in expected["active_users"].items():
-        assert dict(counts[host].active) == by_window, host
+        assert dict(result.counts[host].active) == by_window, host
+
+
+def test_sqlite_fixtures_equal_their_file_twins() -> None:
+    for sqlite_case in sorted(CASES.glob("*-sqlite")):
+        twin = CASES / sqlite_case.name.removesuffix("-sqlite")
+        now = json.loads((twin / "expected.json").read_text())["now"]
+        from_sql = SqlSource(SqlSettings("SQLite3", str(sqlite_case / "prosody.sqlite"))).count(
+            now=now, windows=DEFAULT_WINDOWS
+        )
+        from_files = FileSource(twin / "data").count(now=now, windows=DEFAULT_WINDOWS)
+        assert from_sql.counts == from_files.counts, sqlite_case.name
+        assert set(from_sql.methods.values()) == {"pushdown"}

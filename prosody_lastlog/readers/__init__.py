@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.records import HostData, ReadProblem
 
 
@@ -12,4 +13,13 @@ class ReadResult:
     """What a reader found: activity per host, plus every problem it met on the way."""
 
     hosts: dict[str, HostData] = field(default_factory=dict)
+    problems: list[ReadProblem] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SourceCount:
+    """Counts per host, how each was obtained ("files", "pushdown" or "stream"), and the problems met."""
+
+    counts: dict[str, HostCounts] = field(default_factory=dict)
+    methods: dict[str, str] = field(default_factory=dict)
     problems: list[ReadProblem] = field(default_factory=list)

@@ -1,0 +1,226 @@
+"""Reads last-activity data from Prosody's SQL table, counting in the engine where it can."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from itertools import groupby
+from typing import Any
+
+from prosody_lastlog.counting import HostCounts, count_hosts
+from prosody_lastlog.database import Connection, DatabaseError, SqlSettings, connect, first_line
+from prosody_lastlog.readers import ReadResult, SourceCount
+from prosody_lastlog.readers import sql_queries as queries
+from prosody_lastlog.readers.stores import interpret
+from prosody_lastlog.records import HostData, ReadProblem, Store
+from prosody_lastlog.sandbox import PlainValue
+from prosody_lastlog.windows import Window
+
+log = logging.getLogger(__name__)
+
+METHODS = ("auto", "pushdown", "stream")
+
+
+class SqlReader:
+    """Reads the stores of Prosody's mod_storage_sql table `prosody(host, user, store, key, type, value)`."""
+
+    def __init__(
+        self,
+        settings: SqlSettings,
+        *,
+        hosts: Collection[str] = (),
+        store: Store | None = None,
+        count_disabled: bool = False,
+        method: str = "auto",
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown SQL counting method {method!r}")
+        self._settings = settings
+        self._hosts = sorted({host.lower() for host in hosts})
+        self._forced_store = store
+        self._count_disabled = count_disabled
+        self._method = method
+
+    def read(self) -> ReadResult:
+        """Streams every row of the chosen store per host into activity records."""
+        with _connection(self._settings) as connection:
+            return self._read(connection, self._hosts)
+
+    def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
+        """Counts per host: one aggregate query in the engine, else (or for hosts with odd rows) the stream."""
+        with _connection(self._settings) as connection:
+            result = SourceCount()
+            fallback = list(self._hosts)
+            if self._method != "stream" and self._supports_pushdown(connection):
+                fallback = self._pushdown(connection, result, now=now, windows=windows)
+            if fallback or not result.counts:
+                streamed = self._read(connection, fallback)
+                result.problems.extend(streamed.problems)
+                for host, counts in count_hosts(streamed.hosts.values(), now=now, windows=windows).items():
+                    result.counts[host] = counts
+                    result.methods[host] = "stream"
+            result.counts = dict(sorted(result.counts.items()))
+            return result
+
+    def _supports_pushdown(self, connection: Connection) -> bool:
+        dialect = queries.DIALECTS[connection.settings.driver]
+        try:
+            connection.query(dialect.probe)
+        except connection.errors as exc:
+            if self._method == "pushdown":
+                raise DatabaseError(
+                    f"{connection.settings.describe()} has no JSON functions: {first_line(exc)}"
+                ) from exc
+            log.info(
+                "%s has no JSON functions (%s); counting by streaming rows",
+                connection.settings.describe(),
+                first_line(exc),
+            )
+            return False
+        return True
+
+    def _pushdown(
+        self, connection: Connection, result: SourceCount, *, now: int, windows: Sequence[Window]
+    ) -> list[str]:
+        """Fills `result` from the aggregate query; returns the hosts that must be streamed instead."""
+        sql, params = queries.aggregate(
+            queries.DIALECTS[connection.settings.driver],
+            hosts=self._hosts,
+            now=now,
+            windows=[w.seconds for w in windows],
+            check_disabled=not self._count_disabled,
+        )
+        try:
+            rows = connection.query(sql, params)
+        except connection.errors as exc:
+            # E.g. PostgreSQL meeting text that is not JSON: the stream reports the rows at fault.
+            log.warning(
+                "%s: counting in the database failed (%s); streaming rows instead",
+                connection.settings.describe(),
+                first_line(exc),
+            )
+            return list(self._hosts)
+        by_host: dict[str, dict[Store, tuple[Any, ...]]] = {}
+        for row in rows:
+            by_host.setdefault(row[0], {})[Store(row[1])] = row[2:]
+        fallback = []
+        for host, per_store in by_host.items():
+            store = self._choose(per_store.keys())
+            if store is None:
+                continue
+            accounts, suspect, disabled, never, future, *rest = (int(n or 0) for n in per_store[store])
+            if suspect:
+                fallback.append(host)
+                continue
+            labels = [w.label for w in windows]
+            active, registered = (
+                dict(zip(labels, rest[: len(windows)], strict=True)),
+                dict(zip(labels, rest[len(windows) :], strict=True)),
+            )
+            result.counts[host] = HostCounts(store, accounts, never, disabled, future, active, registered)
+            result.methods[host] = "pushdown"
+        if fallback:
+            log.info("%d host(s) have rows the database cannot check; streaming those", len(fallback))
+        return fallback
+
+    def _choose(self, present: Iterable[Store]) -> Store | None:
+        available = set(present)
+        if self._forced_store:
+            return self._forced_store if self._forced_store in available else None
+        return next((store for store in Store if store in available), None)
+
+    def _read(self, connection: Connection, hosts: Sequence[str]) -> ReadResult:
+        result = ReadResult()
+        try:
+            present: dict[str, set[Store]] = {}
+            for host, store in connection.query(*queries.stores_present(hosts)):
+                present.setdefault(host, set()).add(Store(store))
+            chosen = {host: store for host, stores in present.items() if (store := self._choose(stores))}
+            for store in Store:
+                store_hosts = sorted(host for host, s in chosen.items() if s is store)
+                if store_hosts:
+                    disabled = self._disabled(connection, store, store_hosts)
+                    rows = connection.stream(*queries.rows_of(store, store_hosts))
+                    self._collect(rows, store, disabled, result)
+        except connection.errors as exc:
+            raise DatabaseError(f"cannot read {connection.settings.describe()}: {first_line(exc)}") from exc
+        result.hosts = dict(sorted(result.hosts.items()))
+        return result
+
+    def _disabled(self, connection: Connection, store: Store, hosts: Sequence[str]) -> set[tuple[str, str]]:
+        if store is not Store.ACCOUNT_ACTIVITY or self._count_disabled:
+            return set()
+        return {(host, user) for host, user in connection.query(*queries.disabled_accounts(hosts))}
+
+    def _collect(
+        self, rows: Iterator[tuple[Any, ...]], store: Store, disabled: set[tuple[str, str]], result: ReadResult
+    ) -> None:
+        for (host, user), user_rows in groupby(rows, key=lambda row: (row[0], row[1])):
+            where = f"{self._settings.describe()} host={host} store={store.value} user={user}"
+            record = _record(((key, kind, value) for _, _, key, kind, value in user_rows), where, result.problems)
+            interpreted = interpret(store, user, record)
+            result.problems.extend(ReadProblem(where, "unexpected", odd) for odd in interpreted.oddities)
+            if interpreted.activity is not None:
+                activity = interpreted.activity
+                if (host, user) in disabled:
+                    activity = replace(activity, disabled=True)
+                result.hosts.setdefault(host, HostData(host, store)).users.append(activity)
+
+
+def _record(rows: Iterable[tuple[str, str, str]], where: str, problems: list[ReadProblem]) -> dict[Any, PlainValue]:
+    """Rebuilds one user's record from keyval/map rows, as mod_storage_sql's get does."""
+    record: dict[Any, PlainValue] = {}
+    spill: dict[Any, PlainValue] = {}
+    for key, kind, text in rows:
+        try:
+            value = _decode(kind, text)
+        except ValueError as exc:
+            problems.append(ReadProblem(f"{where} key={key}", "invalid", f"{kind} value does not parse: {exc}"))
+            continue
+        if value is None:
+            continue
+        if key == "":  # keyval rows for non-string keys, merged in by Prosody
+            if isinstance(value, dict):
+                spill.update(value)
+            continue
+        # 0.12 has no unique index: of duplicate rows, the latest activity wins.
+        record[key] = _later(record[key], value) if key in record else value
+    return {**spill, **record}
+
+
+def _decode(kind: str, text: str) -> PlainValue | None:
+    if kind == "json":
+        return json.loads(text)  # type: ignore[no-any-return]
+    if kind == "number":
+        return float(text)
+    if kind == "boolean":
+        return text == "true"
+    return text
+
+
+def _later(old: PlainValue, new: PlainValue) -> PlainValue:
+    old_key, new_key = _order_key(old), _order_key(new)
+    if new_key is None or old_key is None or isinstance(old_key, str) != isinstance(new_key, str):
+        return old if new_key is None else new
+    return new if new_key > old_key else old  # type: ignore[operator]
+
+
+def _order_key(value: PlainValue) -> float | str | None:
+    """What duplicates are compared by: a record's timestamp, a number, or a string."""
+    if isinstance(value, dict):
+        value = value.get("timestamp")  # type: ignore[assignment]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    return value if isinstance(value, str) else float(value)
+
+
+@contextmanager
+def _connection(settings: SqlSettings) -> Iterator[Connection]:
+    connection = connect(settings)
+    try:
+        yield connection
+    finally:
+        connection.close()

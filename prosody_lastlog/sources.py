@@ -1,0 +1,90 @@
+"""Sources of counts (the file store, SQL databases) and the one place that decides which to read."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from prosody_lastlog.counting import HostCounts, count_hosts
+from prosody_lastlog.database import SqlSettings
+from prosody_lastlog.readers import SourceCount
+from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.readers.sql import SqlReader
+from prosody_lastlog.records import Store
+from prosody_lastlog.windows import Window
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """Something that counts active users per host."""
+
+    name: str
+
+    def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
+        """Counts as of `now`; raises DataDirError or DatabaseError if the source cannot be read at all."""
+
+
+@dataclass
+class FileSource:
+    """Prosody's internal file store under a data directory."""
+
+    data_dir: Path
+    hosts: Collection[str] = ()
+    store: Store | None = None
+    count_disabled: bool = False
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = f"files {self.data_dir}"
+
+    def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
+        """Reads every file of the chosen hosts and counts them."""
+        reader = FileStoreReader(self.data_dir, hosts=self.hosts, store=self.store, count_disabled=self.count_disabled)
+        result = reader.read()
+        counts = count_hosts(result.hosts.values(), now=now, windows=windows)
+        return SourceCount(counts, dict.fromkeys(counts, "files"), result.problems)
+
+
+@dataclass
+class SqlSource:
+    """Prosody's SQL table in one database."""
+
+    settings: SqlSettings
+    hosts: Collection[str] = ()
+    store: Store | None = None
+    count_disabled: bool = False
+    method: str = "auto"
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.settings.describe()
+
+    def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
+        """Counts in the database (or by streaming rows where it cannot)."""
+        reader = SqlReader(
+            self.settings, hosts=self.hosts, store=self.store, count_disabled=self.count_disabled, method=self.method
+        )
+        return reader.count(now=now, windows=windows)
+
+
+def count_all(
+    sources: Sequence[Source], *, now: int, windows: Sequence[Window], known_hosts: Collection[tuple[str, Store]] = ()
+) -> SourceCount:
+    """Counts every source; hosts known from the config but without data get zeros rather than nothing."""
+    totals = SourceCount()
+    for source in sources:
+        result = source.count(now=now, windows=windows)
+        totals.counts.update(result.counts)
+        totals.methods.update(result.methods)
+        totals.problems.extend(result.problems)
+        log.info("%s: %d host(s) counted", source.name, len(result.counts))
+    for host, store in known_hosts:
+        if host not in totals.counts:
+            zeros = dict.fromkeys((w.label for w in windows), 0)
+            totals.counts[host] = HostCounts(store, 0, 0, 0, 0, zeros, dict(zeros))
+    totals.counts = dict(sorted(totals.counts.items()))
+    return totals

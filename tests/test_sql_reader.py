@@ -1,0 +1,252 @@
+"""The SQL reader on real engines: counting in the database equals streaming rows, odd rows are reported."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prosody_lastlog.database import DatabaseError, SqlSettings, parse_sql_url
+from prosody_lastlog.readers.sql import SqlReader
+from prosody_lastlog.records import Store
+from prosody_lastlog.windows import DEFAULT_WINDOWS, parse_windows
+from tests import prosody_table
+from tests.prosody_table import Row
+from tests.sql_servers import SqlServer, fresh_mysql_database, fresh_postgres_database
+
+NOW = 1_763_900_000
+DAY = 86400
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[tuple[SqlSettings, Any]]:
+    path = tmp_path / "prosody.sqlite"
+    connection = sqlite3.connect(path)
+    prosody_table.create(connection, "SQLite3")
+    yield SqlSettings("SQLite3", str(path)), connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def postgres_db() -> Iterator[tuple[SqlSettings, Any]]:
+    with fresh_postgres_database() as server:
+        connection = psycopg.connect(server_dsn(server))
+        prosody_table.create(connection, "PostgreSQL")
+        yield parse_sql_url(server.url()), connection
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def mysql_db() -> Iterator[tuple[SqlSettings, Any]]:
+    with fresh_mysql_database() as server:
+        connection = pymysql.connect(
+            host=server.host, port=server.port, user=server.username, password=server.password, database=server.database
+        )
+        prosody_table.create(connection, "MySQL")
+        yield parse_sql_url(server.url()), connection
+        connection.close()
+
+
+def server_dsn(server: SqlServer) -> str:
+    return f"host={server.host} port={server.port} dbname={server.database} user={server.username}"
+
+
+def lastlog2(host: str, user: str, key: str, timestamp: float, ip: str | None = None) -> Row:
+    value: dict[str, object] = {"timestamp": timestamp}
+    if ip:
+        value["ip"] = ip
+    return (host, user, "lastlog2", key, "json", json.dumps(value))
+
+
+BASIC_ROWS: list[Row] = [
+    lastlog2("example.com", "alice", "login", NOW - 3600, "192.0.2.1"),
+    lastlog2("example.com", "alice", "logout", NOW - 60),
+    lastlog2("example.com", "alice", "registered", NOW - 40 * DAY),
+    lastlog2("example.com", "bob", "registered", NOW - 2 * DAY),
+    lastlog2("example.com", "carol", "login", NOW - 10 * DAY),
+    lastlog2("example.com", "carol", "login", NOW - 5 * DAY),  # a duplicate row (0.12 has no unique index)
+    ("conference.example.com", "room", "lastlog2", "conference.example.com", "string", "message"),
+    ("old.example", "dave", "lastlog", "event", "string", "logout"),
+    ("old.example", "dave", "lastlog", "timestamp", "number", f"{NOW - 100}.0"),
+    ("new.example", "erin", "account_activity", "timestamp", "number", str(NOW - 100)),
+    ("new.example", "frank", "account_activity", "timestamp", "number", str(NOW - 100)),
+    ("new.example", "frank", "accounts", "disabled", "boolean", "true"),
+]
+
+
+@pytest.mark.parametrize("engine", ["sqlite_db", "postgres_db", "mysql_db"])
+@pytest.mark.parametrize("method", ["pushdown", "stream"])
+def test_counts_on_every_engine(engine: str, method: str, request: pytest.FixtureRequest) -> None:
+    settings_, connection = request.getfixturevalue(engine)
+    prosody_table.replace_rows(connection, settings_.driver, BASIC_ROWS)
+    result = SqlReader(settings_, method=method).count(now=NOW, windows=DEFAULT_WINDOWS)
+    assert set(result.methods.values()) == {method}
+    assert not result.problems
+    counts = result.counts
+    assert list(counts) == ["conference.example.com", "example.com", "new.example", "old.example"]
+    assert (counts["example.com"].accounts, counts["example.com"].never_active) == (3, 1)
+    assert counts["example.com"].active == {"1d": 1, "7d": 2, "30d": 2}
+    assert counts["example.com"].registered == {"1d": 0, "7d": 1, "30d": 1}
+    assert counts["conference.example.com"].never_active == 1
+    assert counts["old.example"].store is Store.LASTLOG and counts["old.example"].active["1d"] == 1
+    assert counts["new.example"].store is Store.ACCOUNT_ACTIVITY
+    assert (counts["new.example"].disabled, counts["new.example"].active["1d"]) == (1, 1)
+    with_disabled = SqlReader(settings_, method=method, count_disabled=True).count(now=NOW, windows=DEFAULT_WINDOWS)
+    assert with_disabled.counts["new.example"].active["1d"] == 2
+
+
+@pytest.mark.parametrize("engine", ["sqlite_db", "postgres_db", "mysql_db"])
+def test_odd_rows_fall_back_to_streaming_and_are_named(engine: str, request: pytest.FixtureRequest) -> None:
+    settings_, connection = request.getfixturevalue(engine)
+    odd = [
+        ("example.com", "mallory", "lastlog2", "login", "json", "{not json"),
+        ("example.com", "trent", "lastlog2", "logout", "json", '{"timestamp": "yesterday"}'),
+    ]
+    prosody_table.replace_rows(connection, settings_.driver, BASIC_ROWS + odd)
+    result = SqlReader(settings_).count(now=NOW, windows=DEFAULT_WINDOWS)
+    assert result.methods["example.com"] == "stream"
+    assert result.counts["example.com"].accounts == 5
+    assert result.counts["example.com"].active == {"1d": 1, "7d": 2, "30d": 2}
+    wheres = sorted(p.where for p in result.problems)
+    assert len(wheres) == 2 and "user=mallory key=login" in wheres[0] and "user=trent" in wheres[1]
+
+
+# Rows as Prosody writes them, with the real-world oddities: duplicates, `1.0` numbers, "" keyval rows,
+# component rows, disabled accounts, and sometimes a row no engine can check.
+hosts = st.sampled_from(["a.example", "b.example"])
+users = st.sampled_from(["u1", "u2", "u3", "Ü4", "u5"])
+stamps = st.one_of(st.integers(NOW - 60 * DAY, NOW + DAY), st.floats(NOW - 60 * DAY, NOW, allow_nan=False))
+
+
+def lua_tostring(value: float) -> str:
+    """Lua 5.4's tostring, which mod_storage_sql writes numbers with: `%.14g`, `.0` on integral floats."""
+    if isinstance(value, int):
+        return str(value)
+    text = f"{value:.14g}"
+    return text + ".0" if text.lstrip("-").isdigit() else text
+
+
+row_strategy = st.one_of(
+    st.builds(
+        lastlog2,
+        hosts,
+        users,
+        st.sampled_from(["login", "logout", "registered"]),
+        stamps,
+    ),
+    st.builds(lambda h, u, t: (h, u, "account_activity", "timestamp", "number", lua_tostring(t)), hosts, users, stamps),
+    st.builds(lambda h, u, t: (h, u, "lastlog", "timestamp", "number", lua_tostring(t)), hosts, users, stamps),
+    st.builds(
+        lambda h, u, e: (h, u, "lastlog", "event", "string", e),
+        hosts,
+        users,
+        st.sampled_from(["login", "logout", "registered", "message"]),
+    ),
+    st.builds(lambda h, u: (h, u, "lastlog2", h, "string", "message"), hosts, users),
+    st.builds(lambda h, u: (h, u, "accounts", "disabled", "boolean", "true"), hosts, users),
+    st.builds(lambda h, u: (h, u, "lastlog2", "", "json", '{"1": true}'), hosts, users),
+    st.builds(lambda h, u: (h, u, "lastlog2", "login", "json", '{"timestamp": 1e300}'), hosts, users),
+)
+window_sets = st.lists(st.sampled_from(["1h", "1d", "2d", "7d", "30d", "90d"]), min_size=1, max_size=4)
+
+
+def _assert_pushdown_equals_stream(
+    settings_: SqlSettings, connection: Any, rows: list[Row], windows: list[str]
+) -> None:
+    prosody_table.replace_rows(connection, settings_.driver, rows)
+    parsed = parse_windows(windows)
+    pushed = SqlReader(settings_, method="auto").count(now=NOW, windows=parsed)
+    streamed = SqlReader(settings_, method="stream").count(now=NOW, windows=parsed)
+    assert pushed.counts == streamed.counts
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(row_strategy, max_size=40), windows=window_sets)
+def test_pushdown_equals_streaming_sqlite(
+    sqlite_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str]
+) -> None:
+    _assert_pushdown_equals_stream(*sqlite_db, rows, windows)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets)
+def test_pushdown_equals_streaming_postgres(
+    postgres_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str]
+) -> None:
+    _assert_pushdown_equals_stream(*postgres_db, rows, windows)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets)
+def test_pushdown_equals_streaming_mysql(
+    mysql_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str]
+) -> None:
+    _assert_pushdown_equals_stream(*mysql_db, rows, windows)
+
+
+def test_unreachable_server_is_named_without_password() -> None:
+    target = parse_sql_url("postgresql://prosody:s3cret@127.0.0.1:1/prosody")
+    with pytest.raises(DatabaseError) as error:
+        SqlReader(target).count(now=NOW, windows=DEFAULT_WINDOWS)
+    assert "127.0.0.1:1/prosody" in str(error.value) and "s3cret" not in str(error.value)
+    assert "s3cret" not in repr(target)
+
+
+def test_missing_table_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.sqlite"
+    sqlite3.connect(path).close()
+    with pytest.raises(DatabaseError, match="no such table"):
+        SqlReader(SqlSettings("SQLite3", str(path)), method="stream").count(now=NOW, windows=DEFAULT_WINDOWS)
+
+
+def test_encrypted_sqlite_is_unsupported(tmp_path: Path) -> None:
+    path = tmp_path / "cipher.sqlite"
+    path.write_bytes(bytes(range(256)) * 64)  # what an SQLCipher file looks like to sqlite3: no header
+    with pytest.raises(DatabaseError, match="SQLCipher"):
+        SqlReader(SqlSettings("SQLite3", str(path))).count(now=NOW, windows=DEFAULT_WINDOWS)
+
+
+def test_sqlite_is_opened_read_only(sqlite_db: tuple[SqlSettings, Any]) -> None:
+    settings_, connection = sqlite_db
+    prosody_table.replace_rows(connection, "SQLite3", BASIC_ROWS)
+    before = Path(settings_.database).stat().st_mtime_ns
+    SqlReader(settings_).count(now=NOW, windows=DEFAULT_WINDOWS)
+    assert Path(settings_.database).stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///var/lib/prosody/prosody.sqlite", SqlSettings("SQLite3", "/var/lib/prosody/prosody.sqlite")),
+        (
+            "postgresql://prosody@db.example:5433/prosody",
+            SqlSettings("PostgreSQL", "prosody", host="db.example", port=5433, username="prosody"),
+        ),
+        (
+            "mysql://root:p%40ss@127.0.0.1:3306/prosody",
+            SqlSettings("MySQL", "prosody", host="127.0.0.1", port=3306, username="root", password="p@ss"),
+        ),
+        ("mariadb://u@h/db", SqlSettings("MySQL", "db", host="h", username="u")),
+    ],
+)
+def test_parse_sql_url(url: str, expected: SqlSettings) -> None:
+    parsed = parse_sql_url(url)
+    assert parsed == expected and parsed.password == expected.password
+
+
+@pytest.mark.parametrize("url", ["oracle://x/y", "sqlite://", "postgresql://host:5432/", "mysql://h:port/db"])
+def test_parse_sql_url_rejects(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_sql_url(url)
+
+
+def test_password_file_wins_over_url() -> None:
+    assert parse_sql_url("mysql://u:inurl@h/db", password="fromfile").password == "fromfile"
