@@ -102,9 +102,8 @@ def main() -> int:
             print(f"{engine}: loaded {args.users} users in {load(server, args.users):.1f} s")
             pushdown, pushed = time_method(server, "pushdown", args.repeat)
             stream, streamed = time_method(server, "stream", args.repeat)
-            print(
-                f"  pushdown median {pushdown:7.2f} s   stream median {stream:7.2f} s   stream/pushdown {stream / pushdown:.1f}x"
-            )
+            ratio = stream / pushdown
+            print(f"  pushdown median {pushdown:7.2f} s   stream median {stream:7.2f} s   stream/pushdown {ratio:.1f}x")
             print(f"  counts agree: {'yes' if pushed == streamed else 'NO'} {pushed}")
             agree &= pushed == streamed
     return 0 if agree else 1

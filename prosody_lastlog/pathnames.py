@@ -7,6 +7,7 @@ from urllib.parse import unquote_to_bytes
 
 _NOT_ALNUM = re.compile(rb"[^A-Za-z0-9]")
 _NOT_STORE_SAFE = re.compile(rb"[^A-Za-z0-9_]")
+_ENCODED = re.compile(r"(?:[A-Za-z0-9]|%[0-9A-Fa-f]{2})*")
 
 
 def _percent(match: re.Match[bytes]) -> bytes:
@@ -23,8 +24,17 @@ def encode_store(store: str) -> str:
     return _NOT_STORE_SAFE.sub(_percent, store.encode("utf-8")).decode("ascii")
 
 
-def decode_name(encoded: str) -> str:
-    """Decodes a path part back to the host, user or store name (either hex case)."""
+def decode_name(encoded: str) -> str | None:
+    """Decodes a path part back to the host, user or store name; None if Prosody could not have written it.
+
+    Prosody leaves only ASCII letters and digits bare and writes everything else as %xx; the bytes must be
+    UTF-8. Names arrive from os.scandir, where undecodable bytes are surrogate escapes.
+    """
+    if not _ENCODED.fullmatch(encoded):
+        return None
     if "%" not in encoded:
         return encoded
-    return unquote_to_bytes(encoded).decode("utf-8", "replace")
+    try:
+        return unquote_to_bytes(encoded).decode("utf-8")
+    except UnicodeDecodeError:
+        return None

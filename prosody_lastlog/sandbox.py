@@ -10,14 +10,23 @@ from lupa.lua54 import LuaError, LuaRuntime
 
 PlainValue: TypeAlias = "str | int | float | bool | dict[Any, PlainValue]"
 
-DEFAULT_MAX_MEMORY = 64 * 1024 * 1024
+DEFAULT_MAX_MEMORY = 32 * 1024 * 1024
 DEFAULT_MAX_INSTRUCTIONS = 200_000
+DEFAULT_MAX_SECONDS = 0.25  # of CPU time per chunk; a real data file takes microseconds
 DEFAULT_MAX_VALUES = 2_000
+DEFAULT_MAX_STRING_BYTES = 256 * 1024
+HOOK_EVERY = 100  # instructions between watchdog checks
 MAX_DEPTH = 16
 BATCH_SIZE = 256
 BATCH_BYTES = 4 * 1024 * 1024  # well under max_memory, so a batch of large files still fits
 _VALUE, _NO_VALUE, _ERROR = 1, 2, 3
-_LIMIT_MESSAGES = ("instruction limit exceeded", "not enough memory", "value too large", "value nested too deeply")
+_LIMIT_MESSAGES = (
+    "instruction limit exceeded",
+    "time limit exceeded",
+    "not enough memory",
+    "value too large",
+    "value nested too deeply",
+)
 
 # Runs once in a private runtime. Data chunks get `{}` as their environment, mode "t" refuses bytecode,
 # the string metatable is removed so `("x"):rep(1e10)` has no methods to reach, a count hook bounds the
@@ -26,17 +35,29 @@ _LIMIT_MESSAGES = ("instruction limit exceeded", "not enough memory", "value too
 # walking Lua tables: per chunk a status (_VALUE then the value, _NO_VALUE, or _ERROR then a message); a
 # table is `nil, <pair count>, k1, v1, ...` (nil never occurs inside a Lua table).
 _LOADER = b"""
-local load, pcall, sethook, error, type, next, unpack, tostring, gsub =
-  load, pcall, debug.sethook, error, type, next, table.unpack, tostring, string.gsub
+local load, pcall, sethook, error, type, next, unpack, tostring, gsub, clock =
+  load, pcall, debug.sethook, error, type, next, table.unpack, tostring, string.gsub, os.clock
 debug.setmetatable("", nil)
-local max_depth, VALUE, NO_VALUE, ERROR = ...
-local function over_limit() error("instruction limit exceeded", 0) end
+local max_depth, hook_every, VALUE, NO_VALUE, ERROR = ...
 
+-- Instructions are counted, but one instruction on a long string can take milliseconds: CPU time is capped too.
+local steps, max_steps, deadline = 0, 0, 0
+local function watchdog()
+  steps = steps + 1
+  if steps > max_steps then error("instruction limit exceeded", 0) end
+  if clock() > deadline then error("time limit exceeded", 0) end
+end
+
+-- One string may appear many times in a table; Python would get a copy each time, so bytes are capped.
+local string_bytes = 0
 local function flatten(value, out, n, depth, budget)
   if n > budget then error("value too large", 0) end
   local kind = type(value)
   if kind ~= "table" then
-    if kind ~= "string" and kind ~= "number" and kind ~= "boolean" and kind ~= "nil" then
+    if kind == "string" then
+      string_bytes = string_bytes - #value
+      if string_bytes < 0 then error("value too large", 0) end
+    elseif kind ~= "number" and kind ~= "boolean" and kind ~= "nil" then
       error("unsupported value type " .. kind, 0)
     end
     n = n + 1; out[n] = value; return n
@@ -54,13 +75,14 @@ local function flatten(value, out, n, depth, budget)
   return n
 end
 
-return function(texts, names, max_instructions, max_values)
+return function(texts, names, max_instructions, max_seconds, max_values, max_string_bytes)
   local out, n = {}, 0
   for i = 1, #texts do
     local chunk, err = load(texts[i], names[i], "t", {})
     local ok, value = false, err
     if chunk then
-      sethook(over_limit, "", max_instructions)
+      steps, max_steps, deadline = 0, max_instructions // hook_every, clock() + max_seconds
+      sethook(watchdog, "", hook_every)
       ok, value = pcall(chunk)
       sethook()
     end
@@ -69,6 +91,7 @@ return function(texts, names, max_instructions, max_values)
       out[mark] = NO_VALUE; n = mark
     else
       if ok then
+        string_bytes = max_string_bytes
         ok, value = pcall(flatten, value, out, mark, 0, mark + max_values)
       end
       if ok then
@@ -114,7 +137,8 @@ class Loaded:
 class LuaSandbox:
     """Evaluates Prosody's serialized data (`return {...};`) safely and returns plain Python values.
 
-    Strings come back as `str` (invalid UTF-8 replaced), Lua tables as dicts, numbers as int or float.
+    Strings come back as `str`, Lua tables as dicts, numbers as int or float; a chunk holding a string
+    that is not valid UTF-8 fails as a whole ("a string is not valid UTF-8").
     """
 
     def __init__(
@@ -122,12 +146,13 @@ class LuaSandbox:
         *,
         max_memory: int = DEFAULT_MAX_MEMORY,
         max_instructions: int = DEFAULT_MAX_INSTRUCTIONS,
+        max_seconds: float = DEFAULT_MAX_SECONDS,
         max_values: int = DEFAULT_MAX_VALUES,
+        max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
     ) -> None:
         self._lua = restricted_runtime(max_memory=max_memory)
-        self._run_batch = self._lua.execute(_LOADER, MAX_DEPTH, _VALUE, _NO_VALUE, _ERROR)
-        self._max_instructions = max_instructions
-        self._max_values = max_values
+        self._run_batch = self._lua.execute(_LOADER, MAX_DEPTH, HOOK_EVERY, _VALUE, _NO_VALUE, _ERROR)
+        self._limits = (max_instructions, max_seconds, max_values, max_string_bytes)
 
     def load(self, text: bytes, name: str) -> Loaded:
         """Evaluates one chunk; `name` appears in Lua's error messages."""
@@ -156,7 +181,7 @@ class LuaSandbox:
     def _call(self, batch: Sequence[tuple[bytes, str]]) -> list[Loaded]:
         texts = self._lua.table_from([text for text, _ in batch])
         names = self._lua.table_from([("=" + name).encode("utf-8", "replace") for _, name in batch])
-        tokens = self._run_batch(texts, names, self._max_instructions, self._max_values)
+        tokens = self._run_batch(texts, names, *self._limits)
         if not isinstance(tokens, tuple):
             tokens = (tokens,)
         return _decode_results(tokens)

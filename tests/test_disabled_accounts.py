@@ -39,10 +39,22 @@ def test_disabled_accounts_are_left_out_unless_asked(tmp_path: Path) -> None:
     assert count_hosts(kept.hosts.values(), now=now, windows=DEFAULT_WINDOWS)[host].active == baseline[host].active
 
 
-def test_lastlog2_hosts_never_read_account_files(tmp_path: Path) -> None:
+def test_disabled_accounts_are_left_out_on_lastlog2_hosts_too(tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(case_data("sample"), data)
-    # A hostile accounts file would be a problem if it were read; on a 0.12-style host it is not read at all.
-    (data / "example%2ecom" / "accounts").mkdir(exist_ok=True)
-    (data / "example%2ecom" / "accounts" / "x.dat").write_bytes(b"while true do end -- disabled")
-    assert not FileStoreReader(data).read().problems
+    now = json.loads((case_data("sample").parent / "expected.json").read_text())["now"]
+    before = count_hosts(FileStoreReader(data).read().hosts.values(), now=now, windows=DEFAULT_WINDOWS)
+    user = next(u for u in FileStoreReader(data).read().hosts["example.com"].users if u.last_active)
+    prosody_store(data, user.user, "example.com", "accounts", '{ disabled = true; disabled_meta = { reason = "x" } }')
+    after = count_hosts(FileStoreReader(data).read().hosts.values(), now=now, windows=DEFAULT_WINDOWS)
+    assert after["example.com"].disabled == 1
+    assert sum(after["example.com"].active.values()) < sum(before["example.com"].active.values())
+
+
+def test_account_files_are_evaluated_only_if_they_mention_disabled(sample_tree: Path) -> None:
+    accounts = sample_tree / "example%2ecom" / "accounts"
+    accounts.mkdir()
+    (accounts / "quiet.dat").write_bytes(b"while true do end")
+    (accounts / "loud.dat").write_bytes(b"while true do end -- disabled")
+    problems = FileStoreReader(sample_tree).read().problems
+    assert [(p.where, p.kind) for p in problems] == [("example%2ecom/accounts/loud.dat", "limit")]

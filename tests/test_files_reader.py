@@ -43,23 +43,58 @@ def test_scratch_files_are_ignored(sample_tree: Path) -> None:
     assert len(after.hosts["example.com"].users) == len(before.hosts["example.com"].users)
 
 
-def test_a_file_vanishing_between_listing_and_reading_is_normal(
-    sample_tree: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_file_vanishing_between_listing_and_reading_is_normal(sample_tree: Path) -> None:
     victim = a_real_file(sample_tree)
-    real_scandir = os.scandir
 
     def scandir_then_delete(path: str) -> list[os.DirEntry[str]]:
-        entries = list(real_scandir(path))
+        entries = list(os.scandir(path))
         if Path(path) == victim.parent and victim.exists():
             victim.unlink()
         return entries
 
-    monkeypatch.setattr(os, "scandir", scandir_then_delete)
     expected = len(FileStoreReader(case_data("sample")).read().hosts["example.com"].users) - 1
-    result = FileStoreReader(sample_tree).read()
+    result = FileStoreReader(sample_tree, scandir=scandir_then_delete).read()
     assert not result.problems
     assert len(result.hosts["example.com"].users) == expected
+
+
+def test_an_unreadable_host_directory_is_a_problem_not_a_silent_gap(sample_tree: Path) -> None:
+    locked = sample_tree / "example%2ecom"
+
+    def scandir(path: str) -> list[os.DirEntry[str]]:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied")
+        return list(os.scandir(path))
+
+    result = FileStoreReader(sample_tree, scandir=scandir).read()
+    assert [(p.where, p.kind, p.reason) for p in result.problems] == [
+        ("example%2ecom", "unreadable", "Permission denied")
+    ]
+    assert "example.com" not in result.hosts and "münchen.example" in result.hosts
+
+
+def test_names_prosody_cannot_write_are_reported_or_ignored(sample_tree: Path) -> None:
+    store = lastlog2_dir(sample_tree, "example.com")
+    shutil.copy(a_real_file(sample_tree), os.fsdecode(bytes(store) + b"/\xff%41.dat"))
+    shutil.copy(a_real_file(sample_tree), store / "dotted.name.dat")
+    shutil.copy(a_real_file(sample_tree), store / "bad%ff.dat")  # not UTF-8 once decoded
+    (sample_tree / "_global").mkdir()  # datamanager's directory for host-less data
+    (sample_tree / "http_file_share").mkdir()  # another module's directory
+    result = FileStoreReader(sample_tree).read()
+    assert sorted(p.where for p in result.problems) == [
+        "example%2ecom/lastlog2/\\xff%41.dat",
+        "example%2ecom/lastlog2/bad%ff.dat",
+        "example%2ecom/lastlog2/dotted.name.dat",
+    ]
+    assert {p.kind for p in result.problems} == {"unexpected"}
+    assert all("%" not in host and "_" not in host for host in result.hosts)
+
+
+def test_a_second_directory_for_the_same_host_is_reported(sample_tree: Path) -> None:
+    shutil.copytree(sample_tree / "example%2ecom", sample_tree / "example%2Ecom")
+    result = FileStoreReader(sample_tree).read()
+    assert [(p.where, p.kind) for p in result.problems] == [("example%2ecom", "unexpected")]
+    assert "example.com" in result.hosts
 
 
 @pytest.mark.parametrize(

@@ -52,3 +52,19 @@ def test_sqlite_fixtures_equal_their_file_twins() -> None:
         from_files = FileSource(twin / "data").count(now=now, windows=DEFAULT_WINDOWS)
         assert from_sql.counts == from_files.counts, sqlite_case.name
         assert set(from_sql.methods.values()) == {"pushdown"}
+
+
+def test_account_activity_store_counts() -> None:
+    """Prosody 0.12 cannot count account_activity, so: on thirteen.example the same events went to lastlog2
+    too, and Prosody's lastlog2 counts are the oracle; on only13.example the counts follow from the scenario
+    (gus -100 s, hal -600000 s, jan -2591999 s, kai -2592000 s; ida only registered, which writes nothing)."""
+    case = CASES / "account_activity"
+    expected = json.loads((case / "expected.json").read_text())
+    result = FileSource(case / "data").count(now=expected["now"], windows=DEFAULT_WINDOWS)
+    assert {host: c.store for host, c in result.counts.items()} == {
+        "only13.example": Store.ACCOUNT_ACTIVITY,
+        "thirteen.example": Store.ACCOUNT_ACTIVITY,
+    }
+    assert dict(result.counts["thirteen.example"].active) == expected["active_users"]["thirteen.example"]
+    assert dict(result.counts["only13.example"].active) == {"1d": 1, "7d": 2, "30d": 3}
+    assert result.counts["only13.example"].accounts == 4

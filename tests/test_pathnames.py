@@ -38,3 +38,8 @@ def test_decode_accepts_uppercase_hex() -> None:
 def test_round_trip(name: str) -> None:
     name = name.encode("utf-8", "replace").decode("utf-8")
     assert decode_name(encode_name(name)) == name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("name", ["_global", "a.b", "%ff", "%c3", "%zz", "caf\u00e9", "x%2"])
+def test_names_prosody_cannot_write_decode_to_none(name: str) -> None:
+    assert decode_name(name) is None

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from prosody_lastlog.sandbox import BATCH_BYTES, BATCH_SIZE, LuaSandbox, _batches
+from prosody_lastlog.sandbox import BATCH_BYTES, BATCH_SIZE, LuaSandbox, _batches, restricted_runtime
 
 LASTLOG2_FILE = (
     b'return {\n\t["registered"] = {\n\t\t["timestamp"] = 1690000000;\n\t};\n'
@@ -127,3 +127,26 @@ def test_a_batch_of_large_files_loads(sandbox: LuaSandbox) -> None:
     large = b"return { pad = '" + b"x" * 200_000 + b"' }"
     results = sandbox.load_many([(large, f"{i}.dat") for i in range(40)])
     assert all(r.error is None for r in results)
+
+
+def test_cpu_time_is_capped_even_when_few_instructions_run(sandbox: LuaSandbox) -> None:
+    # Each concatenation of a long string is one instruction that takes milliseconds.
+    slow = b'local s = "x" for i = 1, 22 do s = s .. s end for i = 1, 1e9 do local t = s .. i end return {}'
+    started = time.monotonic()
+    loaded = sandbox.load(slow, "slow.dat")
+    assert time.monotonic() - started < 3
+    assert loaded.error is not None and "time limit exceeded" in loaded.error and loaded.hit_limit
+
+
+def test_repeated_strings_are_capped_in_bytes(sandbox: LuaSandbox) -> None:
+    # One 1 MiB string referenced 300 times would be 300 MiB of Python strings.
+    fan_out = b'local s = "xy" for i = 1, 19 do s = s .. s end local t = {} for i = 1, 300 do t[i] = s end return t'
+    loaded = sandbox.load(fan_out, "fan.dat")
+    assert loaded.error == "value too large" and loaded.hit_limit
+
+
+def test_python_objects_are_not_inspectable_from_lua() -> None:
+    lua = restricted_runtime(max_memory=1 << 24)
+    peek = lua.eval("function(f) return f.__globals__ end")
+    with pytest.raises(AttributeError):
+        peek(len)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +22,9 @@ class DataDirError(Exception):
     """The data directory itself is missing or unreadable (one file's trouble is a ReadProblem)."""
 
 
+Scandir = Callable[[str], Iterable[os.DirEntry[str]]]
+
+
 class FileStoreReader:
     """Reads last-activity data for every host (or the chosen ones) under a Prosody data directory."""
 
@@ -33,6 +36,7 @@ class FileStoreReader:
         store: Store | None = None,
         count_disabled: bool = False,
         sandbox: LuaSandbox | None = None,
+        scandir: Scandir = os.scandir,
     ) -> None:
         self._data_dir = data_dir
         self._prefix = os.path.join(str(data_dir), "")
@@ -40,48 +44,58 @@ class FileStoreReader:
         self._forced_store = store
         self._count_disabled = count_disabled
         self._sandbox = sandbox or LuaSandbox()
+        self._scandir = scandir
 
     def read(self) -> ReadResult:
         """Scans the whole tree; raises DataDirError only if the data directory cannot be listed."""
         result = ReadResult()
-        for host, host_dir in self._host_dirs():
-            store = self._choose_store(host_dir)
+        for host, host_dir in self._host_dirs(result.problems):
+            subdirs = self._subdirectories(host_dir, result.problems)
+            store = self._choose_store(subdirs)
             if store is None:
                 continue
             data = HostData(host, store)
-            disabled = self._disabled_users(host_dir, result.problems) if self._checks_disabled(store) else set()
+            disabled = set()
+            if _ACCOUNTS in subdirs and not self._count_disabled:
+                disabled = self._disabled_users(os.path.join(host_dir, _ACCOUNTS), result.problems)
             for batch in _batches(self._user_files(host_dir, store, result.problems)):
                 self._read_batch(batch, store, data, disabled, result.problems)
             result.hosts[host] = data
         return result
 
-    def _host_dirs(self) -> Iterator[tuple[str, str]]:
+    def _host_dirs(self, problems: list[ReadProblem]) -> Iterator[tuple[str, str]]:
         try:
-            entries = sorted(os.scandir(self._data_dir), key=lambda entry: entry.name)
+            entries = sorted(self._scandir(str(self._data_dir)), key=lambda entry: entry.name)
         except OSError as exc:
             raise DataDirError(f"cannot read data directory {self._data_dir}: {exc.strerror or exc}") from exc
+        seen: set[str] = set()
         for entry in entries:
             host = decode_name(entry.name)
-            if (not self._hosts or host in self._hosts) and _is_dir(entry):
-                yield host, entry.path
+            # Other modules keep directories here too (`_global`, `http_file_share`): not host names, not ours.
+            if host is None or not _is_dir(entry) or (self._hosts and host not in self._hosts):
+                continue
+            if host in seen:
+                problems.append(ReadProblem(entry.name, "unexpected", f"a second directory for host {host}"))
+                continue
+            seen.add(host)
+            yield host, entry.path
 
-    def _choose_store(self, host_dir: str) -> Store | None:
+    def _subdirectories(self, host_dir: str, problems: list[ReadProblem]) -> set[str]:
+        try:
+            return {entry.name for entry in self._scandir(host_dir) if _is_dir(entry)}
+        except OSError as exc:
+            problems.append(ReadProblem(self._where(host_dir), "unreadable", exc.strerror or str(exc)))
+            return set()
+
+    def _choose_store(self, subdirs: set[str]) -> Store | None:
         """The store the server's own mod_measure_active_users would read: 13's first, then lastlog2, lastlog."""
         candidates = [self._forced_store] if self._forced_store else list(Store)
-        for store in candidates:
-            if os.path.isdir(os.path.join(host_dir, encode_store(store.value))):
-                return store
-        return None
-
-    def _checks_disabled(self, store: Store) -> bool:
-        # Only Prosody 13 can disable accounts, and only 13 writes account_activity; its
-        # mod_measure_active_users then leaves disabled accounts out (measure_active_users_count_disabled).
-        return store is Store.ACCOUNT_ACTIVITY and not self._count_disabled
+        return next((store for store in candidates if encode_store(store.value) in subdirs), None)
 
     def _user_files(self, host_dir: str, store: Store, problems: list[ReadProblem]) -> Iterator[os.DirEntry[str]]:
         store_dir = os.path.join(host_dir, encode_store(store.value))
         try:
-            entries = list(os.scandir(store_dir))
+            entries = list(self._scandir(store_dir))
         except OSError as exc:
             problems.append(ReadProblem(self._where(store_dir), "unreadable", exc.strerror or str(exc)))
             return
@@ -89,7 +103,10 @@ class FileStoreReader:
             # Prosody's users() takes every name ending in .dat; `<user>.dat~` is a scratch file mid-write.
             if not entry.name.endswith(_DAT):
                 continue
-            if _is_regular_file(entry):
+            if _user_name(entry) is None:
+                where = os.fsencode(self._where(entry.path)).decode("utf-8", "backslashreplace")
+                problems.append(ReadProblem(where, "unexpected", "not a name Prosody writes (percent-encoded UTF-8)"))
+            elif _is_regular_file(entry):
                 yield entry
             elif os.path.lexists(entry.path):  # else removed since listing: normal
                 problems.append(
@@ -116,7 +133,7 @@ class FileStoreReader:
                 kind = "limit" if loaded.hit_limit else "invalid"
                 problems.append(ReadProblem(self._where(entry.path), kind, loaded.error))
                 continue
-            interpreted = interpret(store, _user_name(entry), loaded.value)
+            interpreted = interpret(store, _user_name(entry) or "", loaded.value)
             for oddity in interpreted.oddities:
                 problems.append(ReadProblem(self._where(entry.path), "unexpected", oddity))
             if interpreted.activity is not None:
@@ -141,34 +158,36 @@ class FileStoreReader:
             return None
         return text
 
-    def _disabled_users(self, host_dir: str, problems: list[ReadProblem]) -> set[str]:
-        """Users whose `accounts` record says `disabled = true` (Prosody 13's mod_auth_internal_hashed)."""
+    def _disabled_users(self, accounts_dir: str, problems: list[ReadProblem]) -> set[str]:
+        """Users whose `accounts` record sets `disabled` (Prosody 13's mod_auth_internal_hashed; truthy as in Lua)."""
         try:
-            entries = list(os.scandir(os.path.join(host_dir, _ACCOUNTS)))
-        except OSError:
-            return set()  # no internal accounts store: nothing says an account is disabled
-        candidates: list[tuple[os.DirEntry[str], bytes]] = []
+            entries = list(self._scandir(accounts_dir))
+        except OSError as exc:
+            problems.append(ReadProblem(self._where(accounts_dir), "unreadable", exc.strerror or str(exc)))
+            return set()
+        candidates: list[tuple[str, str, bytes]] = []
         for entry in entries:
-            if entry.name.endswith(_DAT) and _is_regular_file(entry):
+            user = _user_name(entry) if entry.name.endswith(_DAT) else None
+            if user is not None and _is_regular_file(entry):
                 text = self._read_text(entry.path, problems)
                 # Accounts files hold password hashes: only those that mention `disabled` are evaluated at all.
                 if text is not None and b"disabled" in text:
-                    candidates.append((entry, text))
-        loaded = self._sandbox.load_many([(text, entry.name) for entry, text in candidates])
+                    candidates.append((user, entry.path, text))
+        loaded = self._sandbox.load_many([(text, os.path.basename(path)) for _, path, text in candidates])
         disabled: set[str] = set()
-        for (entry, _), result in zip(candidates, loaded, strict=True):
+        for (user, path, _), result in zip(candidates, loaded, strict=True):
             if result.error is not None:
                 kind = "limit" if result.hit_limit else "invalid"
-                problems.append(ReadProblem(self._where(entry.path), kind, result.error))
-            elif isinstance(result.value, dict) and result.value.get("disabled") is True:
-                disabled.add(_user_name(entry))
+                problems.append(ReadProblem(self._where(path), kind, result.error))
+            elif isinstance(result.value, dict) and result.value.get("disabled") not in (None, False):
+                disabled.add(user)
         return disabled
 
     def _where(self, path: str) -> str:
         return path[len(self._prefix) :] if path.startswith(self._prefix) else path
 
 
-def _user_name(entry: os.DirEntry[str]) -> str:
+def _user_name(entry: os.DirEntry[str]) -> str | None:
     return decode_name(entry.name[: -len(_DAT)])
 
 

@@ -142,7 +142,7 @@ class SqlReader:
             for store in Store:
                 store_hosts = sorted(host for host, s in chosen.items() if s is store)
                 if store_hosts:
-                    disabled = self._disabled(connection, store, store_hosts)
+                    disabled = self._disabled(connection, store_hosts)
                     rows = connection.stream(*queries.rows_of(store, store_hosts))
                     self._collect(rows, store, disabled, result)
         except connection.errors as exc:
@@ -150,8 +150,8 @@ class SqlReader:
         result.hosts = dict(sorted(result.hosts.items()))
         return result
 
-    def _disabled(self, connection: Connection, store: Store, hosts: Sequence[str]) -> set[tuple[str, str]]:
-        if store is not Store.ACCOUNT_ACTIVITY or self._count_disabled:
+    def _disabled(self, connection: Connection, hosts: Sequence[str]) -> set[tuple[str, str]]:
+        if self._count_disabled:
             return set()
         return {(host, user) for host, user in connection.query(*queries.disabled_accounts(hosts))}
 

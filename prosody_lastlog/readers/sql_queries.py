@@ -93,11 +93,11 @@ def rows_of(store: Store, hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
 
 
 def disabled_accounts(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """Accounts Prosody 13 marked `disabled = true` (a boolean row in the accounts store)."""
+    """Accounts Prosody 13 marked disabled: a `disabled` row in the accounts store that is not boolean false."""
     where, params = host_filter(hosts)
     sql = (
-        'SELECT "host", "user" FROM "prosody" WHERE "store" = \'accounts\' AND "key" = \'disabled\' '
-        f"AND \"type\" = 'boolean' AND \"value\" = 'true'{where}"
+        'SELECT DISTINCT "host", "user" FROM "prosody" WHERE "store" = \'accounts\' AND "key" = \'disabled\' '
+        f"AND NOT (\"type\" = 'boolean' AND \"value\" = 'false'){where}"
     )
     return sql, params
 
@@ -149,8 +149,9 @@ def aggregate(
     if check_disabled:
         disabled_join = """
         LEFT JOIN (SELECT DISTINCT a."host", a."user" FROM "prosody" a WHERE a."store" = 'accounts'
-                   AND a."key" = 'disabled' AND a."type" = 'boolean' AND a."value" = 'true') d
-          ON d."host" = u."host" AND d."user" = u."user" AND u."store" = 'account_activity'"""
+                   AND a."key" = 'disabled' AND NOT (a."type" = 'boolean' AND a."value" = 'false')) d
+          ON d."host" = u."host" AND d."user" = u."user"
+        """
         disabled = 'CASE WHEN d."user" IS NULL THEN 0 ELSE 1 END'
     else:
         disabled_join, disabled = "", "0"
