@@ -109,10 +109,19 @@ def aggregate(
     registered per window, with mod_measure_active_users' arithmetic (active iff now - last < window)."""
     where, host_params = host_filter(hosts, 'p."host"')
 
-    # Each row's JSON is parsed once, in a fenced sub-query; `ts` is NULL where the row should hold a
-    # timestamp but holds no clean number.
+    # Each row is classified and its JSON parsed once, in fenced sub-queries. kind: 1 lastlog2 login/logout,
+    # 2 lastlog2 registered, 3 a number `timestamp` (lastlog, account_activity), 4 a lastlog event, 5 a ""
+    # keyval row. `ts` is NULL where the row should hold a timestamp but holds no clean number.
     parsed_rows = f"""
-        SELECT p."host", p."store", p."user", p."key", p."type",
+        SELECT p."host", p."store", p."user", p."type",
+          CASE
+            WHEN p."key" = '' THEN 5
+            WHEN p."store" = 'lastlog2' AND p."key" IN ('login', 'logout') THEN 1
+            WHEN p."store" = 'lastlog2' AND p."key" = 'registered' THEN 2
+            WHEN p."store" <> 'lastlog2' AND p."key" = 'timestamp' THEN 3
+            WHEN p."store" = 'lastlog' AND p."key" = 'event' THEN 4
+            ELSE 0
+          END AS kind,
           CASE WHEN p."store" = 'lastlog' AND p."key" = 'event' THEN p."value" END AS event,
           CASE
             WHEN p."store" = 'lastlog2' AND p."key" IN ('login', 'logout', 'registered') AND p."type" = 'json'
@@ -125,24 +134,23 @@ def aggregate(
     """
     number = dialect.to_double.format(x="q.j")
     timed_rows = f"""
-        SELECT q."host", q."store", q."user", q."key", q."type", q.event,
+        SELECT q."host", q."store", q."user", q."type", q.kind, q.event,
           CASE WHEN {dialect.is_number.format(x="q.j")} THEN
             CASE WHEN {dialect.is_small.format(x="q.j")} THEN {number} END END AS ts
-        FROM ({parsed_rows}) q
+        FROM ({parsed_rows}) q{dialect.fence}
     """
     per_user = f"""
         SELECT r."host", r."store", r."user",
-          MAX(CASE WHEN r."store" = 'lastlog2' AND r."key" IN ('login', 'logout') THEN r.ts END) AS l2_active,
-          MAX(CASE WHEN r."store" = 'lastlog2' AND r."key" = 'registered' THEN r.ts END) AS l2_registered,
-          MAX(CASE WHEN r."store" <> 'lastlog2' AND r."key" = 'timestamp' THEN r.ts END) AS stamp,
-          MAX(CASE WHEN r."type" = 'string' THEN r.event END) AS event,
+          MAX(CASE WHEN r.kind = 1 THEN r.ts END) AS l2_active,
+          MAX(CASE WHEN r.kind = 2 THEN r.ts END) AS l2_registered,
+          MAX(CASE WHEN r.kind = 3 THEN r.ts END) AS stamp,
+          MAX(CASE WHEN r.kind = 4 AND r."type" = 'string' THEN r.event END) AS event,
           SUM(CASE
-              WHEN r."key" = '' THEN 1
-              WHEN r."store" = 'lastlog2' AND r."key" IN ('login', 'logout', 'registered') AND r.ts IS NULL THEN 1
-              WHEN r."store" <> 'lastlog2' AND r."key" = 'timestamp' AND r.ts IS NULL THEN 1
-              WHEN r."store" = 'lastlog' AND r."key" = 'event' AND r."type" <> 'string' THEN 1
+              WHEN r.kind IN (1, 2, 3) AND r.ts IS NULL THEN 1
+              WHEN r.kind = 5 THEN 1
+              WHEN r.kind = 4 AND r."type" <> 'string' THEN 1
               ELSE 0 END) AS suspect_rows,
-          SUM(CASE WHEN r."store" = 'lastlog' AND r."key" = 'event' THEN 1 ELSE 0 END) AS events
+          SUM(CASE WHEN r.kind = 4 THEN 1 ELSE 0 END) AS events
         FROM ({timed_rows}) r
         GROUP BY r."host", r."store", r."user"
     """
