@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := fixtures/cases/sample
 
-.PHONY: run test lint bench fixtures clean
+.PHONY: run test lint bench bench-sql fixtures clean
 
 $(BIN)/prosody-lastlog: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,14 @@ bench: $(BIN)/prosody-lastlog
 	tools/install-debian-packages.sh
 	$(BIN)/python benchmarks/scan.py --users 100000 --repeat 5
 
+bench-sql: $(BIN)/prosody-lastlog
+	$(BIN)/python benchmarks/sql_count.py --users 1000000 --repeat 3
+
 fixtures: $(BIN)/prosody-lastlog
 	tools/install-debian-packages.sh
 	$(BIN)/python fixtures/make_fixtures.py
+	$(BIN)/python fixtures/make_fixtures.py --sql sqlite --case sample --case boundaries --case lastlog_legacy \
+		--case account_activity
 	$(BIN)/python fixtures/make_hostile.py
 
 clean:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -11,15 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prosody_lastlog import __version__
-from prosody_lastlog.counting import HostCounts, count_hosts
-from prosody_lastlog.readers.files import DataDirError, FileStoreReader
+from prosody_lastlog.counting import HostCounts
+from prosody_lastlog.database import DatabaseError
+from prosody_lastlog.discovery import DEFAULT_DATA_DIR, SourceOptions, plan_sources
+from prosody_lastlog.prosody_config import ConfigError
+from prosody_lastlog.readers.files import DataDirError
+from prosody_lastlog.readers.sql import METHODS
 from prosody_lastlog.records import ReadProblem, Store
 from prosody_lastlog.report import render_json, render_table, to_json_document
+from prosody_lastlog.sources import count_all
 from prosody_lastlog.windows import parse_windows
 
 log = logging.getLogger("prosody_lastlog")
-
-DEFAULT_DATA_DIR = Path("/var/lib/prosody")  # Debian's and most packages' data_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,11 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     count = commands.add_parser("count", help="count active users once and print them")
-    count.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"Prosody's data_path, holding <host>/lastlog2/*.dat and friends (default: {DEFAULT_DATA_DIR})",
+    source = count.add_argument_group(
+        "where the data is",
+        "By default the Prosody config ($PROSODY_CONFIG, else /etc/prosody/prosody.cfg.lua) says where each host's "
+        "data lives; --data-dir or --sql read one place directly instead.",
+    )
+    source.add_argument("--config", type=Path, help="Prosody's config file, e.g. /etc/prosody/prosody.cfg.lua")
+    source.add_argument(
+        "--data-dir", type=Path, help=f"Prosody's data_path, with <host>/lastlog2/*.dat (e.g. {DEFAULT_DATA_DIR})"
+    )
+    source.add_argument(
+        "--sql",
+        metavar="URL",
+        help="Prosody's SQL database: sqlite:///path, postgresql://user@host:5432/db or mysql://user@host:3306/db",
+    )
+    source.add_argument("--sql-password-file", type=Path, help="read the SQL password from this file (first line)")
+    source.add_argument(
+        "--sql-method",
+        choices=METHODS,
+        default="auto",
+        help="count in the database (pushdown), by reading rows (stream), or pushdown with fallback (auto, default)",
     )
     count.add_argument("--host", action="append", default=[], help="count only this host (repeatable)")
     count.add_argument(
@@ -51,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument(
         "--count-disabled", action="store_true", help="count accounts marked disabled (Prosody 13) as active"
     )
-    count.add_argument("-v", "--verbose", action="store_true", help="list every unreadable file (names users)")
+    count.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say what is read and list every unreadable file or row (names users)",
+    )
     return parser
 
 
@@ -65,32 +89,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     now = args.now if args.now is not None else int(time.time())
-    reader = FileStoreReader(
-        args.data_dir,
-        hosts=args.host,
-        store=Store(args.store) if args.store else None,
-        count_disabled=args.count_disabled,
-    )
     try:
-        result = reader.read()
-    except DataDirError as exc:
+        options = SourceOptions(
+            config=args.config,
+            data_dir=args.data_dir,
+            sql_url=args.sql,
+            sql_password=_read_password(args.sql_password_file),
+            sql_method=args.sql_method,
+            hosts=args.host,
+            store=Store(args.store) if args.store else None,
+            count_disabled=args.count_disabled,
+        )
+        plan = plan_sources(options, environ=os.environ)
+        totals = count_all(plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts)
+    except (DataDirError, DatabaseError, ConfigError, OSError, ValueError) as exc:
         print(f"prosody-lastlog: error: {exc}", file=sys.stderr)
         return 1
-    counts = count_hosts(result.hosts.values(), now=now, windows=windows)
-    _report_problems(result.problems)
-    _report_clock_skew(counts)
+    _report_problems(totals.problems)
+    _report_clock_skew(totals.counts)
     if args.format == "json":
-        sys.stdout.write(render_json(to_json_document(counts, now=now, windows=windows, problems=result.problems)))
+        document = to_json_document(totals.counts, now=now, windows=windows, problems=totals.problems)
+        sys.stdout.write(render_json(document))
     else:
-        sys.stdout.write(render_table(counts, windows=windows))
+        sys.stdout.write(render_table(totals.counts, windows=windows))
     return 0
+
+
+def _read_password(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+    except OSError as exc:
+        raise OSError(f"cannot read the SQL password file {path}: {exc.strerror}") from exc
 
 
 def _setup_logging(*, verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("prosody-lastlog: %(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING)
     log.propagate = False
 
 

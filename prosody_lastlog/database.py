@@ -66,8 +66,8 @@ def parse_sql_url(url: str, *, password: str | None = None) -> SqlSettings:
     if driver is None:
         raise ValueError(f"unsupported SQL URL scheme {parts.scheme!r}: use sqlite, postgresql or mysql")
     if driver == "SQLite3":
-        path = unquote(parts.path)
-        if not path or path == "/":
+        path = "/" + unquote(parts.path).lstrip("/")  # sqlite:///abs and sqlite:////abs both mean /abs
+        if path == "/":
             raise ValueError("an sqlite URL needs a file path: sqlite:///var/lib/prosody/prosody.sqlite")
         return SqlSettings(driver, path)
     database = unquote(parts.path.lstrip("/"))

@@ -81,7 +81,7 @@ def count_all(
         totals.counts.update(result.counts)
         totals.methods.update(result.methods)
         totals.problems.extend(result.problems)
-        log.info("%s: %d host(s) counted", source.name, len(result.counts))
+        log.debug("%s: %d host(s) counted", source.name, len(result.counts))
     for host, store in known_hosts:
         if host not in totals.counts:
             zeros = dict.fromkeys((w.label for w in windows), 0)

@@ -17,3 +17,12 @@ def test_scan_benchmark_smoke() -> None:
     assert completed.returncode == 0, completed.stderr
     assert "counts agree: yes" in completed.stdout
     assert "µs/file" in completed.stdout and "ratio prosody-lastlog / Prosody" in completed.stdout
+
+
+def test_sql_benchmark_smoke() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARK.with_name("sql_count.py")), "--users", "300", "--repeat", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.count("counts agree: yes") == 2

@@ -99,3 +99,32 @@ def test_python_dash_m_runs() -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert json.loads(completed.stdout)["hosts"]
+
+
+def test_sql_source_gives_the_same_counts_as_the_file_twin(capsys: pytest.CaptureFixture[str]) -> None:
+    sqlite = case_data("sample").parent.parent / "sample-sqlite" / "prosody.sqlite"
+    common = ["--now", str(SAMPLE_NOW), "--format", "json"]
+    _, from_files, _ = run(capsys, "count", "--data-dir", str(case_data("sample")), *common)
+    for method in ("auto", "stream"):
+        code, from_sql, _ = run(capsys, "count", "--sql", f"sqlite:///{sqlite}", "--sql-method", method, *common)
+        assert code == 0
+        assert json.loads(from_sql)["hosts"] == json.loads(from_files)["hosts"]
+
+
+def test_sql_password_never_shows(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text("hunter2-from-file\n")
+    code, out, err = run(
+        capsys, "count", "--sql", "postgresql://prosody:hunter2-in-url@127.0.0.1:1/prosody",
+        "--sql-password-file", str(password_file), "-v",
+    )  # fmt: skip
+    assert code == 1
+    assert "127.0.0.1:1/prosody" in err
+    assert "hunter2" not in out + err
+
+
+def test_help_shows_no_secret_and_documents_sources(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["count", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--config" in help_text and "--sql" in help_text and "--data-dir" in help_text

@@ -235,6 +235,7 @@ def test_sqlite_is_opened_read_only(sqlite_db: tuple[SqlSettings, Any]) -> None:
             SqlSettings("MySQL", "prosody", host="127.0.0.1", port=3306, username="root", password="p@ss"),
         ),
         ("mariadb://u@h/db", SqlSettings("MySQL", "db", host="h", username="u")),
+        ("sqlite:////var/lib/prosody/prosody.sqlite", SqlSettings("SQLite3", "/var/lib/prosody/prosody.sqlite")),
     ],
 )
 def test_parse_sql_url(url: str, expected: SqlSettings) -> None:

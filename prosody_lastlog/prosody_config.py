@@ -1,0 +1,376 @@
+"""Zero-configuration discovery: where a Prosody server keeps its last-activity data, read from its config.
+
+The config (prosody.cfg.lua) is a Lua program. prosody_config.lua evaluates it the way Prosody's
+configmanager does, in a private runtime from `restricted_runtime` that offers only a read-only subset of
+Lua (no require/os.execute/os.exit/debug, read-mode io.open only), caps instructions, memory, file reads and
+pattern-matching cost, and reaches files only through the read-only callables defined here. From the
+evaluated options this module derives, per host, which last-activity stores are written and by which
+storage driver, following Prosody 0.12's modulemanager and storagemanager.
+
+Decisions worth knowing:
+- `RunScript` runs the script in the same sandbox, with the sandbox's globals as its environment (Prosody
+  uses `dofile`, i.e. its real globals), so its assignments are Lua globals, not options.
+- A relative `data_path` is resolved against the config file's directory. Prosody resolves it against its
+  working directory at startup, which a reader cannot know; a warning says so.
+- `io.open`/`io.lines` with a relative name read relative to our working directory, as Lua does.
+- Prosody 13: FileContents/FileLine/FileLines resolve against the directory of the file calling them;
+  `Credential(name)` reads `$CREDENTIALS_DIRECTORY/name` from the `environ` given, and without it warns
+  and gives nil (prosodyctl's behaviour; the daemon would stop); `Lua` is the sandbox's globals; a bare
+  name reads the current host's option, else the global one, else a Lua global; a table option comes
+  back as a proxy whose `:append{...}` stores the appended copy as the current host's own value.
+- Lua string patterns run in C, out of the instruction hook's reach, so find/match/gmatch/gsub refuse a
+  call whose worst-case backtracking (bounded by the subject's runs of matching characters) is too large.
+
+Not emulated: Prosody 13's deprecation warnings for bare Lua globals, C modules (require, lfs, socket),
+coroutines, setmetatable/getmetatable, and modules pulled in by another module's `module:depends()`.
+Storage driver names are reported as configured, not checked against the installed drivers.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from encodings.idna import nameprep as idna_nameprep
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from lupa.lua54 import LuaError, lua_type
+
+from .database import SqlSettings
+from .records import Store
+from .sandbox import PlainValue, restricted_runtime
+
+DEFAULT_DATA_PATH = Path("/var/lib/prosody")  # Debian's CFG_DATADIR (/usr/bin/prosody)
+
+MAX_MEMORY = 64 * 1024 * 1024
+MAX_MILLION_INSTRUCTIONS = 50
+MAX_PATTERN_COST = 3e8  # Lua's matcher does roughly 1e9 of these steps in 1.5 s
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_READ_BYTES = 32 * 1024 * 1024
+MAX_FILE_OPERATIONS = 2_000
+MAX_DIR_ENTRIES = 10_000
+MAX_INCLUDE_DEPTH = 20
+MAX_EXPORT_VALUES = 200_000
+
+# The module that writes each last-activity store; the store name is the module name.
+STORE_MODULES: Mapping[Store, str] = {
+    Store.ACCOUNT_ACTIVITY: "account_activity",
+    Store.LASTLOG2: "lastlog2",
+    Store.LASTLOG: "lastlog",
+}
+# Prosody 0.12 core/modulemanager.lua: loaded on every host, and the global modules a Component inherits.
+AUTOLOAD_MODULES = frozenset({"posix", "presence", "message", "iq", "offline", "c2s", "s2s", "s2s_auth_certs"})
+COMPONENT_INHERITABLE_MODULES = frozenset(
+    {"tls", "saslauth", "dialback", "iq", "s2s", "s2s_bidi", "smacks", "server_contact_info"}
+)
+SQL_DRIVERS = ("SQLite3", "PostgreSQL", "MySQL")
+NO_STORE_MODULE = "no lastlog2, lastlog or account_activity module enabled"
+DISABLED = "disabled (enabled = false)"
+
+Options: TypeAlias = dict[str, dict[str, PlainValue]]
+
+
+class ConfigError(Exception):
+    """The config cannot be evaluated or used; the message names the file (and line when known)."""
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Where one host's last-activity stores live."""
+
+    name: str  # nameprepped (lower-case)
+    is_component: bool
+    stores: Mapping[Store, str]  # each store whose writer module is loaded here → its storage driver
+    sql: SqlSettings | None  # the host's effective `sql` option; None if no store uses sql
+
+
+@dataclass(frozen=True)
+class ProsodyConfig:
+    """What prosody-lastlog needs from a Prosody config."""
+
+    path: Path
+    data_path: Path
+    pidfile: Path | None
+    hosts: Mapping[str, HostSettings]  # enabled hosts with at least one last-activity store
+    skipped: Mapping[str, str]  # every other host → one-line reason
+    warnings: tuple[str, ...] = ()
+
+
+class _UnusableHostError(Exception):
+    """A host's settings are unusable; the message is the one-line reason."""
+
+
+def load_prosody_config(path: Path, *, environ: Mapping[str, str]) -> ProsodyConfig:
+    """Evaluates the config at `path` in the sandbox and derives each host's last-activity storage."""
+    path = Path(os.path.abspath(path))  # not resolve(): Include paths hang off the name as given
+    options, lua_warnings = _evaluate(path, environ)
+    warnings = list(lua_warnings)
+    global_options = options.get("*", {})
+    data_path = _data_path(path, global_options, warnings)
+    hosts: dict[str, HostSettings] = {}
+    skipped: dict[str, str] = {}
+    for name in sorted(host for host in options if host != "*"):
+        try:
+            settings = _host_settings(options, name, data_path, warnings)
+        except _UnusableHostError as reason:
+            skipped[name] = str(reason)
+            continue
+        hosts[name] = settings
+    return ProsodyConfig(
+        path=path,
+        data_path=data_path,
+        pidfile=_pidfile(global_options, data_path),
+        hosts=hosts,
+        skipped=skipped,
+        warnings=tuple(warnings),
+    )
+
+
+def evaluate_config(path: Path, *, environ: Mapping[str, str]) -> Options:
+    """The raw evaluated options: "*" and each host (a host's value identical to the global one is omitted)."""
+    return _evaluate(Path(os.path.abspath(path)), environ)[0]
+
+
+# --- evaluation -------------------------------------------------------------------------------------------
+
+
+def _evaluate(path: Path, environ: Mapping[str, str]) -> tuple[Options, tuple[str, ...]]:
+    lua = restricted_runtime(max_memory=MAX_MEMORY)
+    source = resources.files(__package__).joinpath("prosody_config.lua").read_bytes()
+    loader = lua.globals().load(source, "=prosody_config.lua", "t")
+    if isinstance(loader, tuple):  # nil and a message: our own Lua file is broken
+        raise RuntimeError(f"prosody_config.lua does not load: {loader[1]}")
+    hooks = lua.table_from({"read_file": _read_file, "list_dir": _list_dir, "nameprep": _nameprep})
+    limits = lua.table_from(
+        {
+            "million_instructions": MAX_MILLION_INSTRUCTIONS,
+            "max_memory": MAX_MEMORY,
+            "pattern_cost": MAX_PATTERN_COST,
+            "max_file_operations": MAX_FILE_OPERATIONS,
+            "max_read_bytes": MAX_READ_BYTES,
+            "max_include_depth": MAX_INCLUDE_DEPTH,
+            "max_export_values": MAX_EXPORT_VALUES,
+        }
+    )
+    # Bytes on both sides: environment values need not be UTF-8.
+    lua_environ = lua.table_from({os.fsencode(k): os.fsencode(v) for k, v in environ.items()})
+    paths = lua.table_from({"config": str(path.parent), "data": str(DEFAULT_DATA_PATH)})
+    try:
+        evaluate = loader(hooks, limits, lua_environ, paths)
+        result = evaluate(str(path))
+    except (LuaError, MemoryError, UnicodeError) as exc:
+        raise ConfigError(f"{path}: cannot evaluate the config: {exc}") from None
+    if not result[0]:
+        raise ConfigError(str(result[1]))
+    options: Options = {}
+    for host, values in result[1].items():
+        plain = _to_python(values)
+        if isinstance(plain, dict):
+            options[str(host)] = plain
+    warnings = result[2]
+    return options, tuple(str(warnings[i]) for i in range(1, len(warnings) + 1))
+
+
+def _to_python(value: Any) -> PlainValue:
+    """A plain copy of a value the sandbox exported (tables become dicts)."""
+    if lua_type(value) == "table":
+        return {key: _to_python(item) for key, item in value.items()}
+    plain: PlainValue = value
+    return plain
+
+
+def _read_file(path: str) -> bytes | tuple[None, str, int]:
+    """The config's only way to read a file: the content, or (None, reason, errno) as Lua's io.open has them."""
+    try:
+        return _read_regular_file(path)
+    except OSError as exc:
+        return None, exc.strerror or str(exc), exc.errno or 0
+    except ValueError as exc:  # a NUL in the name
+        return None, str(exc), errno.EINVAL
+
+
+def _read_regular_file(path: str) -> bytes:
+    """A whole regular file of bounded size; never a FIFO or device, which could block or never end."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer before fstat can refuse it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            content = file.read(MAX_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(content) > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"file larger than {MAX_FILE_BYTES} bytes")
+    return content
+
+
+def _list_dir(path: str) -> tuple[Any, ...]:
+    """Directory entries for Include globs: (True, name, ...) or (None, reason)."""
+    try:
+        names = os.listdir(os.fsencode(path))
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    except ValueError as exc:  # a NUL in the name
+        return None, str(exc)
+    if len(names) > MAX_DIR_ENTRIES:
+        return None, f"more than {MAX_DIR_ENTRIES} entries"
+    return (True, *names)
+
+
+def _nameprep(name: str) -> str | None:
+    """RFC 3491 nameprep, as Prosody applies to host names; None when the name has forbidden characters."""
+    try:
+        return idna_nameprep(name)
+    except UnicodeError:
+        return None
+
+
+# --- derivation -------------------------------------------------------------------------------------------
+
+
+def _get(options: Options, host: str, key: str) -> PlainValue | None:
+    """A host's option, else the global one (configmanager's fallback to "*")."""
+    value = options.get(host, {}).get(key)
+    return options.get("*", {}).get(key) if value is None else value
+
+
+def _array(value: PlainValue | None) -> list[PlainValue]:
+    """The items Lua's ipairs would visit: keys 1, 2, ... up to the first gap."""
+    if not isinstance(value, dict):
+        return []
+    items: list[PlainValue] = []
+    while len(items) + 1 in value:
+        items.append(value[len(items) + 1])
+    return items
+
+
+def _data_path(path: Path, global_options: Mapping[str, PlainValue], warnings: list[str]) -> Path:
+    value = global_options.get("data_path")
+    if value is None:
+        return DEFAULT_DATA_PATH
+    if not isinstance(value, str):
+        warnings.append(f"{path}: data_path is not a string; using {DEFAULT_DATA_PATH}")
+        return DEFAULT_DATA_PATH
+    data_path = Path(value)
+    if not data_path.is_absolute():
+        data_path = path.parent / data_path
+        warnings.append(
+            f"{path}: data_path {value!r} is relative; Prosody resolves it against its working directory, "
+            f"prosody-lastlog against the config's directory ({data_path})"
+        )
+    return data_path
+
+
+def _pidfile(global_options: Mapping[str, PlainValue], data_path: Path) -> Path | None:
+    """mod_posix's pidfile; a relative one is relative to data_path (module:get_option_path)."""
+    value = global_options.get("pidfile")
+    return data_path / value if isinstance(value, str) else None
+
+
+def _host_settings(options: Options, host: str, data_path: Path, warnings: list[str]) -> HostSettings:
+    if _get(options, host, "enabled") is False:
+        raise _UnusableHostError(DISABLED)
+    component = _get(options, host, "component_module")
+    modules = _modules_for_host(options, host, component)
+    stores = {
+        store: _storage_driver(options, host, store, warnings)
+        for store, module in STORE_MODULES.items()
+        if module in modules
+    }
+    if not stores:
+        raise _UnusableHostError(NO_STORE_MODULE)
+    sql = _sql_settings(options, host, data_path) if "sql" in stores.values() else None
+    return HostSettings(name=host, is_component=component is not None, stores=stores, sql=sql)
+
+
+def _modules_for_host(options: Options, host: str, component: PlainValue | None) -> set[PlainValue]:
+    """Prosody 0.12's get_modules_for_host: global modules (a Component keeps only a few) plus the host's own."""
+    global_options = options.get("*", {})
+    global_modules: set[PlainValue] = set(AUTOLOAD_MODULES)
+    global_modules |= set(_array(global_options.get("modules_enabled")))
+    global_modules -= set(_array(global_options.get("modules_disabled")))
+    if component is not None:
+        global_modules &= COMPONENT_INHERITABLE_MODULES
+    # A host option identical to the global table counts as unset; evaluate_config already dropped those.
+    host_options = options.get(host, {})
+    modules = global_modules | set(_array(host_options.get("modules_enabled")))
+    modules -= set(_array(host_options.get("modules_disabled")))
+    if isinstance(component, str) and component != "component":
+        modules.add(component)  # the component's own module is loaded first
+    return modules
+
+
+def _storage_driver(options: Options, host: str, store: Store, warnings: list[str]) -> str:
+    """storagemanager's get_driver: `storage` (a name, or a store → name map), else default_storage."""
+    storage = _get(options, host, "storage")
+    name = storage.get(str(store)) if isinstance(storage, dict) else storage
+    if name == "sql2":  # the old module's name, which Prosody rewrites (and logs an error about)
+        warnings.append(f"{host}: storage 'sql2' has been renamed 'sql'; reading it as 'sql'")
+        name = "sql"
+    if name is None or name is False:
+        name = _get(options, host, "default_storage")
+        if name is None or name is False:
+            name = "internal"
+    if not isinstance(name, str):
+        raise _UnusableHostError(f"storage driver for {store} is not a name: {name!r}")
+    return name
+
+
+def _sql_settings(options: Options, host: str, data_path: Path) -> SqlSettings:
+    """mod_storage_sql's normalize_params on the host's `sql` option (default: SQLite3 prosody.sqlite)."""
+    sql = _get(options, host, "sql")
+    if sql is None:
+        sql = {"driver": "SQLite3"}
+    if not isinstance(sql, dict):
+        raise _UnusableHostError("the sql option is not a table")
+    driver = sql.get("driver")
+    if driver not in SQL_DRIVERS:
+        raise _UnusableHostError(f"sql driver {driver!r} is not one of {', '.join(SQL_DRIVERS)}")
+    database = sql.get("database")
+    if driver == "SQLite3":
+        database = "prosody.sqlite" if database is None else database
+        if database == ":memory:":
+            raise _UnusableHostError("its SQLite database is :memory:, which nothing outside Prosody can read")
+    if not isinstance(database, str) or not database:
+        raise _UnusableHostError(f"sql.database is not set for {driver}")
+    if driver == "SQLite3":
+        database = str(data_path / database.removeprefix("./"))
+    return SqlSettings(
+        driver=str(driver),
+        database=database,
+        host=_optional_text(sql, "host"),
+        port=_port(sql.get("port")),
+        username=_optional_text(sql, "username"),
+        password=_optional_text(sql, "password"),
+    )
+
+
+def _optional_text(sql: Mapping[Any, PlainValue], key: str) -> str | None:
+    value = sql.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(int(value)) if float(value).is_integer() else str(value)  # as Lua's tostring would
+    raise _UnusableHostError(f"sql.{key} is not text")  # never echo the value: it may be the password
+
+
+def _port(value: PlainValue | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        port = int(value) if isinstance(value, str) else value
+    except ValueError:
+        port = None
+    if isinstance(port, float) and port.is_integer():
+        port = int(port)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise _UnusableHostError(f"sql.port {value!r} is not a port number")
+    return port

@@ -1,0 +1,103 @@
+"""`count --config`: a Debian-style config tree decides, per host, which store to read and where."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prosody_lastlog.cli import main
+from prosody_lastlog.discovery import SourceOptions, plan_sources
+from prosody_lastlog.records import Store
+from prosody_lastlog.sources import FileSource, SqlSource
+from tests.conftest import CASES, case_data
+
+NOW = json.loads((CASES / "sample" / "expected.json").read_text())["now"]
+SAMPLE_HOSTS = ["example.com", "münchen.example", "xmpp.example-org.net"]
+
+
+def write_tree(root: Path, storage_lines: str) -> Path:
+    """prosody.cfg.lua with global options and an Include of conf.d/*.cfg.lua, as Debian lays it out."""
+    (root / "conf.d").mkdir(parents=True)
+    config = root / "prosody.cfg.lua"
+    config.write_text(
+        f'data_path = "{case_data("sample")}"\n'
+        'modules_enabled = { "roster", "saslauth", "lastlog2" }\n'
+        f"{storage_lines}\n"
+        'Include "conf.d/*.cfg.lua"\n'
+    )
+    hosts = "".join(f'VirtualHost "{host}"\n' for host in SAMPLE_HOSTS)
+    (root / "conf.d" / "hosts.cfg.lua").write_text(
+        hosts
+        + 'VirtualHost "empty.example"\n'
+        + 'VirtualHost "quiet.example"\n    modules_disabled = { "lastlog2" }\n'
+        + 'Component "conference.example.com" "muc"\n    modules_enabled = { "lastlog2" }\n'
+    )
+    return config
+
+
+def count_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, dict[str, object]]:
+    assert main(["count", "--now", str(NOW), "--format", "json", *args]) == 0
+    hosts: dict[str, dict[str, object]] = json.loads(capsys.readouterr().out)["hosts"]
+    return hosts
+
+
+SQLITE = CASES / "sample-sqlite" / "prosody.sqlite"
+
+
+@pytest.mark.parametrize(
+    "storage_lines",
+    [
+        "",  # internal storage, the default
+        f'storage = "sql"\nsql = {{ driver = "SQLite3", database = "{SQLITE}" }}',
+        f'storage = {{ lastlog2 = "sql" }}\nsql = {{ driver = "SQLite3", database = "{SQLITE}" }}',
+        f'default_storage = "sql"\nsql = {{ driver = "SQLite3", database = "{SQLITE}" }}',
+    ],
+    ids=["internal", "sql", "per-store-map", "default_storage"],
+)
+def test_config_tree_counts_equal_a_direct_read(
+    storage_lines: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_tree(tmp_path, storage_lines)
+    from_config = count_json(capsys, "--config", str(config))
+    direct = count_json(capsys, "--data-dir", str(case_data("sample")))
+    for host in [*SAMPLE_HOSTS, "conference.example.com"]:
+        assert from_config[host] == direct[host], host
+    assert from_config["empty.example"]["active"] == {"1d": 0, "7d": 0, "30d": 0}
+    assert "quiet.example" not in from_config
+
+
+def test_prosody_config_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROSODY_CONFIG", str(write_tree(tmp_path, "")))
+    assert "example.com" in count_json(capsys)
+
+
+def test_skipped_hosts_are_explained_with_verbose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_tree(tmp_path, "")
+    assert main(["count", "--config", str(config), "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "quiet.example" in err and "skipping" in err
+
+
+def test_a_broken_config_is_one_line_naming_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "prosody.cfg.lua"
+    config.write_text('VirtualHost "example.com"\nmodules_enabled = {\n')
+    assert main(["count", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{config}:" in err
+
+
+def test_plan_groups_hosts_by_backend_and_store(tmp_path: Path) -> None:
+    storage = f'sql = {{ driver = "SQLite3", database = "{SQLITE}" }}'
+    config = write_tree(tmp_path, storage)
+    (tmp_path / "conf.d" / "zz.cfg.lua").write_text('VirtualHost "sqlhost.example"\n    storage = "sql"\n')
+    plan = plan_sources(SourceOptions(config=config), environ={})
+    kinds = sorted((type(s).__name__, sorted(s.hosts), s.store) for s in plan.sources)  # type: ignore[attr-defined]
+    assert kinds == [
+        ("FileSource", sorted([*SAMPLE_HOSTS, "conference.example.com", "empty.example"]), Store.LASTLOG2),
+        ("SqlSource", ["sqlhost.example"], Store.LASTLOG2),
+    ]
+    assert all(isinstance(s, FileSource | SqlSource) for s in plan.sources)
