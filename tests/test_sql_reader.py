@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,3 +253,36 @@ def test_parse_sql_url_rejects(url: str) -> None:
 
 def test_password_file_wins_over_url() -> None:
     assert parse_sql_url("mysql://u:inurl@h/db", password="fromfile").password == "fromfile"
+
+
+def test_sqlite_in_wal_mode_is_read_while_prosody_has_it_open(sqlite_db: tuple[SqlSettings, Any]) -> None:
+    settings_, connection = sqlite_db
+    connection.execute("PRAGMA journal_mode=WAL")  # what Prosody 13's sqlite_tune does
+    prosody_table.replace_rows(connection, "SQLite3", BASIC_ROWS)
+    result = SqlReader(settings_).count(now=NOW, windows=DEFAULT_WINDOWS)
+    assert result.counts["example.com"].accounts == 3
+
+
+def test_sqlite_locked_for_a_moment_is_waited_for(sqlite_db: tuple[SqlSettings, Any]) -> None:
+    settings_, connection = sqlite_db
+    prosody_table.replace_rows(connection, "SQLite3", BASIC_ROWS)
+    locked = threading.Event()
+
+    def writer_holding_the_lock() -> None:  # as Prosody does mid-transaction
+        writer = sqlite3.connect(settings_.database, isolation_level=None)
+        writer.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(0.5)
+        writer.execute("ROLLBACK")
+        writer.close()
+
+    thread = threading.Thread(target=writer_holding_the_lock)
+    thread.start()
+    locked.wait(5)
+    try:
+        started = time.monotonic()
+        result = SqlReader(settings_).count(now=NOW, windows=DEFAULT_WINDOWS)
+    finally:
+        thread.join()
+    assert result.counts["example.com"].accounts == 3
+    assert time.monotonic() - started >= 0.3  # it waited for the lock rather than failing
