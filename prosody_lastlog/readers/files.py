@@ -92,7 +92,10 @@ class FileStoreReader:
         candidates = [self._forced_store] if self._forced_store else list(Store)
         return next((store for store in candidates if encode_store(store.value) in subdirs), None)
 
-    def _user_files(self, host_dir: str, store: Store, problems: list[ReadProblem]) -> Iterator[os.DirEntry[str]]:
+    def _user_files(
+        self, host_dir: str, store: Store, problems: list[ReadProblem]
+    ) -> Iterator[tuple[os.DirEntry[str], str]]:
+        """Each `<user>.dat` of the store with its decoded user name; odd names become problems."""
         store_dir = os.path.join(host_dir, encode_store(store.value))
         try:
             entries = list(self._scandir(store_dir))
@@ -103,11 +106,12 @@ class FileStoreReader:
             # Prosody's users() takes every name ending in .dat; `<user>.dat~` is a scratch file mid-write.
             if not entry.name.endswith(_DAT):
                 continue
-            if _user_name(entry) is None:
+            user = _user_name(entry)
+            if user is None:
                 where = os.fsencode(self._where(entry.path)).decode("utf-8", "backslashreplace")
                 problems.append(ReadProblem(where, "unexpected", "not a name Prosody writes (percent-encoded UTF-8)"))
             elif _is_regular_file(entry):
-                yield entry
+                yield entry, user
             elif os.path.lexists(entry.path):  # else removed since listing: normal
                 problems.append(
                     ReadProblem(self._where(entry.path), "not_a_file", "not a regular file (links are not followed)")
@@ -115,30 +119,30 @@ class FileStoreReader:
 
     def _read_batch(
         self,
-        batch: list[os.DirEntry[str]],
+        batch: list[tuple[os.DirEntry[str], str]],
         store: Store,
         data: HostData,
         disabled: set[str],
         problems: list[ReadProblem],
     ) -> None:
-        readable: list[os.DirEntry[str]] = []
+        readable: list[tuple[os.DirEntry[str], str]] = []
         texts: list[tuple[bytes, str]] = []
-        for entry in batch:
+        for entry, user in batch:
             text = self._read_text(entry.path, problems)
             if text is not None:
-                readable.append(entry)
+                readable.append((entry, user))
                 texts.append((text, entry.name))
-        for entry, loaded in zip(readable, self._sandbox.load_many(texts), strict=True):
+        for (entry, user), loaded in zip(readable, self._sandbox.load_many(texts), strict=True):
             if loaded.error is not None:
                 kind = "limit" if loaded.hit_limit else "invalid"
                 problems.append(ReadProblem(self._where(entry.path), kind, loaded.error))
                 continue
-            interpreted = interpret(store, _user_name(entry) or "", loaded.value)
+            interpreted = interpret(store, user, loaded.value)
             for oddity in interpreted.oddities:
                 problems.append(ReadProblem(self._where(entry.path), "unexpected", oddity))
             if interpreted.activity is not None:
                 activity = interpreted.activity
-                if activity.user in disabled:
+                if user in disabled:
                     activity = replace(activity, disabled=True)
                 data.users.append(activity)
 
@@ -191,8 +195,8 @@ def _user_name(entry: os.DirEntry[str]) -> str | None:
     return decode_name(entry.name[: -len(_DAT)])
 
 
-def _batches(files: Iterator[os.DirEntry[str]]) -> Iterator[list[os.DirEntry[str]]]:
-    batch: list[os.DirEntry[str]] = []
+def _batches(files: Iterator[tuple[os.DirEntry[str], str]]) -> Iterator[list[tuple[os.DirEntry[str], str]]]:
+    batch: list[tuple[os.DirEntry[str], str]] = []
     for user_file in files:
         batch.append(user_file)
         if len(batch) == BATCH_SIZE:
