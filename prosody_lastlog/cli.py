@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prosody_lastlog import __version__
+from prosody_lastlog.atomic_write import write_atomically
 from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.database import DatabaseError
 from prosody_lastlog.discovery import DEFAULT_DATA_DIR, SourceOptions, plan_sources
@@ -19,7 +20,7 @@ from prosody_lastlog.prosody_config import ConfigError
 from prosody_lastlog.readers.files import DataDirError
 from prosody_lastlog.readers.sql import METHODS
 from prosody_lastlog.records import ReadProblem, Store
-from prosody_lastlog.report import render_json, render_table, to_json_document
+from prosody_lastlog.report import render_json, render_prometheus, render_table, to_json_document
 from prosody_lastlog.sources import count_all
 from prosody_lastlog.windows import parse_windows
 
@@ -61,7 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", action="append", default=[], help="activity window such as 1h, 1d, 7d, 30d, 90d (repeatable)"
     )
     count.add_argument("--now", type=int, help="count as of this Unix time instead of the clock (reproducible runs)")
-    count.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    count.add_argument(
+        "--format",
+        choices=("table", "json", "prom"),
+        default="table",
+        help="table, json, or prom (Prometheus text format, e.g. for node_exporter's textfile collector)",
+    )
+    count.add_argument(
+        "--output", type=Path, help="write to this file, replaced atomically (e.g. a textfile collector's *.prom)"
+    )
+    count.add_argument("--totals-only", action="store_true", help="prom: one series for all hosts together")
+    count.add_argument(
+        "--compat-metrics",
+        action="store_true",
+        help="prom: also mod_measure_active_users' own metric names, for dashboards built on them",
+    )
     count.add_argument(
         "--store",
         choices=[s.value for s in Store],
@@ -101,17 +116,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             count_disabled=args.count_disabled,
         )
         plan = plan_sources(options, environ=os.environ)
-        totals = count_all(plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts)
+        totals, health = count_all(plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts)
     except (DataDirError, DatabaseError, ConfigError, OSError, ValueError) as exc:
         print(f"prosody-lastlog: error: {exc}", file=sys.stderr)
         return 1
     _report_problems(totals.problems)
     _report_clock_skew(totals.counts)
     if args.format == "json":
-        document = to_json_document(totals.counts, now=now, windows=windows, problems=totals.problems)
-        sys.stdout.write(render_json(document))
+        text = render_json(to_json_document(totals.counts, now=now, windows=windows, problems=totals.problems))
+    elif args.format == "prom":
+        text = render_prometheus(
+            totals.counts,
+            health,
+            now=now,
+            windows=windows,
+            per_host=not args.totals_only,
+            compat=args.compat_metrics,
+        )
     else:
-        sys.stdout.write(render_table(totals.counts, windows=windows))
+        text = render_table(totals.counts, windows=windows)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        write_atomically(args.output, text)
+    except OSError as exc:
+        print(f"prosody-lastlog: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

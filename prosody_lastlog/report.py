@@ -1,4 +1,4 @@
-"""Renders counts for people (a table) and for scripts (stable JSON)."""
+"""Renders counts for people (a table), for scripts (stable JSON) and for Prometheus (text exposition)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from prometheus_client import CollectorRegistry, generate_latest
+
+from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.records import ReadProblem
+from prosody_lastlog.sources import SourceHealth
 from prosody_lastlog.windows import Window
 
 
@@ -66,3 +70,38 @@ def render_table(counts: Mapping[str, HostCounts], *, windows: Sequence[Window])
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
+
+
+class _FixedView:
+    """Counts and health of a finished one-shot count, for the collector."""
+
+    def __init__(self, counts: Mapping[str, HostCounts], health: Sequence[SourceHealth]) -> None:
+        self._counts = dict(counts)
+        self._health = health
+
+    def counts(self, *, now: float) -> dict[str, HostCounts]:
+        return self._counts
+
+    def health(self) -> Sequence[SourceHealth]:
+        return self._health
+
+    def tracked_users(self) -> Mapping[str, int]:
+        return {}
+
+
+def render_prometheus(
+    counts: Mapping[str, HostCounts],
+    health: Sequence[SourceHealth],
+    *,
+    now: int,
+    windows: Sequence[Window],
+    per_host: bool = True,
+    compat: bool = False,
+) -> str:
+    """Prometheus text exposition (no timestamps: node_exporter's textfile collector rejects them)."""
+    registry = CollectorRegistry(auto_describe=False)
+    collector = ActiveUsersCollector(
+        _FixedView(counts, health), windows=windows, per_host=per_host, compat=compat, clock=lambda: now
+    )
+    registry.register(collector)
+    return generate_latest(registry).decode("utf-8")

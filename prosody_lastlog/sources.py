@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +19,18 @@ from prosody_lastlog.records import Store
 from prosody_lastlog.windows import Window
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceHealth:
+    """How the last refresh of one source went."""
+
+    name: str
+    up: bool = False
+    last_success: float | None = None
+    duration_seconds: float | None = None
+    problems: Mapping[str, int] = field(default_factory=dict)  # read problems so far, by kind
+    error: str | None = None
 
 
 class Source(Protocol):
@@ -72,19 +86,33 @@ class SqlSource:
 
 
 def count_all(
-    sources: Sequence[Source], *, now: int, windows: Sequence[Window], known_hosts: Collection[tuple[str, Store]] = ()
-) -> SourceCount:
+    sources: Sequence[Source],
+    *,
+    now: int,
+    windows: Sequence[Window],
+    known_hosts: Collection[tuple[str, Store]] = (),
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[SourceCount, list[SourceHealth]]:
     """Counts every source; hosts known from the config but without data get zeros rather than nothing."""
     totals = SourceCount()
+    health = []
     for source in sources:
+        started = clock()
         result = source.count(now=now, windows=windows)
+        kinds = Counter(problem.kind for problem in result.problems)
+        health.append(SourceHealth(source.name, True, now, clock() - started, dict(kinds)))
         totals.counts.update(result.counts)
         totals.methods.update(result.methods)
         totals.problems.extend(result.problems)
         log.debug("%s: %d host(s) counted", source.name, len(result.counts))
     for host, store in known_hosts:
         if host not in totals.counts:
-            zeros = dict.fromkeys((w.label for w in windows), 0)
-            totals.counts[host] = HostCounts(store, 0, 0, 0, 0, zeros, dict(zeros))
+            totals.counts[host] = zero_counts(store, windows)
     totals.counts = dict(sorted(totals.counts.items()))
-    return totals
+    return totals, health
+
+
+def zero_counts(store: Store, windows: Sequence[Window]) -> HostCounts:
+    """The counts of a host that exists but has no data yet."""
+    zeros = dict.fromkeys((w.label for w in windows), 0)
+    return HostCounts(store, 0, 0, 0, 0, zeros, dict(zeros))

@@ -1,0 +1,157 @@
+"""The one prometheus_client Collector: counts as of the scrape, plus the exporter's own health.
+
+Sample exposition:
+
+    # HELP prosody_active_users Accounts active within the window (now - last login/logout < window), ...
+    # TYPE prosody_active_users gauge
+    prosody_active_users{host="example.com",window="1d"} 4.0
+    prosody_active_users{host="example.com",window="30d"} 13.0
+    # HELP prosody_lastlog_source_up Whether the last refresh of this source succeeded (1) or failed (0).
+    # TYPE prosody_lastlog_source_up gauge
+    prosody_lastlog_source_up{source="files /var/lib/prosody"} 1.0
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from prosody_lastlog import __version__
+from prosody_lastlog.counting import HostCounts
+from prosody_lastlog.sources import SourceHealth
+from prosody_lastlog.windows import Window
+
+CACHE_NOTE = "From a cache: the daemon refreshes it by file watcher and periodic resync, counting as of the scrape."
+COMPAT_WINDOWS = ("1d", "7d", "30d")  # the gauges mod_measure_active_users defines
+
+
+class CountsView(Protocol):
+    """What the collector reads: counts as of a moment, and the sources' health."""
+
+    def counts(self, *, now: float) -> dict[str, HostCounts]:
+        """Counts per host as of `now`; hosts of sources never counted yet are absent."""
+
+    def health(self) -> Sequence[SourceHealth]:
+        """One entry per configured source."""
+
+    def tracked_users(self) -> Mapping[str, int]:
+        """Users held in memory per host."""
+
+
+class ActiveUsersCollector(Collector):
+    """Builds fresh metric families on every scrape from a CountsView; never touches disk or database."""
+
+    def __init__(
+        self,
+        view: CountsView,
+        *,
+        windows: Sequence[Window],
+        per_host: bool = True,
+        compat: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._view = view
+        self._windows = windows
+        self._per_host = per_host
+        self._compat = compat
+        self._clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | InfoMetricFamily]:
+        """Yields the count families (per host or totals), compatibility gauges if enabled, and health."""
+        counts = self._view.counts(now=self._clock())
+        if not self._per_host:
+            counts = {"all": _total(counts, self._windows)} if counts else {}
+        yield from self._count_families(counts)
+        if self._compat:
+            yield from self._compat_families(counts)
+        yield from self._health_families()
+
+    def _count_families(self, counts: Mapping[str, HostCounts]) -> Iterator[GaugeMetricFamily]:
+        active = GaugeMetricFamily(
+            "prosody_active_users",
+            f"Accounts active within the window (now - last login/logout < window), as mod_measure_active_users "
+            f"counts them. Do not sum over window. {CACHE_NOTE}",
+            labels=["host", "window"],
+        )
+        registrations = GaugeMetricFamily(
+            "prosody_registrations", f"Accounts registered within the window. {CACHE_NOTE}", labels=["host", "window"]
+        )
+        accounts = GaugeMetricFamily(
+            "prosody_accounts", f"Accounts with last-activity data. {CACHE_NOTE}", labels=["host"]
+        )
+        never = GaugeMetricFamily(
+            "prosody_accounts_never_active",
+            f"Accounts with last-activity data but no login or logout. {CACHE_NOTE}",
+            labels=["host"],
+        )
+        for host, host_counts in counts.items():
+            for window in self._windows:
+                active.add_metric([host, window.label], host_counts.active[window.label])
+                registrations.add_metric([host, window.label], host_counts.registered[window.label])
+            accounts.add_metric([host], host_counts.accounts)
+            never.add_metric([host], host_counts.never_active)
+        yield from (active, registrations, accounts, never)
+
+    def _compat_families(self, counts: Mapping[str, HostCounts]) -> Iterator[GaugeMetricFamily]:
+        labels = {w.label for w in self._windows}
+        for label in COMPAT_WINDOWS:
+            if label not in labels:
+                continue
+            name = f"prosody_mod_measure_active_users__active_users_{label}"
+            family = GaugeMetricFamily(name, f"mod_measure_active_users/active_users_{label} amount", labels=["host"])
+            for host, host_counts in counts.items():
+                family.add_metric([host], host_counts.active[label])
+            yield family
+
+    def _health_families(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | InfoMetricFamily]:
+        up = GaugeMetricFamily(
+            "prosody_lastlog_source_up", "Whether the last refresh of this source succeeded (1) or failed (0).",
+            labels=["source"],
+        )  # fmt: skip
+        last = GaugeMetricFamily(
+            "prosody_lastlog_last_refresh_timestamp_seconds",
+            "Unix time of the last successful full refresh of this source.",
+            labels=["source"],
+        )
+        duration = GaugeMetricFamily(
+            "prosody_lastlog_refresh_duration_seconds", "Seconds the last full refresh of this source took.",
+            labels=["source"],
+        )  # fmt: skip
+        problems = CounterMetricFamily(
+            "prosody_lastlog_read_problems",
+            "Files or rows that could not be used, by reason, since start.",
+            labels=["source", "reason"],
+        )
+        for source in self._view.health():
+            up.add_metric([source.name], 1 if source.up else 0)
+            if source.last_success is not None:
+                last.add_metric([source.name], source.last_success)
+            if source.duration_seconds is not None:
+                duration.add_metric([source.name], source.duration_seconds)
+            for reason, total in sorted(source.problems.items()):
+                problems.add_metric([source.name, reason], total)
+        tracked = GaugeMetricFamily(
+            "prosody_lastlog_tracked_users", "Users held in memory for counting, per host.", labels=["host"]
+        )
+        for host, users in self._view.tracked_users().items():
+            tracked.add_metric([host], users)
+        info = InfoMetricFamily("prosody_lastlog_build", "prosody-lastlog build information.")
+        info.add_metric([], {"version": __version__})
+        yield from (up, last, duration, problems, tracked, info)
+
+
+def _total(counts: Mapping[str, HostCounts], windows: Sequence[Window]) -> HostCounts:
+    first = next(iter(counts.values()))
+    return HostCounts(
+        first.store,
+        sum(c.accounts for c in counts.values()),
+        sum(c.never_active for c in counts.values()),
+        sum(c.disabled for c in counts.values()),
+        sum(c.future for c in counts.values()),
+        {w.label: sum(c.active[w.label] for c in counts.values()) for w in windows},
+        {w.label: sum(c.registered[w.label] for c in counts.values()) for w in windows},
+    )

@@ -1,0 +1,53 @@
+"""The daemon's index gives the pure counting core's numbers at any moment, after any updates."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prosody_lastlog.activity_index import ActivityIndex, HostIndex
+from prosody_lastlog.counting import count_host
+from prosody_lastlog.records import HostData, Store, UserActivity
+from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
+
+NOW = 1_763_900_000
+DAY = 86400
+
+times = st.one_of(st.none(), st.integers(NOW - 40 * DAY, NOW + DAY), st.floats(NOW - 40 * DAY, NOW))
+activities = st.builds(UserActivity, st.sampled_from([f"u{i}" for i in range(12)]), times, times, st.booleans())
+updates = st.lists(st.one_of(activities, st.sampled_from([f"u{i}" for i in range(12)])), max_size=60)
+
+
+@given(updates=updates, now_offset=st.integers(-DAY, 40 * DAY))
+def test_index_equals_the_counting_core(updates: list[UserActivity | str], now_offset: int) -> None:
+    index = HostIndex(Store.LASTLOG2)
+    current: dict[str, UserActivity] = {}
+    for update in updates:
+        if isinstance(update, str):
+            index.remove(update)
+            current.pop(update, None)
+        else:
+            index.set(update)
+            current[update.user] = update
+    now = NOW + now_offset
+    expected = count_host(HostData("h", Store.LASTLOG2, list(current.values())), now=now, windows=DEFAULT_WINDOWS)
+    assert index.counts(now=now, windows=DEFAULT_WINDOWS) == expected
+
+
+def test_users_age_out_without_any_update() -> None:
+    index = ActivityIndex()
+    index.replace_host("example.com", Store.LASTLOG2, [UserActivity("alice", NOW - 3600)])
+    windows = [Window(86400, "1d")]
+    assert index.counts(now=NOW, windows=windows)["example.com"].active == {"1d": 1}
+    assert index.counts(now=NOW + 82799, windows=windows)["example.com"].active == {"1d": 1}
+    assert index.counts(now=NOW + 82800, windows=windows)["example.com"].active == {"1d": 0}
+
+
+def test_updates_hosts_and_tracked_users() -> None:
+    index = ActivityIndex()
+    index.replace_host("a.example", Store.LASTLOG2, [UserActivity("x", NOW), UserActivity("y", None)])
+    index.update("b.example", Store.LASTLOG2, "z", UserActivity("z", NOW))
+    index.update("a.example", Store.LASTLOG2, "y", None)
+    assert index.tracked_users() == {"a.example": 1, "b.example": 1}
+    index.drop_hosts(["b.example"])
+    assert list(index.counts(now=NOW, windows=DEFAULT_WINDOWS)) == ["b.example"]
