@@ -12,9 +12,10 @@ $(BIN)/prosody-lastlog: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# The daemon on the sample data, its clock set to the sample's "now"; Ctrl-C stops it.
 run: $(BIN)/prosody-lastlog
-	@$(BIN)/prosody-lastlog count --data-dir $(SAMPLE)/data \
-		--now $$($(BIN)/python -c 'import json; print(json.load(open("$(SAMPLE)/expected.json"))["now"])')
+	@$(BIN)/prosody-lastlog serve --data-dir $(SAMPLE)/data \
+		--as-of $$($(BIN)/python -c 'import json; print(json.load(open("$(SAMPLE)/expected.json"))["now"])')
 
 lint: $(BIN)/prosody-lastlog
 	$(BIN)/ruff check .

@@ -96,12 +96,17 @@ class ActivityIndex:
         with self._lock:
             self._hosts[host] = index
 
-    def drop_hosts(self, keep: Iterable[str]) -> None:
-        """Forgets every host not in `keep` (a vhost removed from the config or the disk)."""
-        kept = set(keep)
+    def remove_hosts(self, hosts: Iterable[str]) -> None:
+        """Forgets hosts (a vhost removed from the config or the disk)."""
         with self._lock:
-            for host in [h for h in self._hosts if h not in kept]:
-                del self._hosts[host]
+            for host in hosts:
+                self._hosts.pop(host, None)
+
+    def store_of(self, host: str) -> Store | None:
+        """The store a host's data comes from, if the host is known."""
+        with self._lock:
+            index = self._hosts.get(host)
+            return index.store if index else None
 
     def update(self, host: str, store: Store, user: str, activity: UserActivity | None) -> None:
         """Applies one changed file: the user's new facts, or None when the record is gone."""

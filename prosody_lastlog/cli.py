@@ -1,4 +1,4 @@
-"""Command line: parses arguments, builds the reader, prints counts. Exit 0 ok, 1 on a fatal error, 2 on usage."""
+"""Command line: arguments -> settings -> the job. Exit 0 ok, 1 on a fatal error, 2 on usage."""
 
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ from pathlib import Path
 from prosody_lastlog import __version__
 from prosody_lastlog.atomic_write import write_atomically
 from prosody_lastlog.counting import HostCounts
+from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.database import DatabaseError
-from prosody_lastlog.discovery import DEFAULT_DATA_DIR, SourceOptions, plan_sources
+from prosody_lastlog.discovery import DEFAULT_DATA_DIR, Plan, SourceOptions, plan_sources
+from prosody_lastlog.http_server import DEFAULT_PORT
 from prosody_lastlog.prosody_config import ConfigError
 from prosody_lastlog.readers.files import DataDirError
 from prosody_lastlog.readers.sql import METHODS
 from prosody_lastlog.records import ReadProblem, Store
 from prosody_lastlog.report import render_json, render_prometheus, render_table, to_json_document
 from prosody_lastlog.sources import count_all
-from prosody_lastlog.windows import parse_windows
+from prosody_lastlog.windows import Window, parse_window, parse_windows
 
 log = logging.getLogger("prosody_lastlog")
+_FATAL = (DataDirError, DatabaseError, ConfigError, OSError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +39,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     count = commands.add_parser("count", help="count active users once and print them")
-    source = count.add_argument_group(
+    serve = commands.add_parser("serve", help="keep counts fresh and serve them to Prometheus")
+    for command in (count, serve):
+        _add_source_options(command)
+        _add_counting_options(command)
+    count.add_argument("--now", type=int, help="count as of this Unix time instead of the clock (reproducible runs)")
+    count.add_argument(
+        "--format",
+        choices=("table", "json", "prom"),
+        default="table",
+        help="table, json, or prom (Prometheus text format, e.g. for node_exporter's textfile collector)",
+    )
+    count.add_argument(
+        "--output", type=Path, help="write to this file, replaced atomically (e.g. a textfile collector's *.prom)"
+    )
+    serve.add_argument(
+        "--listen",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help=f"address:port for /metrics (default 127.0.0.1:{DEFAULT_PORT})",
+    )
+    serve.add_argument("--textfile", type=Path, help="also write this *.prom file for node_exporter, atomically")
+    serve.add_argument(
+        "--resync-interval", default="1h", help="full rescan of the file store (default 1h, +0-5m jitter)"
+    )
+    serve.add_argument("--sql-interval", default="60s", help="how often SQL sources are counted again (default 60s)")
+    serve.add_argument("--polling", action="store_true", help="poll the data directory instead of using inotify")
+    serve.add_argument(
+        "--as-of", type=int, metavar="EPOCH", help="run as if the clock read this Unix time at start (demos, old data)"
+    )
+    return parser
+
+
+def _add_source_options(command: argparse.ArgumentParser) -> None:
+    source = command.add_argument_group(
         "where the data is",
         "By default the Prosody config ($PROSODY_CONFIG, else /etc/prosody/prosody.cfg.lua) says where each host's "
         "data lives; --data-dir or --sql read one place directly instead.",
@@ -57,81 +92,74 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="count in the database (pushdown), by reading rows (stream), or pushdown with fallback (auto, default)",
     )
-    count.add_argument("--host", action="append", default=[], help="count only this host (repeatable)")
-    count.add_argument(
+
+
+def _add_counting_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--host", action="append", default=[], help="count only this host (repeatable)")
+    command.add_argument(
         "--window", action="append", default=[], help="activity window such as 1h, 1d, 7d, 30d, 90d (repeatable)"
     )
-    count.add_argument("--now", type=int, help="count as of this Unix time instead of the clock (reproducible runs)")
-    count.add_argument(
-        "--format",
-        choices=("table", "json", "prom"),
-        default="table",
-        help="table, json, or prom (Prometheus text format, e.g. for node_exporter's textfile collector)",
-    )
-    count.add_argument(
-        "--output", type=Path, help="write to this file, replaced atomically (e.g. a textfile collector's *.prom)"
-    )
-    count.add_argument("--totals-only", action="store_true", help="prom: one series for all hosts together")
-    count.add_argument(
-        "--compat-metrics",
-        action="store_true",
-        help="prom: also mod_measure_active_users' own metric names, for dashboards built on them",
-    )
-    count.add_argument(
+    command.add_argument(
         "--store",
         choices=[s.value for s in Store],
         help="read this store only (default: what the server's own mod_measure_active_users reads)",
     )
-    count.add_argument(
+    command.add_argument(
         "--count-disabled", action="store_true", help="count accounts marked disabled (Prosody 13) as active"
     )
-    count.add_argument(
-        "-v",
-        "--verbose",
+    command.add_argument("--totals-only", action="store_true", help="metrics: one series for all hosts together")
+    command.add_argument(
+        "--compat-metrics",
         action="store_true",
-        help="say what is read and list every unreadable file or row (names users)",
+        help="metrics: also mod_measure_active_users' own metric names, for dashboards built on them",
     )
-    return parser
+    command.add_argument(
+        "-v", "--verbose", action="store_true", help="say what is read and list every unreadable file or row"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `prosody-lastlog` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(verbose=args.verbose)
+    _setup_logging(verbose=args.verbose, daemon=args.command == "serve")
     try:
         windows = parse_windows(args.window)
     except ValueError as exc:
         parser.error(str(exc))
-    now = args.now if args.now is not None else int(time.time())
     try:
-        options = SourceOptions(
-            config=args.config,
-            data_dir=args.data_dir,
-            sql_url=args.sql,
-            sql_password=_read_password(args.sql_password_file),
-            sql_method=args.sql_method,
-            hosts=args.host,
-            store=Store(args.store) if args.store else None,
-            count_disabled=args.count_disabled,
-        )
-        plan = plan_sources(options, environ=os.environ)
-        totals, health = count_all(plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts)
-    except (DataDirError, DatabaseError, ConfigError, OSError, ValueError) as exc:
+        plan = plan_sources(_source_options(args), environ=os.environ)
+        if args.command == "serve":
+            return _serve(args, plan, windows)
+        return _count(args, plan, windows)
+    except _FATAL as exc:
         print(f"prosody-lastlog: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _source_options(args: argparse.Namespace) -> SourceOptions:
+    return SourceOptions(
+        config=args.config,
+        data_dir=args.data_dir,
+        sql_url=args.sql,
+        sql_password=_read_password(args.sql_password_file),
+        sql_method=args.sql_method,
+        hosts=args.host,
+        store=Store(args.store) if args.store else None,
+        count_disabled=args.count_disabled,
+    )
+
+
+def _count(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> int:
+    now = args.now if args.now is not None else int(time.time())
+    totals, health = count_all(plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts)
     _report_problems(totals.problems)
     _report_clock_skew(totals.counts)
     if args.format == "json":
         text = render_json(to_json_document(totals.counts, now=now, windows=windows, problems=totals.problems))
     elif args.format == "prom":
         text = render_prometheus(
-            totals.counts,
-            health,
-            now=now,
-            windows=windows,
-            per_host=not args.totals_only,
-            compat=args.compat_metrics,
+            totals.counts, health, now=now, windows=windows, per_host=not args.totals_only, compat=args.compat_metrics
         )
     else:
         text = render_table(totals.counts, windows=windows)
@@ -141,8 +169,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         write_atomically(args.output, text)
     except OSError as exc:
-        print(f"prosody-lastlog: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        raise OSError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    return 0
+
+
+def _serve(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> int:
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen wants address:port, e.g. 127.0.0.1:{DEFAULT_PORT}, not {args.listen!r}")
+    options = ServeOptions(
+        listen_host=host.strip("[]") or "127.0.0.1",
+        port=int(port),
+        textfile=args.textfile,
+        resync_seconds=parse_window(args.resync_interval).seconds,
+        sql_interval_seconds=parse_window(args.sql_interval).seconds,
+        per_host=not args.totals_only,
+        compat=args.compat_metrics,
+        polling=args.polling,
+        as_of=args.as_of,
+    )
+    daemon = Daemon(plan, windows=windows, options=options)
+    daemon.start()
+    sys.stdout.write(render_table(daemon.live.counts(now=daemon.clock()), windows=windows))
+    sys.stdout.write(f"serving {daemon.server.url} (Ctrl-C stops)\n")
+    sys.stdout.flush()
+    daemon.run_until_signalled()
     return 0
 
 
@@ -155,11 +206,12 @@ def _read_password(path: Path | None) -> str | None:
         raise OSError(f"cannot read the SQL password file {path}: {exc.strerror}") from exc
 
 
-def _setup_logging(*, verbose: bool) -> None:
+def _setup_logging(*, verbose: bool, daemon: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("prosody-lastlog: %(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # A daemon says what it does (info); a one-shot count only warns. -v adds file/row details (user names).
+    log.setLevel(logging.DEBUG if verbose else logging.INFO if daemon else logging.WARNING)
     log.propagate = False
 
 

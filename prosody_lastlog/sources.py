@@ -37,6 +37,7 @@ class Source(Protocol):
     """Something that counts active users per host."""
 
     name: str
+    hosts: Collection[str]  # the hosts it reads; empty for all
 
     def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
         """Counts as of `now`; raises DataDirError or DatabaseError if the source cannot be read at all."""
@@ -51,14 +52,17 @@ class FileSource:
     store: Store | None = None
     count_disabled: bool = False
     name: str = field(init=False)
+    reader: FileStoreReader = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.name = f"files {self.data_dir}"
+        self.name = f"files {self.data_dir}" + (f" ({self.store.value})" if self.store else "")
+        self.reader = FileStoreReader(
+            self.data_dir, hosts=self.hosts, store=self.store, count_disabled=self.count_disabled
+        )
 
     def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
         """Reads every file of the chosen hosts and counts them."""
-        reader = FileStoreReader(self.data_dir, hosts=self.hosts, store=self.store, count_disabled=self.count_disabled)
-        result = reader.read()
+        result = self.reader.read()
         counts = count_hosts(result.hosts.values(), now=now, windows=windows)
         return SourceCount(counts, dict.fromkeys(counts, "files"), result.problems)
 

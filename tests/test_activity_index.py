@@ -49,5 +49,6 @@ def test_updates_hosts_and_tracked_users() -> None:
     index.update("b.example", Store.LASTLOG2, "z", UserActivity("z", NOW))
     index.update("a.example", Store.LASTLOG2, "y", None)
     assert index.tracked_users() == {"a.example": 1, "b.example": 1}
-    index.drop_hosts(["b.example"])
+    assert index.store_of("a.example") is Store.LASTLOG2 and index.store_of("c.example") is None
+    index.remove_hosts(["a.example"])
     assert list(index.counts(now=NOW, windows=DEFAULT_WINDOWS)) == ["b.example"]

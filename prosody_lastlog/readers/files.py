@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from prosody_lastlog.pathnames import decode_name, encode_store
+from prosody_lastlog.pathnames import decode_name, encode_name, encode_store
 from prosody_lastlog.readers import ReadResult
 from prosody_lastlog.readers.stores import interpret
-from prosody_lastlog.records import HostData, ReadProblem, Store
-from prosody_lastlog.sandbox import BATCH_SIZE, LuaSandbox
+from prosody_lastlog.records import HostData, ReadProblem, Store, UserActivity
+from prosody_lastlog.sandbox import BATCH_SIZE, LuaSandbox, PlainValue
 
 MAX_FILE_SIZE = 256 * 1024  # a real last-activity file is a few hundred bytes
 _DAT = ".dat"
@@ -62,6 +63,44 @@ class FileStoreReader:
                 self._read_batch(batch, store, data, disabled, result.problems)
             result.hosts[host] = data
         return result
+
+    def read_user(self, host: str, store: Store, user: str, problems: list[ReadProblem]) -> UserActivity | None:
+        """Reads one user's record again after a change; None when it is gone or unusable (then a problem)."""
+        host_dir = os.path.join(self._data_dir, encode_name(host))
+        path = os.path.join(host_dir, encode_store(store.value), encode_name(user) + _DAT)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                problems.append(ReadProblem(self._where(path), "not_a_file", "not a regular file"))
+                return None
+        except FileNotFoundError:
+            return None  # the record was emptied or the account deleted
+        text = self._read_text(path, problems)
+        if text is None:
+            return None
+        loaded = self._sandbox.load(text, os.path.basename(path))
+        if loaded.error is not None:
+            problems.append(ReadProblem(self._where(path), "limit" if loaded.hit_limit else "invalid", loaded.error))
+            return None
+        interpreted = interpret(store, user, loaded.value)
+        problems.extend(ReadProblem(self._where(path), "unexpected", odd) for odd in interpreted.oddities)
+        activity = interpreted.activity
+        if activity is not None and not self._count_disabled and self._is_disabled(host_dir, user, problems):
+            activity = replace(activity, disabled=True)
+        return activity
+
+    def _is_disabled(self, host_dir: str, user: str, problems: list[ReadProblem]) -> bool:
+        path = os.path.join(host_dir, _ACCOUNTS, encode_name(user) + _DAT)
+        try:
+            text = _read_bounded(path)
+        except OSError:
+            return False  # no account record (or none readable): nothing says it is disabled
+        if b"disabled" not in text:
+            return False
+        loaded = self._sandbox.load(text, os.path.basename(path))
+        if loaded.error is not None:
+            problems.append(ReadProblem(self._where(path), "limit" if loaded.hit_limit else "invalid", loaded.error))
+            return False
+        return _says_disabled(loaded.value)
 
     def _host_dirs(self, problems: list[ReadProblem]) -> Iterator[tuple[str, str]]:
         try:
@@ -183,12 +222,17 @@ class FileStoreReader:
             if result.error is not None:
                 kind = "limit" if result.hit_limit else "invalid"
                 problems.append(ReadProblem(self._where(path), kind, result.error))
-            elif isinstance(result.value, dict) and result.value.get("disabled") not in (None, False):
+            elif _says_disabled(result.value):
                 disabled.add(user)
         return disabled
 
     def _where(self, path: str) -> str:
         return path[len(self._prefix) :] if path.startswith(self._prefix) else path
+
+
+def _says_disabled(account: PlainValue | None) -> bool:
+    # Prosody 13: `enabled = not account.disabled`, so anything but nil/false disables.
+    return isinstance(account, dict) and account.get("disabled") not in (None, False)
 
 
 def _user_name(entry: os.DirEntry[str]) -> str | None:

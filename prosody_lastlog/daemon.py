@@ -1,0 +1,152 @@
+"""`prosody-lastlog serve`: one full count, then live counts kept fresh by file watcher and timers, served."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from prosody_lastlog.atomic_write import write_atomically
+from prosody_lastlog.collector import ActiveUsersCollector
+from prosody_lastlog.discovery import Plan
+from prosody_lastlog.http_server import DEFAULT_PORT, MetricsServer
+from prosody_lastlog.refresh import Refresher
+from prosody_lastlog.snapshot import LiveCounts
+from prosody_lastlog.sources import FileSource, SqlSource
+from prosody_lastlog.timer import PeriodicTimer
+from prosody_lastlog.watcher import DataDirWatcher, watch_file_sources
+from prosody_lastlog.windows import Window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the daemon serves and refreshes; every field has the documented default."""
+
+    listen_host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    textfile: Path | None = None
+    resync_seconds: float = 3600.0  # full rescan of the file store, like the seed's hourly recount
+    resync_jitter_seconds: float = 300.0
+    sql_interval_seconds: float = 60.0
+    textfile_interval_seconds: float = 60.0
+    per_host: bool = True
+    compat: bool = False
+    polling: bool = False
+    as_of: float | None = None  # pretend the clock read this at start (demos, replays of old data)
+
+
+class Daemon:
+    """Starts and stops every part in order: count, HTTP, watchers, timers, textfile."""
+
+    def __init__(self, plan: Plan, *, windows: Sequence[Window], options: ServeOptions) -> None:
+        self.options = options
+        self.clock = _clock(options.as_of)
+        self.live = LiveCounts(windows=windows, source_names=[s.name for s in plan.sources])
+        self._declare_hosts(plan)
+        self.refresher = Refresher(self.live, plan.sources, on_refresh=self._write_textfile, wall_clock=self.clock)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(
+            ActiveUsersCollector(
+                self.live, windows=windows, per_host=options.per_host, compat=options.compat, clock=self.clock
+            )
+        )
+        self.server = MetricsServer(
+            self.registry,
+            self.live,
+            host=options.listen_host,
+            port=options.port,
+            max_age_seconds=2 * (options.resync_seconds + options.resync_jitter_seconds),
+            clock=self.clock,
+        )
+        self._textfile_lock = threading.Lock()
+        self._textfile_failing = False
+        self._watchers: list[DataDirWatcher] = []
+        self._timers: list[PeriodicTimer] = []
+
+    def start(self) -> None:
+        """Counts everything once, then serves and keeps counting."""
+        started = time.monotonic()
+        self.refresher.refresh_all()
+        counts = self.live.counts(now=self.clock())
+        log.info("counted %d host(s) in %.1f s", len(counts), time.monotonic() - started)
+        self.server.start()
+        self._watchers = watch_file_sources(self.refresher, polling=self.options.polling)
+        self._timers = self._make_timers()
+        for timer in self._timers:
+            timer.start()
+
+    def stop(self) -> None:
+        """Stops timers, watchers and the server, joining their threads."""
+        for timer in self._timers:
+            timer.stop()
+        for watcher in self._watchers:
+            watcher.stop()
+        self.server.stop()
+
+    def run_until_signalled(self) -> None:
+        """Blocks until SIGTERM or Ctrl-C, then stops cleanly."""
+        stop = threading.Event()
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            log.info("stopping on signal %d", signum)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            stop.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+    def _declare_hosts(self, plan: Plan) -> None:
+        for source in plan.sources:
+            hosts = set(source.hosts)
+            self.live.declare_hosts(source.name, [(h, s) for h, s in plan.known_hosts if h in hosts])
+
+    def _make_timers(self) -> list[PeriodicTimer]:
+        options, timers = self.options, []
+        for source in self.refresher.sources:
+            if isinstance(source, FileSource):
+                interval, jitter = options.resync_seconds, options.resync_jitter_seconds
+            elif isinstance(source, SqlSource):
+                interval, jitter = options.sql_interval_seconds, 0.0
+            else:
+                continue
+            timers.append(PeriodicTimer(partial(self.refresher.refresh, source), interval=interval, jitter=jitter))
+        if options.textfile is not None:
+            timers.append(PeriodicTimer(self._write_textfile, interval=options.textfile_interval_seconds))
+        return timers
+
+    def _write_textfile(self) -> None:
+        path = self.options.textfile
+        if path is None:
+            return
+        with self._textfile_lock:
+            try:
+                write_atomically(path, generate_latest(self.registry).decode("utf-8"))
+            except OSError as exc:
+                if not self._textfile_failing:  # once per state change
+                    log.error("cannot write the textfile %s: %s", path, exc.strerror or exc)
+                self._textfile_failing = True
+                return
+            if self._textfile_failing:
+                log.warning("writing the textfile %s works again", path)
+                self._textfile_failing = False
+
+
+def _clock(as_of: float | None) -> Callable[[], float]:
+    if as_of is None:
+        return time.time
+    offset = as_of - time.time()
+    return lambda: time.time() + offset

@@ -1,0 +1,110 @@
+"""HTTP for Prometheus: a landing page at /, /metrics (text or OpenMetrics by Accept), and /healthz."""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from prosody_lastlog import __version__
+from prosody_lastlog.snapshot import LiveCounts
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 10522  # 9100-9999 (Prometheus' default port allocations) is fully taken; 10522 echoes XMPP's 5222
+
+
+class MetricsServer:
+    """Serves one registry on a background thread; `stop()` closes the socket and joins the thread."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        live: LiveCounts,
+        *,
+        host: str,
+        port: int,
+        max_age_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        handler = _handler_class(registry, live, max_age_seconds, clock)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="prosody-lastlog-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Where /metrics is served."""
+        host, port = self._server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/metrics"
+
+    def start(self) -> None:
+        """Starts serving."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops serving and releases the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def health_problems(live: LiveCounts, *, now: float, max_age_seconds: float) -> list[str]:
+    """Why /healthz should fail: sources whose last refresh failed or is older than `max_age_seconds`."""
+    problems = []
+    for source in live.health():
+        if not source.up:
+            problems.append(f"{source.name}: {source.error or 'not refreshed yet'}")
+        elif source.last_success is not None and now - source.last_success > max_age_seconds:
+            problems.append(f"{source.name}: last successful refresh {now - source.last_success:.0f} s ago")
+    return problems
+
+
+def _handler_class(
+    registry: CollectorRegistry, live: LiveCounts, max_age_seconds: float, clock: Callable[[], float]
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = f"prosody-lastlog/{__version__}"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._reply(200, content_type, encoder(registry))
+            elif path == "/healthz":
+                problems = health_problems(live, now=clock(), max_age_seconds=max_age_seconds)
+                body = ("\n".join(problems) if problems else "ok") + "\n"
+                self._reply(503 if problems else 200, "text/plain; charset=utf-8", body.encode())
+            elif path == "/":
+                self._reply(200, "text/html; charset=utf-8", _LANDING.encode())
+            else:
+                self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics\n")
+
+        def _reply(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("http: " + format, *args)
+
+    return Handler
+
+
+_LANDING = f"""<!doctype html>
+<html><head><title>prosody-lastlog</title></head>
+<body><h1>prosody-lastlog {html.escape(__version__)}</h1>
+<p>Daily, weekly and monthly active users of this Prosody server.</p>
+<ul><li><a href="/metrics">/metrics</a></li><li><a href="/healthz">/healthz</a></li></ul>
+</body></html>
+"""

@@ -1,0 +1,122 @@
+"""The one refresh: read a source, swap the result into the live state, tell the push exporters.
+
+The periodic timer calls `refresh_all`/`refresh`; the file watcher calls `apply_change` for one user.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from prosody_lastlog.database import DatabaseError
+from prosody_lastlog.readers.files import DataDirError
+from prosody_lastlog.records import ReadProblem, Store
+from prosody_lastlog.snapshot import LiveCounts
+from prosody_lastlog.sources import FileSource, Source, SqlSource
+
+log = logging.getLogger(__name__)
+
+
+class Refresher:
+    """Refreshes sources into a LiveCounts; failures leave the last good counts served and mark the source down."""
+
+    def __init__(
+        self,
+        live: LiveCounts,
+        sources: Sequence[Source],
+        *,
+        on_refresh: Callable[[], None] = lambda: None,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.live = live
+        self.sources = list(sources)
+        self._on_refresh = on_refresh
+        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._lock = threading.Lock()  # one refresh at a time: the timer and the watcher share this
+        self._file_hosts: dict[str, set[str]] = {}
+        self._failing: set[str] = set()
+
+    def refresh_all(self) -> None:
+        """Refreshes every source."""
+        for source in self.sources:
+            self.refresh(source)
+
+    def refresh(self, source: Source) -> None:
+        """Reads one source in full and swaps its data in."""
+        with self._lock:
+            started = self._monotonic()
+            try:
+                problems = self._read(source)
+            except (DataDirError, DatabaseError, OSError) as exc:
+                self.live.failed(source.name, str(exc))
+                if source.name not in self._failing:  # once per state change, not every attempt
+                    log.error("%s: refresh failed, serving the last good counts: %s", source.name, exc)
+                self._failing.add(source.name)
+                return
+            if source.name in self._failing:
+                log.warning("%s: refresh works again", source.name)
+                self._failing.discard(source.name)
+            kinds = Counter(problem.kind for problem in problems)
+            self.live.succeeded(
+                source.name, at=self._wall_clock(), duration=self._monotonic() - started, problems=kinds
+            )
+            _log_problems(source.name, problems)
+        self._on_refresh()
+
+    def apply_change(self, host: str, store: Store, user: str) -> bool:
+        """Re-reads one user's record after a file event; False if no file source serves that host and store.
+
+        Call `changed()` after a batch of these.
+        """
+        source = self._file_source_for(host, store)
+        if source is None:
+            return False
+        problems: list[ReadProblem] = []
+        with self._lock:
+            activity = source.reader.read_user(host, store, user, problems)
+            self.live.index.update(host, store, user, activity)
+        if problems:
+            self.live.add_problems(source.name, Counter(problem.kind for problem in problems))
+            _log_problems(source.name, problems)
+        return True
+
+    def changed(self) -> None:
+        """Tells the push exporters that a batch of single-user changes has been applied."""
+        self._on_refresh()
+
+    def file_source_for_host(self, host: str) -> FileSource | None:
+        """The file source that reads `host`, if any (hosts filtered by the config or --host)."""
+        return next((s for s in self.sources if isinstance(s, FileSource) and (not s.hosts or host in s.hosts)), None)
+
+    def _file_source_for(self, host: str, store: Store) -> FileSource | None:
+        if self.live.index.store_of(host) is not store:
+            return None  # a store this host's count does not use (e.g. lastlog2 next to account_activity)
+        return self.file_source_for_host(host)
+
+    def _read(self, source: Source) -> list[ReadProblem]:
+        if isinstance(source, SqlSource):
+            result = source.count(now=int(self._wall_clock()), windows=self.live.windows)
+            self.live.set_sql_counts(source.name, result.counts)
+            return result.problems
+        if not isinstance(source, FileSource):
+            raise TypeError(f"unknown source {source!r}")
+        read = source.reader.read()
+        for host, data in read.hosts.items():
+            self.live.index.replace_host(host, data.store, data.users)
+        gone = self._file_hosts.get(source.name, set()) - set(read.hosts)
+        self.live.index.remove_hosts(gone)
+        self._file_hosts[source.name] = set(read.hosts)
+        return read.problems
+
+
+def _log_problems(source: str, problems: Sequence[ReadProblem]) -> None:
+    # Where a problem is names a user, so details are debug-level only.
+    for problem in problems:
+        log.debug("%s: %s: %s: %s", source, problem.where, problem.kind, problem.reason)
+    if problems:
+        log.warning("%s: %d problem(s) reading data; -v lists them", source, len(problems))

@@ -1,0 +1,85 @@
+"""The daemon's live state: file sources in an ActivityIndex, SQL sources as their last counts, and health.
+
+Refreshes write it; scrapes read it and never cause I/O. It is the collector's CountsView.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from prosody_lastlog.activity_index import ActivityIndex
+from prosody_lastlog.counting import HostCounts
+from prosody_lastlog.records import Store
+from prosody_lastlog.sources import SourceHealth, zero_counts
+from prosody_lastlog.windows import Window
+
+
+class LiveCounts:
+    """Counts of every source as of any moment, safe to read from scrape threads while refreshes write."""
+
+    def __init__(self, *, windows: Sequence[Window], source_names: Sequence[str]) -> None:
+        self.windows = windows
+        self.index = ActivityIndex()
+        self._lock = threading.Lock()
+        self._sql_counts: dict[str, dict[str, HostCounts]] = {}
+        self._health = {name: SourceHealth(name) for name in source_names}
+        self._counted: set[str] = set()  # sources with at least one successful refresh
+        self._known_hosts: dict[str, tuple[str, Store]] = {}  # host -> (source, store) from the config
+
+    def declare_hosts(self, source: str, hosts: Sequence[tuple[str, Store]]) -> None:
+        """Hosts the config declares for a source: exported with zeros once the source has counted."""
+        with self._lock:
+            for host, store in hosts:
+                self._known_hosts[host] = (source, store)
+
+    def set_sql_counts(self, source: str, counts: Mapping[str, HostCounts]) -> None:
+        """Replaces what an SQL source counted."""
+        with self._lock:
+            self._sql_counts[source] = dict(counts)
+
+    def succeeded(self, source: str, *, at: float, duration: float, problems: Mapping[str, int]) -> None:
+        """Records a successful full refresh (problems: this refresh's read problems by kind)."""
+        with self._lock:
+            total = _added(self._health[source].problems, problems)
+            self._health[source] = SourceHealth(source, True, at, duration, total)
+            self._counted.add(source)
+
+    def failed(self, source: str, error: str) -> None:
+        """Records a failed refresh; the last good counts stay served."""
+        with self._lock:
+            self._health[source] = replace(self._health[source], up=False, error=error)
+
+    def add_problems(self, source: str, problems: Mapping[str, int]) -> None:
+        """Counts read problems met outside a full refresh (a changed file that does not load)."""
+        with self._lock:
+            health = self._health[source]
+            self._health[source] = replace(health, problems=_added(health.problems, problems))
+
+    def counts(self, *, now: float) -> dict[str, HostCounts]:
+        """Counts per host as of `now`; nothing for a source that has never counted (no sentinel values)."""
+        counts = self.index.counts(now=now, windows=self.windows)
+        with self._lock:
+            for sql_counts in self._sql_counts.values():
+                counts.update(sql_counts)
+            for host, (source, store) in self._known_hosts.items():
+                if host not in counts and source in self._counted:
+                    counts[host] = zero_counts(store, self.windows)
+        return dict(sorted(counts.items()))
+
+    def health(self) -> Sequence[SourceHealth]:
+        """One entry per source, in the order they were configured."""
+        with self._lock:
+            return list(self._health.values())
+
+    def tracked_users(self) -> Mapping[str, int]:
+        """Users held in the index, per host."""
+        return self.index.tracked_users()
+
+
+def _added(total: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    result = dict(total)
+    for kind, count in more.items():
+        result[kind] = result.get(kind, 0) + count
+    return result

@@ -1,0 +1,59 @@
+"""The collector reports counts as of each scrape and nothing for a source before its first count."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from prosody_lastlog.collector import ActiveUsersCollector
+from prosody_lastlog.records import Store, UserActivity
+from prosody_lastlog.snapshot import LiveCounts
+from prosody_lastlog.timer import PeriodicTimer
+from prosody_lastlog.windows import DEFAULT_WINDOWS
+
+NOW = 1_763_900_000
+
+
+def scrape(live: LiveCounts, clock: list[float]) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ActiveUsersCollector(live, windows=DEFAULT_WINDOWS, clock=lambda: clock[0]))
+    return generate_latest(registry).decode()
+
+
+def test_a_user_ages_out_of_the_day_window_with_no_event() -> None:
+    live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files"])
+    live.index.replace_host("example.com", Store.LASTLOG2, [UserActivity("alice", NOW - 60)])
+    live.succeeded("files", at=NOW, duration=0.1, problems={})
+    clock = [float(NOW)]
+    assert 'prosody_active_users{host="example.com",window="1d"} 1.0' in scrape(live, clock)
+    clock[0] = NOW + 86400 - 60
+    text = scrape(live, clock)
+    assert 'prosody_active_users{host="example.com",window="1d"} 0.0' in text
+    assert 'prosody_active_users{host="example.com",window="7d"} 1.0' in text
+
+
+def test_nothing_is_exported_for_a_source_before_its_first_count() -> None:
+    live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files"])
+    live.declare_hosts("files", [("empty.example", Store.LASTLOG2)])
+    text = scrape(live, [float(NOW)])
+    assert "prosody_active_users{" not in text
+    assert 'prosody_lastlog_source_up{source="files"} 0.0' in text
+    live.succeeded("files", at=NOW, duration=0.1, problems={"invalid": 2})
+    text = scrape(live, [float(NOW)])
+    assert 'prosody_active_users{host="empty.example",window="1d"} 0.0' in text  # zeros, not a gap
+    assert 'prosody_lastlog_read_problems_total{reason="invalid",source="files"} 2.0' in text
+
+
+def test_periodic_timer_runs_and_stops_promptly() -> None:
+    ran = threading.Event()
+    timer = PeriodicTimer(ran.set, interval=0.01)
+    timer.start()
+    assert ran.wait(2)
+    slow = PeriodicTimer(lambda: None, interval=3600)
+    slow.start()
+    started = time.monotonic()
+    slow.stop()
+    timer.stop()
+    assert time.monotonic() - started < 1

@@ -1,0 +1,153 @@
+"""The daemon end to end on loopback: startup count, /metrics, /healthz, live file changes, faults, shutdown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from prosody_lastlog.daemon import Daemon, ServeOptions
+from prosody_lastlog.discovery import SourceOptions, plan_sources
+from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.windows import DEFAULT_WINDOWS
+from tests.conftest import case_data
+
+SAMPLE_NOW = json.loads((case_data("sample").parent / "expected.json").read_text())["now"]
+STORE_SCRIPT = Path(__file__).with_name("datamanager_store.lua")
+
+
+@pytest.fixture
+def daemon(sample_tree: Path, tmp_path: Path) -> Iterator[Daemon]:
+    plan = plan_sources(SourceOptions(data_dir=sample_tree), environ={})
+    options = ServeOptions(port=0, as_of=SAMPLE_NOW, textfile=tmp_path / "prosody.prom")
+    running = Daemon(plan, windows=DEFAULT_WINDOWS, options=options)
+    running.start()
+    yield running
+    running.stop()
+
+
+def get(daemon: Daemon, path: str, accept: str = "") -> tuple[int, str, str]:
+    request = urllib.request.Request(daemon.server.url.replace("/metrics", path), headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def active(daemon: Daemon, host: str, window: str = "1d") -> float | None:
+    _, _, text = get(daemon, "/metrics")
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "prosody_active_users" and sample.labels == {"host": host, "window": window}:
+                return sample.value
+    return None
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 2.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"not true within {seconds} s")
+
+
+def prosody_writes(data: Path, user: str, host: str, record: str, store: str = "lastlog2") -> None:
+    """Writes like Prosody does (util.datamanager: `<user>.dat~`, then rename)."""
+    subprocess.run(["lua5.4", str(STORE_SCRIPT), str(data), user, host, store, record], check=True)
+
+
+def test_serves_the_same_counts_as_a_one_shot_count(daemon: Daemon) -> None:
+    expected = json.loads((case_data("sample").parent / "expected.json").read_text())["active_users"]
+    for host, by_window in expected.items():
+        for window, value in by_window.items():
+            assert active(daemon, host, window) == value
+
+
+def test_landing_page_healthz_and_openmetrics(daemon: Daemon) -> None:
+    status, content_type, body = get(daemon, "/")
+    assert status == 200 and 'href="/metrics"' in body and "text/html" in content_type
+    assert get(daemon, "/healthz")[:1] == (200,)
+    status, content_type, body = get(daemon, "/metrics", accept="application/openmetrics-text; version=1.0.0")
+    assert status == 200 and content_type.startswith("application/openmetrics-text") and body.endswith("# EOF\n")
+    assert get(daemon, "/nope")[0] == 404
+
+
+def test_a_login_shows_up_within_two_seconds(daemon: Daemon, sample_tree: Path) -> None:
+    before = active(daemon, "example.com")
+    assert before is not None
+    prosody_writes(sample_tree, "newcomer", "example.com", f"{{ login = {{ timestamp = {SAMPLE_NOW - 5} }} }}")
+    wait_for(lambda: active(daemon, "example.com") == before + 1)
+    (sample_tree / "example%2ecom" / "lastlog2" / "newcomer.dat").unlink()  # account deleted
+    wait_for(lambda: active(daemon, "example.com") == before)
+
+
+def test_a_new_host_directory_is_picked_up(daemon: Daemon, sample_tree: Path) -> None:
+    prosody_writes(sample_tree, "first", "brand-new.example", f"{{ logout = {{ timestamp = {SAMPLE_NOW - 5} }} }}")
+    wait_for(lambda: active(daemon, "brand-new.example") == 1)
+
+
+def test_disabling_an_account_takes_it_out(daemon: Daemon, sample_tree: Path) -> None:
+    before = active(daemon, "example.com", "30d")
+    assert before
+    users = FileStoreReader(sample_tree).read().hosts["example.com"].users
+    user = next(u.user for u in users if u.last_active and SAMPLE_NOW - u.last_active < 30 * 86400)
+    prosody_writes(sample_tree, user, "example.com", "{ disabled = true }", store="accounts")
+    wait_for(lambda: (active(daemon, "example.com", "30d") or 0) < before)
+
+
+def test_an_unreadable_data_dir_keeps_the_last_counts_and_fails_healthz(daemon: Daemon, sample_tree: Path) -> None:
+    before = active(daemon, "example.com")
+    moved = sample_tree.with_name("moved-away")
+    sample_tree.rename(moved)
+    try:
+        daemon.refresher.refresh_all()
+        assert active(daemon, "example.com") == before
+        status, _, body = get(daemon, "/healthz")
+        assert status == 503 and "cannot read data directory" in body
+        assert "prosody_lastlog_source_up{" in get(daemon, "/metrics")[2]
+        assert f'prosody_lastlog_source_up{{source="files {sample_tree}"}} 0.0' in get(daemon, "/metrics")[2]
+    finally:
+        moved.rename(sample_tree)
+    daemon.refresher.refresh_all()
+    assert get(daemon, "/healthz")[0] == 200
+
+
+def test_textfile_is_written_for_node_exporter(daemon: Daemon, tmp_path: Path) -> None:
+    text = (tmp_path / "prosody.prom").read_text()
+    assert 'prosody_active_users{host="example.com",window="30d"} 13.0' in text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prosody.prom")]
+
+
+def test_stop_releases_the_port(sample_tree: Path) -> None:
+    plan = plan_sources(SourceOptions(data_dir=sample_tree), environ={})
+    first = Daemon(plan, windows=DEFAULT_WINDOWS, options=ServeOptions(port=0))
+    first.start()
+    port = int(first.server.url.rsplit(":", 1)[1].split("/")[0])
+    first.stop()
+    second = Daemon(plan, windows=DEFAULT_WINDOWS, options=ServeOptions(port=port))
+    second.start()
+    second.stop()
+
+
+def test_scratch_files_do_not_trigger_work(daemon: Daemon, sample_tree: Path) -> None:
+    calls: list[tuple[object, ...]] = []
+    original = daemon.refresher.apply_change
+
+    def counting(*args: Any) -> bool:
+        calls.append(args)
+        return original(*args)
+
+    daemon.refresher.apply_change = counting  # type: ignore[method-assign, assignment]
+    (sample_tree / "example%2ecom" / "lastlog2" / "half.dat~").write_bytes(b"return {")
+    time.sleep(0.4)
+    assert calls == []
