@@ -2,7 +2,7 @@
 # Installs the Debian packages the test suite runs for real, without starting their services.
 set -euo pipefail
 
-packages=(prosody prosody-modules lua5.4 lua-dbi-sqlite3 lua-dbi-postgresql lua-dbi-mysql)
+packages=(prosody prosody-modules lua5.4 lua-dbi-sqlite3 lua-dbi-postgresql lua-dbi-mysql prometheus prometheus-node-exporter)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
