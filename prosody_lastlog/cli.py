@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from prosody_lastlog import __version__
 from prosody_lastlog.atomic_write import write_atomically
@@ -27,12 +29,20 @@ from prosody_lastlog.sources import count_all
 from prosody_lastlog.windows import Window, parse_window, parse_windows
 
 log = logging.getLogger("prosody_lastlog")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 _FATAL = (DataDirError, DatabaseError, ConfigError, OSError, ValueError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a password in a URL it echoes back is masked."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_URL_PASSWORD.sub(r"\1:***@", message))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one sub-command per job."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="prosody-lastlog",
         description="Count daily, weekly and monthly active users per Prosody host from last-activity data.",
     )
@@ -127,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         windows = parse_windows(args.window)
     except ValueError as exc:
         parser.error(str(exc))
+    if sum(bool(x) for x in (args.sql, args.data_dir, args.config)) > 1:
+        parser.error("--config, --data-dir and --sql each say where the data is: give at most one")
+    if args.sql_password_file and not args.sql:
+        parser.error("--sql-password-file goes with --sql")
     try:
         plan = plan_sources(_source_options(args), environ=os.environ)
         if args.command == "serve":

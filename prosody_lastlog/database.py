@@ -66,6 +66,8 @@ def parse_sql_url(url: str, *, password: str | None = None) -> SqlSettings:
     if driver is None:
         raise ValueError(f"unsupported SQL URL scheme {parts.scheme!r}: use sqlite, postgresql or mysql")
     if driver == "SQLite3":
+        if not parts.path.startswith("/"):
+            raise ValueError("an sqlite URL needs an absolute file path: sqlite:///var/lib/prosody/prosody.sqlite")
         path = "/" + unquote(parts.path).lstrip("/")  # sqlite:///abs and sqlite:////abs both mean /abs
         if path == "/":
             raise ValueError("an sqlite URL needs a file path: sqlite:///var/lib/prosody/prosody.sqlite")
@@ -167,7 +169,7 @@ def _open_postgres(settings: SqlSettings) -> Connection:
             autocommit=True,
             # Read-only; room for the per-user hash aggregate in memory; no JIT, which costs more than it
             # saves on this one query.
-            options="-c default_transaction_read_only=on -c work_mem=256MB -c jit=off",
+            options="-c default_transaction_read_only=on -c work_mem=64MB -c jit=off",
         )
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to {settings.describe()}: {first_line(exc)}") from exc

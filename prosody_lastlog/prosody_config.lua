@@ -20,6 +20,7 @@ local s_sub, s_byte, s_find, s_match, s_gmatch, s_gsub, s_rep, s_format =
 local t_sort, t_unpack = table.sort, table.unpack
 local utf8_len = utf8.len
 local getinfo, sethook = debug.getinfo, debug.sethook
+local os_clock = os.clock
 local getmetatable, huge = getmetatable, math.huge
 
 local MEMORY_ERROR = "not enough memory" -- what Lua raises when the runtime's max_memory is reached
@@ -66,18 +67,30 @@ end
 -- Run-time and memory limits.
 
 local running = false -- the hook only acts while config code runs
-local millions = 0
+local HOOK_EVERY = 100 -- instructions between checks: one concatenation of a long string can take milliseconds
+local calls = 0
+local deadline = 0
 local exhausted = nil -- once a limit is hit, its message; the config's own pcall cannot swallow it
 local last_position = nil -- where the config was at the last hook call, for memory errors (which carry no position)
 
+local function limit_hit(message)
+	exhausted = exhausted or ((last_position or "") .. message)
+	error(exhausted, 0)
+end
+
 local function count_hook()
 	if not running then return end
-	millions = millions + 1
-	last_position = config_position()
-	if exhausted or millions > limits.million_instructions then
-		exhausted = exhausted or (last_position .. "the config ran too long (over "
-			.. limits.million_instructions .. " million Lua instructions); is it waiting for something?")
-		error(exhausted, 0)
+	calls = calls + 1
+	if calls % 10000 == 0 then last_position = config_position() end -- every million instructions
+	if exhausted then error(exhausted, 0) end
+	if calls * HOOK_EVERY > limits.million_instructions * 1000000 then
+		last_position = config_position()
+		limit_hit("the config ran too long (over " .. limits.million_instructions
+			.. " million Lua instructions); is it waiting for something?")
+	end
+	if os_clock() > deadline then
+		last_position = config_position()
+		limit_hit("the config ran too long (over " .. limits.max_seconds .. " s of CPU time)")
 	end
 end
 
@@ -766,7 +779,9 @@ return function(main_path)
 		run_file(content, main_path, 0)
 	end
 	running = true
-	sethook(count_hook, "", 1000000)
+	last_position = nil
+	deadline = os_clock() + limits.max_seconds
+	sethook(count_hook, "", HOOK_EVERY)
 	local ok, err = xpcall(run_main, describe_error)
 	running = false
 	sethook()

@@ -48,6 +48,7 @@ DEFAULT_DATA_PATH = Path("/var/lib/prosody")  # Debian's CFG_DATADIR (/usr/bin/p
 
 MAX_MEMORY = 64 * 1024 * 1024
 MAX_MILLION_INSTRUCTIONS = 50
+MAX_SECONDS = 2.0  # of CPU time; a real config evaluates in milliseconds
 MAX_PATTERN_COST = 3e8  # Lua's matcher does roughly 1e9 of these steps in 1.5 s
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_READ_BYTES = 32 * 1024 * 1024
@@ -148,6 +149,7 @@ def _evaluate(path: Path, environ: Mapping[str, str]) -> tuple[Options, tuple[st
     limits = lua.table_from(
         {
             "million_instructions": MAX_MILLION_INSTRUCTIONS,
+            "max_seconds": MAX_SECONDS,
             "max_memory": MAX_MEMORY,
             "pattern_cost": MAX_PATTERN_COST,
             "max_file_operations": MAX_FILE_OPERATIONS,

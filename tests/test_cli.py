@@ -128,3 +128,25 @@ def test_help_shows_no_secret_and_documents_sources(capsys: pytest.CaptureFixtur
         main(["count", "--help"])
     help_text = capsys.readouterr().out
     assert "--config" in help_text and "--sql" in help_text and "--data-dir" in help_text
+
+
+def test_usage_errors_mask_url_passwords(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--sql", "postgresql://u:TopSecret@h/db", "count"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "TopSecret" not in err and "u:***@h" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--sql", "sqlite:///x", "--data-dir", "/tmp"],
+        ["--config", "/x", "--data-dir", "/y"],
+        ["--sql-password-file", "/p"],
+    ],
+)
+def test_conflicting_source_options_are_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["count", *args])
+    assert exit_info.value.code == 2

@@ -310,6 +310,7 @@ HOSTILE = {  # file → (line, text the message must contain); line None: Lua ca
     "os_execute.cfg.lua": (3, "os.execute is not available"),
     "io_write.cfg.lua": (2, '"w") refused: prosody-lastlog reads the config read-only'),
     "busy_loop.cfg.lua": (3, "the config ran too long"),
+    "quadratic_concat.cfg.lua": (2, "s of CPU time"),
     "pcall_loop.cfg.lua": (2, "the config ran too long"),
     "require_socket.cfg.lua": (2, "require is not available"),
     "string_rep.cfg.lua": (2, "string.rep: a 10000000000-byte string is more than the config sandbox allows"),

@@ -205,7 +205,7 @@ def test_unreachable_server_is_named_without_password() -> None:
 def test_missing_table_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "empty.sqlite"
     sqlite3.connect(path).close()
-    with pytest.raises(DatabaseError, match="no such table"):
+    with pytest.raises(DatabaseError, match="no readable `prosody` table"):
         SqlReader(SqlSettings("SQLite3", str(path)), method="stream").count(now=NOW, windows=DEFAULT_WINDOWS)
 
 
@@ -286,3 +286,31 @@ def test_sqlite_locked_for_a_moment_is_waited_for(sqlite_db: tuple[SqlSettings, 
         thread.join()
     assert result.counts["example.com"].accounts == 3
     assert time.monotonic() - started >= 0.3  # it waited for the lock rather than failing
+
+
+@pytest.mark.parametrize("engine", ["sqlite_db", "postgres_db", "mysql_db"])
+def test_duplicates_resolve_the_same_in_any_row_order(engine: str, request: pytest.FixtureRequest) -> None:
+    settings_, connection = request.getfixturevalue(engine)
+    rows = [
+        lastlog2("a.example", "u", "login", NOW - 60),
+        ("a.example", "u", "lastlog2", "login", "json", '{"timestamp": "x"}'),
+    ]
+    results = []
+    for ordered in (rows, rows[::-1]):
+        prosody_table.replace_rows(connection, settings_.driver, ordered)
+        results.append(SqlReader(settings_, method="stream").count(now=NOW, windows=DEFAULT_WINDOWS).counts)
+    assert results[0] == results[1]
+    assert results[0]["a.example"].active["1d"] == 1
+
+
+@pytest.mark.parametrize("method", ["auto", "pushdown", "stream"])
+def test_a_host_filter_matching_nothing_counts_nothing(sqlite_db: tuple[SqlSettings, Any], method: str) -> None:
+    settings_, connection = sqlite_db
+    prosody_table.replace_rows(connection, "SQLite3", BASIC_ROWS)
+    result = SqlReader(settings_, hosts=["nodata.example"], method=method).count(now=NOW, windows=DEFAULT_WINDOWS)
+    assert result.counts == {}
+
+
+def test_relative_sqlite_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="absolute"):
+        parse_sql_url("sqlite:relative.sqlite")

@@ -53,11 +53,11 @@ class SqlReader:
         """Counts per host: one aggregate query in the engine, else (or for hosts with odd rows) the stream."""
         with _connection(self._settings) as connection:
             result = SourceCount()
-            fallback = list(self._hosts)
+            to_stream: list[str] | None = None  # None: every host this reader covers
             if self._method != "stream" and self._supports_pushdown(connection):
-                fallback = self._pushdown(connection, result, now=now, windows=windows)
-            if fallback or not result.counts:
-                streamed = self._read(connection, fallback)
+                to_stream = self._pushdown(connection, result, now=now, windows=windows)
+            if to_stream is None or to_stream:
+                streamed = self._read(connection, self._hosts if to_stream is None else to_stream)
                 result.problems.extend(streamed.problems)
                 for host, counts in count_hosts(streamed.hosts.values(), now=now, windows=windows).items():
                     result.counts[host] = counts
@@ -84,8 +84,8 @@ class SqlReader:
 
     def _pushdown(
         self, connection: Connection, result: SourceCount, *, now: int, windows: Sequence[Window]
-    ) -> list[str]:
-        """Fills `result` from the aggregate query; returns the hosts that must be streamed instead."""
+    ) -> list[str] | None:
+        """Fills `result` from the aggregate query; returns the hosts to stream instead (None: all of them)."""
         sql, params = queries.aggregate(
             queries.DIALECTS[connection.settings.driver],
             hosts=self._hosts,
@@ -98,11 +98,11 @@ class SqlReader:
         except connection.errors as exc:
             # E.g. PostgreSQL meeting text that is not JSON: the stream reports the rows at fault.
             log.warning(
-                "%s: counting in the database failed (%s); streaming rows instead",
+                "%s: counting in the database failed (%s); streaming rows instead, -v names bad rows",
                 connection.settings.describe(),
                 first_line(exc),
             )
-            return list(self._hosts)
+            return None
         by_host: dict[str, dict[Store, tuple[Any, ...]]] = {}
         for row in rows:
             by_host.setdefault(row[0], {})[Store(row[1])] = row[2:]
@@ -202,25 +202,31 @@ def _decode(kind: str, text: str) -> PlainValue | None:
 
 
 def _later(old: PlainValue, new: PlainValue) -> PlainValue:
-    old_key, new_key = _order_key(old), _order_key(new)
-    if new_key is None or old_key is None or isinstance(old_key, str) != isinstance(new_key, str):
-        return old if new_key is None else new
-    return new if new_key > old_key else old  # type: ignore[operator]
+    """Of two duplicate rows, the later timestamp; a number beats text beats nothing, in any row order."""
+    return new if _rank(new) > _rank(old) else old
 
 
-def _order_key(value: PlainValue) -> float | str | None:
-    """What duplicates are compared by: a record's timestamp, a number, or a string."""
+def _rank(value: PlainValue) -> tuple[int, float, str]:
     if isinstance(value, dict):
         value = value.get("timestamp")  # type: ignore[assignment]
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    return value if isinstance(value, str) else float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (2, float(value), "")
+    if isinstance(value, str):
+        return (1, 0.0, value)
+    return (0, 0.0, "")
 
 
 @contextmanager
 def _connection(settings: SqlSettings) -> Iterator[Connection]:
     connection = connect(settings)
     try:
+        try:
+            connection.query('SELECT 1 FROM "prosody" WHERE 1 = 0')
+        except connection.errors as exc:
+            raise DatabaseError(
+                f"{settings.describe()} has no readable `prosody` table ({first_line(exc)}): is this the database "
+                'Prosody\'s storage = "sql" writes to, and has it run?'
+            ) from exc
         yield connection
     finally:
         connection.close()

@@ -87,7 +87,8 @@ def rows_of(store: Store, hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """Every row of `store` for the hosts, grouped by host and user for streaming."""
     where, params = host_filter(hosts)
     sql = (
-        f'SELECT "host", "user", "key", "type", "value" FROM "prosody" WHERE "store" = ?{where} ORDER BY "host", "user"'
+        'SELECT "host", "user", "key", "type", "value" FROM "prosody" '
+        f'WHERE "store" = ?{where} ORDER BY "host", "user", "key"'
     )
     return sql, (store.value, *params)
 
