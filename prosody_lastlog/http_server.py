@@ -35,7 +35,9 @@ class MetricsServer:
     ) -> None:
         handler = _handler_class(registry, live, max_age_seconds, clock)
         self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        # Request threads are joined on close, so stop() leaves no thread behind.
+        self._server.daemon_threads = False
+        self._server.block_on_close = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="prosody-lastlog-http", daemon=True)
 
     @property

@@ -8,6 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Examples run on a loaded 2-core CI machine too: no per-example deadline (property tests bound their size).
+settings.register_profile("prosody-lastlog", deadline=None)
+settings.load_profile("prosody-lastlog")
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CASES = FIXTURES / "cases"
