@@ -19,7 +19,7 @@ from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.database import DatabaseError
 from prosody_lastlog.discovery import DEFAULT_DATA_DIR, Plan, SourceOptions, plan_sources
-from prosody_lastlog.http_server import DEFAULT_PORT
+from prosody_lastlog.http_server import DEFAULT_PORT, load_credentials, load_tls
 from prosody_lastlog.prosody_config import ConfigError
 from prosody_lastlog.readers.files import DataDirError
 from prosody_lastlog.readers.sql import METHODS
@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--sql-interval", default="60s", help="how often SQL sources are counted again (default 60s)")
     serve.add_argument("--polling", action="store_true", help="poll the data directory instead of using inotify")
+    serve.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate (chain)")
+    serve.add_argument("--tls-key", type=Path, help="the PEM private key for --tls-cert")
+    serve.add_argument(
+        "--basic-auth-file", type=Path, help="require HTTP basic auth: a file of user:password lines (keep it 0600)"
+    )
     serve.add_argument(
         "--as-of", type=int, metavar="EPOCH", help="run as if the clock read this Unix time at start (demos, old data)"
     )
@@ -141,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--config, --data-dir and --sql each say where the data is: give at most one")
     if args.sql_password_file and not args.sql:
         parser.error("--sql-password-file goes with --sql")
+    if args.command == "serve" and bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     try:
         plan = plan_sources(_source_options(args), environ=os.environ)
         if args.command == "serve":
@@ -201,6 +208,8 @@ def _serve(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> i
         compat=args.compat_metrics,
         polling=args.polling,
         as_of=args.as_of,
+        tls=load_tls(args.tls_cert, args.tls_key) if args.tls_cert else None,
+        credentials=load_credentials(args.basic_auth_file) if args.basic_auth_file else None,
     )
     daemon = Daemon(plan, windows=windows, options=options)
     daemon.start()

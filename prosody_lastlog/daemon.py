@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -43,6 +44,8 @@ class ServeOptions:
     compat: bool = False
     polling: bool = False
     as_of: float | None = None  # pretend the clock read this at start (demos, replays of old data)
+    tls: ssl.SSLContext | None = None
+    credentials: Mapping[str, str] | None = field(default=None, repr=False)  # basic auth user -> password
 
 
 class Daemon:
@@ -67,6 +70,8 @@ class Daemon:
             port=options.port,
             max_age_seconds=2 * (options.resync_seconds + options.resync_jitter_seconds),
             clock=self.clock,
+            tls=options.tls,
+            credentials=options.credentials,
         )
         self._textfile_lock = threading.Lock()
         self._textfile_failing = False

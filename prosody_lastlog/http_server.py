@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import html
 import logging
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -32,9 +37,16 @@ class MetricsServer:
         port: int,
         max_age_seconds: float,
         clock: Callable[[], float] = time.time,
+        tls: ssl.SSLContext | None = None,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
-        handler = _handler_class(registry, live, max_age_seconds, clock)
+        handler = _handler_class(registry, live, max_age_seconds, clock, credentials or {})
         self._server = ThreadingHTTPServer((host, port), handler)
+        self._scheme = "https" if tls else "http"
+        if tls is not None:
+            # The handshake then happens in the request's own thread: a client that connects and says nothing
+            # must not hold up the accept loop.
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True, do_handshake_on_connect=False)
         # Request threads are joined on close, so stop() leaves no thread behind.
         self._server.daemon_threads = False
         self._server.block_on_close = True
@@ -46,7 +58,7 @@ class MetricsServer:
         host, port = self._server.server_address[:2]
         host = host.decode() if isinstance(host, bytes) else host
         shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{port}/metrics"
+        return f"{self._scheme}://{shown}:{port}/metrics"
 
     def start(self) -> None:
         """Starts serving."""
@@ -70,14 +82,62 @@ def health_problems(live: LiveCounts, *, now: float, max_age_seconds: float) -> 
     return problems
 
 
+def load_tls(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """A server TLS context from PEM files (TLS 1.2 or newer)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def load_credentials(path: Path) -> dict[str, str]:
+    """`user:password` lines (as for Prometheus' basic_auth); blank lines and `#` comments are skipped."""
+    credentials = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            user, sep, password = line.partition(":")
+            if not sep or not user or not password:
+                raise ValueError(f"{path}:{number}: expected user:password")
+            credentials[user] = password
+    if not credentials:
+        raise ValueError(f"{path}: no user:password line")
+    return credentials
+
+
+def _authorized(header: str | None, credentials: Mapping[str, str]) -> bool:
+    if not credentials:
+        return True
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    expected = credentials.get(user, "")
+    # Compare even for unknown users, so timing does not tell which user names exist.
+    return hmac.compare_digest(password.encode(), expected.encode()) and user in credentials
+
+
 def _handler_class(
-    registry: CollectorRegistry, live: LiveCounts, max_age_seconds: float, clock: Callable[[], float]
+    registry: CollectorRegistry,
+    live: LiveCounts,
+    max_age_seconds: float,
+    clock: Callable[[], float],
+    credentials: Mapping[str, str],
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"prosody-lastlog/{__version__}"
+        timeout = 10  # seconds a client may stay silent before its thread gives up
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
+            if not _authorized(self.headers.get("Authorization"), credentials):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="prosody-lastlog"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 self._reply(200, content_type, encoder(registry))
