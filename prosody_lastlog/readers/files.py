@@ -12,7 +12,7 @@ from prosody_lastlog.pathnames import decode_name, encode_name, encode_store
 from prosody_lastlog.readers import ReadResult
 from prosody_lastlog.readers.stores import interpret
 from prosody_lastlog.records import HostData, ReadProblem, Store, UserActivity
-from prosody_lastlog.sandbox import BATCH_SIZE, LuaSandbox, PlainValue
+from prosody_lastlog.sandbox import BATCH_SIZE, Loaded, LuaSandbox, PlainValue
 
 MAX_FILE_SIZE = 256 * 1024  # a real last-activity file is a few hundred bytes
 _DAT = ".dat"
@@ -79,7 +79,7 @@ class FileStoreReader:
             return None
         loaded = self._sandbox.load(text, os.path.basename(path))
         if loaded.error is not None:
-            problems.append(ReadProblem(self._where(path), "limit" if loaded.hit_limit else "invalid", loaded.error))
+            problems.append(self._load_problem(path, loaded))
             return None
         interpreted = interpret(store, user, loaded.value)
         problems.extend(ReadProblem(self._where(path), "unexpected", odd) for odd in interpreted.oddities)
@@ -98,7 +98,7 @@ class FileStoreReader:
             return False
         loaded = self._sandbox.load(text, os.path.basename(path))
         if loaded.error is not None:
-            problems.append(ReadProblem(self._where(path), "limit" if loaded.hit_limit else "invalid", loaded.error))
+            problems.append(self._load_problem(path, loaded))
             return False
         return _says_disabled(loaded.value)
 
@@ -173,8 +173,7 @@ class FileStoreReader:
                 texts.append((text, entry.name))
         for (entry, user), loaded in zip(readable, self._sandbox.load_many(texts), strict=True):
             if loaded.error is not None:
-                kind = "limit" if loaded.hit_limit else "invalid"
-                problems.append(ReadProblem(self._where(entry.path), kind, loaded.error))
+                problems.append(self._load_problem(entry.path, loaded))
                 continue
             interpreted = interpret(store, user, loaded.value)
             for oddity in interpreted.oddities:
@@ -220,11 +219,14 @@ class FileStoreReader:
         disabled: set[str] = set()
         for (user, path, _), result in zip(candidates, loaded, strict=True):
             if result.error is not None:
-                kind = "limit" if result.hit_limit else "invalid"
-                problems.append(ReadProblem(self._where(path), kind, result.error))
+                problems.append(self._load_problem(path, result))
             elif _says_disabled(result.value):
                 disabled.add(user)
         return disabled
+
+    def _load_problem(self, path: str, loaded: Loaded) -> ReadProblem:
+        """The problem a chunk that failed to load makes: a hit sandbox limit, or invalid content."""
+        return ReadProblem(self._where(path), "limit" if loaded.hit_limit else "invalid", loaded.error or "")
 
     def _where(self, path: str) -> str:
         return path[len(self._prefix) :] if path.startswith(self._prefix) else path
