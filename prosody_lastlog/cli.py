@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -25,10 +27,12 @@ from prosody_lastlog.readers.files import DataDirError
 from prosody_lastlog.readers.sql import METHODS
 from prosody_lastlog.records import ReadProblem, Store
 from prosody_lastlog.report import render_json, render_prometheus, render_table, to_json_document
+from prosody_lastlog.settings_file import SettingsError, read_settings_file
 from prosody_lastlog.sources import count_all
 from prosody_lastlog.windows import Window, parse_window, parse_windows
 
 log = logging.getLogger("prosody_lastlog")
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 _FATAL = (DataDirError, DatabaseError, ConfigError, OSError, ValueError)
 
@@ -86,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_source_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--config-file", type=Path, help="a TOML file of these options (keys as the long options, with _); flags win"
+    )
     source = command.add_argument_group(
         "where the data is",
         "By default the Prosody config ($PROSODY_CONFIG, else /etc/prosody/prosody.cfg.lua) says where each host's "
@@ -139,23 +146,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(verbose=args.verbose, daemon=args.command == "serve")
     try:
-        windows = parse_windows(args.window)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if sum(bool(x) for x in (args.sql, args.data_dir, args.config)) > 1:
-        parser.error("--config, --data-dir and --sql each say where the data is: give at most one")
-    if args.sql_password_file and not args.sql:
-        parser.error("--sql-password-file goes with --sql")
-    if args.command == "serve" and bool(args.tls_cert) != bool(args.tls_key):
-        parser.error("--tls-cert and --tls-key go together")
+        args = _with_settings_file(args)
+    except SettingsError as exc:
+        print(f"prosody-lastlog: error: {exc}".replace("\n", "\nprosody-lastlog: error: "), file=sys.stderr)
+        return 2
+    problems = _usage_problems(args)
+    if problems:
+        parser.error("; ".join(problems))
     try:
-        plan = plan_sources(_source_options(args), environ=os.environ)
         if args.command == "serve":
-            return _serve(args, plan, windows)
-        return _count(args, plan, windows)
+            return _serve(args, argv)
+        return _count(args, plan_sources(_source_options(args), environ=os.environ), parse_windows(args.window))
     except _FATAL as exc:
         print(f"prosody-lastlog: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _with_settings_file(args: argparse.Namespace) -> argparse.Namespace:
+    """Fills every option not given on the command line from --config-file."""
+    if args.config_file is None:
+        return args
+    defaults = vars(build_parser().parse_args([args.command]))
+    merged = vars(args).copy()
+    for destination, value in read_settings_file(args.config_file).items():
+        if destination in merged and merged[destination] == defaults[destination]:
+            merged[destination] = value
+    return argparse.Namespace(**merged)
+
+
+def _usage_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
+    try:
+        parse_windows(args.window)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if sum(bool(x) for x in (args.sql, args.data_dir, args.config)) > 1:
+        problems.append("--config, --data-dir and --sql each say where the data is: give at most one")
+    if args.sql_password_file and not args.sql:
+        problems.append("--sql-password-file goes with --sql")
+    if args.command == "serve" and bool(args.tls_cert) != bool(args.tls_key):
+        problems.append("--tls-cert and --tls-key go together")
+    return problems
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:
@@ -194,11 +225,59 @@ def _count(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> i
     return 0
 
 
-def _serve(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> int:
+def _serve(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    daemon = _start_daemon(args)
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    previous = {sig: signal.signal(sig, lambda number, _: signals.put(number)) for sig in _SIGNALS}
+    try:
+        while (number := signals.get()) == signal.SIGHUP:
+            daemon = _reload(daemon, args, argv)
+        log.info("stopping on signal %d", number)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        daemon.stop()
+    return 0
+
+
+def _start_daemon(args: argparse.Namespace) -> Daemon:
+    plan = plan_sources(_source_options(args), environ=os.environ)
+    windows = parse_windows(args.window)
+    daemon = Daemon(plan, windows=windows, options=_serve_options(args))
+    daemon.start()
+    sys.stdout.write(render_table(daemon.live.counts(now=daemon.clock()), windows=windows))
+    sys.stdout.write(f"serving {daemon.server.url} (Ctrl-C stops, SIGHUP reloads)\n")
+    sys.stdout.flush()
+    return daemon
+
+
+def _reload(running: Daemon, old_args: argparse.Namespace, argv: Sequence[str] | None) -> Daemon:
+    """SIGHUP: re-reads the settings file and the Prosody config; a bad new config leaves the old one running."""
+    try:
+        args = _with_settings_file(build_parser().parse_args(argv))
+        problems = _usage_problems(args)
+        if problems:
+            raise ValueError("; ".join(problems))
+        plan_sources(_source_options(args), environ=os.environ)  # fails here, before anything stops
+        _serve_options(args)
+    except (SettingsError, *_FATAL) as exc:
+        log.error("reload refused, the running configuration stays: %s", exc)
+        return running
+    running.stop()
+    try:
+        daemon = _start_daemon(args)
+    except _FATAL as exc:
+        log.error("the new configuration did not start (%s); back to the previous one", exc)
+        return _start_daemon(old_args)
+    log.info("reloaded")
+    return daemon
+
+
+def _serve_options(args: argparse.Namespace) -> ServeOptions:
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--listen wants address:port, e.g. 127.0.0.1:{DEFAULT_PORT}, not {args.listen!r}")
-    options = ServeOptions(
+    return ServeOptions(
         listen_host=host.strip("[]") or "127.0.0.1",
         port=int(port),
         textfile=args.textfile,
@@ -211,13 +290,6 @@ def _serve(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> i
         tls=load_tls(args.tls_cert, args.tls_key) if args.tls_cert else None,
         credentials=load_credentials(args.basic_auth_file) if args.basic_auth_file else None,
     )
-    daemon = Daemon(plan, windows=windows, options=options)
-    daemon.start()
-    sys.stdout.write(render_table(daemon.live.counts(now=daemon.clock()), windows=windows))
-    sys.stdout.write(f"serving {daemon.server.url} (Ctrl-C stops)\n")
-    sys.stdout.flush()
-    daemon.run_until_signalled()
-    return 0
 
 
 def _read_password(path: Path | None) -> str | None:

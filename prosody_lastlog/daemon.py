@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import ssl
 import threading
 import time
@@ -11,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import FrameType
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -97,22 +95,6 @@ class Daemon:
         for watcher in self._watchers:
             watcher.stop()
         self.server.stop()
-
-    def run_until_signalled(self) -> None:
-        """Blocks until SIGTERM or Ctrl-C, then stops cleanly."""
-        stop = threading.Event()
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            log.info("stopping on signal %d", signum)
-            stop.set()
-
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            stop.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.stop()
 
     def _declare_hosts(self, plan: Plan) -> None:
         for source in plan.sources:

@@ -169,7 +169,7 @@ def _open_postgres(settings: SqlSettings) -> Connection:
             autocommit=True,
             # Read-only; room for the per-user hash aggregate in memory; no JIT, which costs more than it
             # saves on this one query.
-            options="-c default_transaction_read_only=on -c work_mem=64MB -c jit=off",
+            options="-c default_transaction_read_only=on -c work_mem=128MB -c jit=off",
         )
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to {settings.describe()}: {first_line(exc)}") from exc

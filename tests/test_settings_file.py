@@ -1,0 +1,110 @@
+"""--config-file: a TOML file of the same options; every problem reported at once; SIGHUP reloads it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from prosody_lastlog.cli import main
+from prosody_lastlog.settings_file import SettingsError, read_settings_file
+from tests.conftest import case_data
+from tests.integration.servers import free_port
+
+SAMPLE_NOW = json.loads((case_data("sample").parent / "expected.json").read_text())["now"]
+
+
+def test_settings_map_to_options(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('data_dir = "/srv/prosody"\nwindows = ["1d", "90d"]\ntotals_only = true\nsql_interval = "2m"\n')
+    assert read_settings_file(path) == {
+        "data_dir": Path("/srv/prosody"),
+        "window": ["1d", "90d"],
+        "totals_only": True,
+        "sql_interval": "2m",
+    }
+
+
+def test_every_problem_is_reported_at_once_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('windows = ["1y"]\npolling = "yes"\nstore = "roster"\ncolour = "blue"\n')
+    with pytest.raises(SettingsError) as raised:
+        read_settings_file(path)
+    lines = str(raised.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["windows", "polling", "store", "colour"]
+
+
+def test_flags_win_over_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(f'data_dir = "{case_data("sample")}"\nwindows = ["1d"]\n')
+    assert main(["count", "--config-file", str(path), "--now", str(SAMPLE_NOW), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["windows"] == {"1d": 86400}
+    args = ["count", "--config-file", str(path), "--now", str(SAMPLE_NOW), "--format", "json", "--window", "7d"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["windows"] == {"7d": 604800}
+
+
+def test_a_bad_file_is_exit_2_with_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('windows = "1d"\nlisten = 5\n')
+    assert main(["serve", "--config-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "windows: expected a list of strings" in err and "listen: expected a non-empty string" in err
+
+
+def metrics(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def metrics_or_nothing(url: str) -> str:
+    try:
+        return metrics(url)
+    except OSError:
+        return ""
+
+
+def test_sighup_reloads_and_a_bad_reload_keeps_running(sample_tree: Path, tmp_path: Path) -> None:
+    port = free_port()
+    settings = tmp_path / "settings.toml"
+    common = f'data_dir = "{sample_tree}"\nlisten = "127.0.0.1:{port}"\n'
+    settings.write_text(common + 'windows = ["1d"]\n')
+    command = [
+        sys.executable,
+        "-m",
+        "prosody_lastlog",
+        "serve",
+        "--config-file",
+        str(settings),
+        "--as-of",
+        str(SAMPLE_NOW),
+    ]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            while "serving" not in (line := process.stdout.readline()):
+                assert line, process.stderr.read()
+            url = f"http://127.0.0.1:{port}/metrics"
+            assert 'window="7d"' not in metrics(url)
+            settings.write_text(common + 'windows = ["1d", "7d"]\n')
+            process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while 'window="7d"' not in metrics_or_nothing(url):  # the port is briefly closed while restarting
+                assert time.monotonic() < deadline, "SIGHUP did not reload"
+                time.sleep(0.1)
+            settings.write_text(common + "windows = 7\n")
+            process.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            assert 'window="7d"' in metrics(url)  # the old configuration keeps running
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(10) == 0
+            assert "reload refused" in process.stderr.read()
+        finally:
+            if process.poll() is None:
+                process.kill()
