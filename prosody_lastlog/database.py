@@ -167,9 +167,9 @@ def _open_postgres(settings: SqlSettings) -> Connection:
             password=settings.password,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             autocommit=True,
-            # Read-only; room for the per-user hash aggregate in memory; no JIT, which costs more than it
-            # saves on this one query.
-            options="-c default_transaction_read_only=on -c work_mem=128MB -c jit=off",
+            # Read-only, and no JIT, which costs more than it saves on our one query. work_mem is left to the
+            # DBA (README: a bigger one for the role speeds up large servers).
+            options="-c default_transaction_read_only=on -c jit=off",
         )
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to {settings.describe()}: {first_line(exc)}") from exc
