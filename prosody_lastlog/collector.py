@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from prosody_lastlog import __version__
 from prosody_lastlog.counting import HostCounts
+from prosody_lastlog.records import PROBLEM_KINDS
 from prosody_lastlog.sources import SourceHealth
 from prosody_lastlog.windows import Window
 
@@ -132,12 +133,15 @@ class ActiveUsersCollector(Collector):
                 last.add_metric([source.name], source.last_success)
             if source.duration_seconds is not None:
                 duration.add_metric([source.name], source.duration_seconds)
-            for reason, total in sorted(source.problems.items()):
-                problems.add_metric([source.name, reason], total)
+            for reason in sorted(set(PROBLEM_KINDS) | set(source.problems)):  # zeros rather than gaps
+                problems.add_metric([source.name, reason], source.problems.get(reason, 0))
         tracked = GaugeMetricFamily(
             "prosody_lastlog_tracked_users", "Users held in memory for counting, per host.", labels=["host"]
         )
-        for host, users in self._view.tracked_users().items():
+        tracked_users = self._view.tracked_users()
+        if not self._per_host:
+            tracked_users = {"all": sum(tracked_users.values())} if tracked_users else {}
+        for host, users in tracked_users.items():
             tracked.add_metric([host], users)
         info = InfoMetricFamily("prosody_lastlog_build", "prosody-lastlog build information.")
         info.add_metric([], {"version": __version__})

@@ -83,10 +83,14 @@ class Daemon:
         counts = self.live.counts(now=self.clock())
         log.info("counted %d host(s) in %.1f s", len(counts), time.monotonic() - started)
         self.server.start()
-        self._watchers = watch_file_sources(self.refresher, polling=self.options.polling)
-        self._timers = self._make_timers()
-        for timer in self._timers:
-            timer.start()
+        try:
+            self._watchers = watch_file_sources(self.refresher, polling=self.options.polling)
+            self._timers = self._make_timers()
+            for timer in self._timers:
+                timer.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stops timers, watchers and the server, joining their threads."""
@@ -94,6 +98,7 @@ class Daemon:
             timer.stop()
         for watcher in self._watchers:
             watcher.stop()
+        self._timers, self._watchers = [], []
         self.server.stop()
 
     def _declare_hosts(self, plan: Plan) -> None:

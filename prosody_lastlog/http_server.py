@@ -41,7 +41,7 @@ class MetricsServer:
         credentials: Mapping[str, str] | None = None,
     ) -> None:
         handler = _handler_class(registry, live, max_age_seconds, clock, credentials or {})
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server = _QuietServer((host, port), handler)
         self._scheme = "https" if tls else "http"
         if tls is not None:
             # The handshake then happens in the request's own thread: a client that connects and says nothing
@@ -65,10 +65,19 @@ class MetricsServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stops serving and releases the port."""
-        self._server.shutdown()
+        """Stops serving and releases the port; safe to call more than once, or before start()."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
         self._server.server_close()
-        self._thread.join()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Client errors (a dropped connection, plain HTTP on the TLS port) go to debug logging, not stderr with the
+    client's address."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        log.debug("http: a request failed", exc_info=True)
 
 
 def health_problems(live: LiveCounts, *, now: float, max_age_seconds: float) -> list[str]:

@@ -24,6 +24,9 @@ class UserActivity:
     disabled: bool = False
 
 
+PROBLEM_KINDS = ("empty", "invalid", "limit", "not_a_file", "unexpected", "unreadable")
+
+
 @dataclass(frozen=True, slots=True)
 class ReadProblem:
     """A file or row that could not be used, and why; `kind` is a short stable reason class."""

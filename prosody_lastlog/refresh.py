@@ -52,7 +52,10 @@ class Refresher:
             started = self._monotonic()
             try:
                 problems = self._read(source)
-            except (DataDirError, DatabaseError, OSError) as exc:
+            except Exception as exc:  # any failure: keep the last counts, mark the source down
+                if not isinstance(exc, DataDirError | DatabaseError | OSError):
+                    log.debug("refresh failure", exc_info=True)
+                    exc = RuntimeError(f"unexpected {type(exc).__name__} while reading")
                 self.live.failed(source.name, str(exc))
                 if source.name not in self._failing:  # once per state change, not every attempt
                     log.error("%s: refresh failed, serving the last good counts: %s", source.name, exc)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,18 +76,24 @@ class DataDirWatcher:
         self._worker.join()
 
     def _start_observer(self, polling: bool) -> BaseObserver:
+        if not os.path.isdir(self._root):
+            raise FileNotFoundError(f"no such directory: {self._root}")
         handler = _Handler(self)
-        observer: BaseObserver = PollingObserver() if polling else Observer()
-        try:
-            observer.schedule(handler, self._root, recursive=True)
-            observer.start()
-        except OSError as exc:  # e.g. inotify watch limit reached
-            log.warning("%s: inotify unavailable (%s); polling the data directory instead", self._root, exc)
-            observer = PollingObserver()
-            observer.schedule(handler, self._root, recursive=True)
-            observer.start()
-        log.info("watching %s with %s", self._root, type(observer).__name__)
-        return observer
+        makers: list[Callable[[], BaseObserver]] = [PollingObserver] if polling else [Observer, PollingObserver]
+        for make in makers:
+            observer = make()
+            try:
+                observer.schedule(handler, self._root, recursive=True)
+                observer.start()
+            except OSError as exc:  # e.g. the inotify watch limit reached: fall back to polling
+                observer.unschedule_all()
+                observer.stop()
+                log.warning("%s: %s failed (%s)", self._root, type(observer).__name__, exc)
+                failure = exc
+                continue
+            log.info("watching %s with %s", self._root, type(observer).__name__)
+            return observer
+        raise failure
 
     def notice(self, path: str, *, is_directory: bool) -> None:
         """Queues what one event path means; anything unrelated is dropped here."""
@@ -111,10 +119,14 @@ class DataDirWatcher:
                 if self._stopping:
                     return
             # Let the burst (write ~, rename, a logout right after a login) settle, then apply it once.
+            time.sleep(self._debounce)
             with self._wake:
-                self._wake.wait(self._debounce)
                 batch, self._pending = self._pending, set()
-            self._apply(batch)
+            try:
+                self._apply(batch)
+            except Exception as exc:  # the watcher must outlive any one bad batch; the resync repairs it
+                log.error("applying file changes failed (%s); the next resync will catch up", type(exc).__name__)
+                log.debug("file change failure", exc_info=True)
 
     def _apply(self, batch: set[_UserChange | _Rescan]) -> None:
         if any(isinstance(change, _Rescan) for change in batch):
@@ -126,8 +138,10 @@ class DataDirWatcher:
                 continue  # a host this daemon does not count (--host, or the config skips it)
             store = self._refresher.live.index.store_of(change.host)
             if store is None:
-                self._rescan()  # a host with its first data
-                return
+                if change.store_dir != _ACCOUNTS:  # an account change alone brings no activity data
+                    self._rescan()  # a host with its first data
+                    return
+                continue
             if change.store_dir in (store.value, _ACCOUNTS):
                 self._refresher.apply_change(change.host, store, change.user)
         self._refresher.changed()
@@ -142,7 +156,8 @@ class _Handler(FileSystemEventHandler):
         self._watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
+        # A rename into a store directory also "modifies" the directory itself: that is not a new directory.
+        if event.event_type in ("opened", "closed_no_write") or (event.is_directory and event.event_type == "modified"):
             return
         self._watcher.notice(os.fsdecode(event.src_path), is_directory=event.is_directory)
         if isinstance(event, FileSystemMovedEvent):
@@ -150,9 +165,15 @@ class _Handler(FileSystemEventHandler):
 
 
 def watch_file_sources(refresher: Refresher, *, polling: bool = False) -> list[DataDirWatcher]:
-    """One watcher per distinct data directory among the file sources."""
+    """One watcher per distinct data directory among the file sources; one that cannot be watched is logged."""
     by_directory: dict[Path, list[FileSource]] = {}
     for source in refresher.sources:
         if isinstance(source, FileSource):
             by_directory.setdefault(source.data_dir, []).append(source)
-    return [DataDirWatcher(sources, refresher, polling=polling) for sources in by_directory.values()]
+    watchers = []
+    for directory, sources in by_directory.items():
+        try:
+            watchers.append(DataDirWatcher(sources, refresher, polling=polling))
+        except OSError as exc:
+            log.error("cannot watch %s (%s): counts follow its changes at each resync only", directory, exc)
+    return watchers

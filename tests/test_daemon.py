@@ -151,3 +151,72 @@ def test_scratch_files_do_not_trigger_work(daemon: Daemon, sample_tree: Path) ->
     (sample_tree / "example%2ecom" / "lastlog2" / "half.dat~").write_bytes(b"return {")
     time.sleep(0.4)
     assert calls == []
+
+
+def spy(daemon: Daemon, name: str) -> list[tuple[object, ...]]:
+    calls: list[tuple[object, ...]] = []
+    original = getattr(daemon.refresher, name)
+
+    def recording(*args: Any) -> Any:
+        calls.append(args)
+        return original(*args)
+
+    setattr(daemon.refresher, name, recording)
+    return calls
+
+
+def test_a_login_rereads_one_user_not_the_whole_store(daemon: Daemon, sample_tree: Path) -> None:
+    rescans, changes = spy(daemon, "refresh"), spy(daemon, "apply_change")
+    prosody_writes(sample_tree, "alice", "example.com", f"{{ login = {{ timestamp = {SAMPLE_NOW - 5} }} }}")
+    wait_for(lambda: bool(changes))
+    time.sleep(0.3)
+    assert rescans == [] and [c[-1] for c in changes] == ["alice"]
+
+
+def test_account_changes_on_a_host_without_activity_data_do_not_rescan(daemon: Daemon, sample_tree: Path) -> None:
+    rescans = spy(daemon, "refresh")
+    prosody_writes(sample_tree, "newuser", "example.com", "{ created = 1 }", store="accounts")  # seeds the dir
+    time.sleep(0.4)
+    rescans.clear()
+    prosody_writes(sample_tree, "someone", "quiet.example", "{ created = 1 }", store="accounts")
+    prosody_writes(sample_tree, "someone", "quiet.example", "{ created = 2 }", store="accounts")
+    time.sleep(0.4)
+    assert len(rescans) <= 1  # at most the new host directory itself, never one per account change
+
+
+def test_the_watcher_survives_a_failing_change(daemon: Daemon, sample_tree: Path) -> None:
+    original = daemon.refresher.apply_change
+    failures: list[tuple[object, ...]] = []
+
+    def failing_once(*args: Any) -> bool:
+        if not failures:
+            failures.append(args)
+            raise RuntimeError("boom")
+        return original(*args)
+
+    daemon.refresher.apply_change = failing_once  # type: ignore[method-assign, assignment]
+    before = active(daemon, "example.com")
+    assert before is not None
+    prosody_writes(sample_tree, "first", "example.com", f"{{ login = {{ timestamp = {SAMPLE_NOW - 5} }} }}")
+    wait_for(lambda: bool(failures))
+    time.sleep(0.2)
+    prosody_writes(sample_tree, "second", "example.com", f"{{ login = {{ timestamp = {SAMPLE_NOW - 5} }} }}")
+    wait_for(lambda: active(daemon, "example.com") == before + 1)
+
+
+def test_serving_starts_with_a_missing_data_dir_and_says_so(tmp_path: Path) -> None:
+    plan = plan_sources(SourceOptions(data_dir=tmp_path / "not-yet"), environ={})
+    running = Daemon(plan, windows=DEFAULT_WINDOWS, options=ServeOptions(port=0))
+    running.start()
+    try:
+        status, _, body = get(running, "/healthz")
+        assert status == 503 and "cannot read data directory" in body
+        assert "prosody_active_users{" not in get(running, "/metrics")[2]  # no sentinel values
+    finally:
+        running.stop()
+        running.stop()  # stopping twice is harmless
+
+
+def test_read_problem_series_start_at_zero(daemon: Daemon) -> None:
+    text = get(daemon, "/metrics")[2]
+    assert 'prosody_lastlog_read_problems_total{reason="invalid",source=' in text

@@ -74,6 +74,9 @@ class FileStoreReader:
                 return None
         except FileNotFoundError:
             return None  # the record was emptied or the account deleted
+        except OSError as exc:
+            problems.append(ReadProblem(self._where(path), "unreadable", exc.strerror or str(exc)))
+            return None
         text = self._read_text(path, problems)
         if text is None:
             return None
