@@ -37,7 +37,9 @@ class Refresher:
         self._on_refresh = on_refresh
         self._wall_clock = wall_clock
         self._monotonic = monotonic
-        self._lock = threading.Lock()  # one refresh at a time: the timer and the watcher share this
+        # One lock per source: a file event waits for its own source's full scan (so the scan cannot overwrite
+        # a newer change with what it read earlier), never for another source's slow query.
+        self._locks = {source.name: threading.Lock() for source in self.sources}
         self._file_hosts: dict[str, set[str]] = {}
         self._failing: set[str] = set()
 
@@ -48,7 +50,7 @@ class Refresher:
 
     def refresh(self, source: Source) -> None:
         """Reads one source in full and swaps its data in."""
-        with self._lock:
+        with self._locks[source.name]:
             started = self._monotonic()
             try:
                 problems = self._read(source)
@@ -80,7 +82,7 @@ class Refresher:
         if source is None:
             return False
         problems: list[ReadProblem] = []
-        with self._lock:
+        with self._locks[source.name]:
             activity = source.reader.read_user(host, store, user, problems)
             self.live.index.update(host, store, user, activity)
         if problems:

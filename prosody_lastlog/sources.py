@@ -79,7 +79,7 @@ class SqlSource:
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.name = self.settings.describe()
+        self.name = self.settings.describe() + (f" ({self.store.value})" if self.store else "")
 
     def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
         """Counts in the database (or by streaming rows where it cannot)."""
