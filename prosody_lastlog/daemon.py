@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -79,9 +80,20 @@ class Daemon:
     def start(self) -> None:
         """Counts everything once, then serves and keeps counting."""
         started = time.monotonic()
-        self.refresher.refresh_all()
+        self.refresher.progress = _progress_bar() if sys.stderr.isatty() else None
+        try:
+            self.refresher.refresh_all()
+        finally:
+            if self.refresher.progress is not None:
+                sys.stderr.write("\n")
+            self.refresher.progress = None
         counts = self.live.counts(now=self.clock())
-        log.info("counted %d host(s) in %.1f s", len(counts), time.monotonic() - started)
+        log.info(
+            "counted %d account(s) on %d host(s) in %.1f s",
+            sum(c.accounts for c in counts.values()),
+            len(counts),
+            time.monotonic() - started,
+        )
         self.server.start()
         try:
             self._watchers = watch_file_sources(self.refresher, polling=self.options.polling)
@@ -142,3 +154,17 @@ def _clock(as_of: float | None) -> Callable[[], float]:
         return time.time
     offset = as_of - time.time()
     return lambda: time.time() + offset
+
+
+def _progress_bar() -> Callable[[int], None]:
+    """A one-line counter of files read, redrawn at most every half second (only on a terminal)."""
+    last = [0.0]
+
+    def show(files: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.5:
+            last[0] = now
+            sys.stderr.write(f"\rprosody-lastlog: counting: {files:,} user files read")
+            sys.stderr.flush()
+
+    return show

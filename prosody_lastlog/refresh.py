@@ -29,12 +29,14 @@ class Refresher:
         sources: Sequence[Source],
         *,
         on_refresh: Callable[[], None] = lambda: None,
+        progress: Callable[[int], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.live = live
         self.sources = list(sources)
         self._on_refresh = on_refresh
+        self.progress = progress  # told of files read during a full scan (the startup progress bar)
         self._wall_clock = wall_clock
         self._monotonic = monotonic
         # One lock per source: a file event waits for its own source's full scan (so the scan cannot overwrite
@@ -110,7 +112,7 @@ class Refresher:
             return result.problems
         if not isinstance(source, FileSource):
             raise TypeError(f"unknown source {source!r}")
-        read = source.reader.read()
+        read = source.reader.read(self.progress)
         for host, data in read.hosts.items():
             self.live.index.replace_host(host, data.store, data.users)
         gone = self._file_hosts.get(source.name, set()) - set(read.hosts)

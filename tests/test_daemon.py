@@ -220,3 +220,23 @@ def test_serving_starts_with_a_missing_data_dir_and_says_so(tmp_path: Path) -> N
 def test_read_problem_series_start_at_zero(daemon: Daemon) -> None:
     text = get(daemon, "/metrics")[2]
     assert 'prosody_lastlog_read_problems_total{reason="invalid",source=' in text
+
+
+def test_an_unwritable_textfile_is_logged_once_and_recovers(
+    sample_tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "not-yet" / "prosody.prom"
+    plan = plan_sources(SourceOptions(data_dir=sample_tree), environ={})
+    running = Daemon(plan, windows=DEFAULT_WINDOWS, options=ServeOptions(port=0, textfile=target))
+    running.start()
+    try:
+        running.refresher.refresh_all()
+        running.refresher.refresh_all()
+        assert sum("cannot write the textfile" in r.message for r in caplog.records) == 1
+        assert get(running, "/metrics")[0] == 200  # serving goes on
+        target.parent.mkdir()
+        running.refresher.refresh_all()
+        assert "prosody_active_users" in target.read_text()
+        assert any("works again" in r.message for r in caplog.records)
+    finally:
+        running.stop()

@@ -145,3 +145,10 @@ def test_prefers_account_activity_then_lastlog2_then_lastlog() -> None:
     assert {data.store for data in forced.hosts.values()} == {Store.LASTLOG2}
     legacy = FileStoreReader(case_data("lastlog_legacy")).read()
     assert {data.store for data in legacy.hosts.values()} == {Store.LASTLOG, Store.LASTLOG2}
+
+
+def test_progress_is_reported_per_batch(sample_tree: Path) -> None:
+    seen: list[int] = []
+    result = FileStoreReader(sample_tree).read(progress=seen.append)
+    assert seen and seen == sorted(seen)
+    assert seen[-1] == sum(len(data.users) for data in result.hosts.values())

@@ -47,9 +47,13 @@ class FileStoreReader:
         self._sandbox = sandbox or LuaSandbox()
         self._scandir = scandir
 
-    def read(self) -> ReadResult:
-        """Scans the whole tree; raises DataDirError only if the data directory cannot be listed."""
+    def read(self, progress: Callable[[int], None] | None = None) -> ReadResult:
+        """Scans the whole tree; raises DataDirError only if the data directory cannot be listed.
+
+        `progress`, if given, is called with the number of user files read so far, once per batch.
+        """
         result = ReadResult()
+        files_read = 0
         for host, host_dir in self._host_dirs(result.problems):
             subdirs = self._subdirectories(host_dir, result.problems)
             store = self._choose_store(subdirs)
@@ -61,6 +65,9 @@ class FileStoreReader:
                 disabled = self._disabled_users(os.path.join(host_dir, _ACCOUNTS), result.problems)
             for batch in _batches(self._user_files(host_dir, store, result.problems)):
                 self._read_batch(batch, store, data, disabled, result.problems)
+                files_read += len(batch)
+                if progress is not None:
+                    progress(files_read)
             result.hosts[host] = data
         return result
 
