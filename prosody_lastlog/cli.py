@@ -240,8 +240,9 @@ def _serve(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _start_daemon(args: argparse.Namespace) -> Daemon:
-    plan = plan_sources(_source_options(args), environ=os.environ)
+def _start_daemon(args: argparse.Namespace, plan: Plan | None = None) -> Daemon:
+    if plan is None:
+        plan = plan_sources(_source_options(args), environ=os.environ)
     windows = parse_windows(args.window)
     daemon = Daemon(plan, windows=windows, options=_serve_options(args))
     daemon.start()
@@ -258,14 +259,14 @@ def _reload(running: Daemon, old_args: argparse.Namespace, argv: Sequence[str] |
         problems = _usage_problems(args)
         if problems:
             raise ValueError("; ".join(problems))
-        plan_sources(_source_options(args), environ=os.environ)  # fails here, before anything stops
+        plan = plan_sources(_source_options(args), environ=os.environ)  # fails here, before anything stops
         _serve_options(args)
     except (SettingsError, *_FATAL) as exc:
         log.error("reload refused, the running configuration stays: %s", exc)
         return running
     running.stop()
     try:
-        daemon = _start_daemon(args)
+        daemon = _start_daemon(args, plan)
     except _FATAL as exc:
         log.error("the new configuration did not start (%s); back to the previous one", exc)
         return _start_daemon(old_args)
