@@ -17,12 +17,14 @@ from typing import NoReturn
 
 from prosody_lastlog import __version__
 from prosody_lastlog.atomic_write import write_atomically
+from prosody_lastlog.connected import NOBODY
 from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.database import DatabaseError
 from prosody_lastlog.discovery import DEFAULT_DATA_DIR, Plan, SourceOptions, plan_sources
 from prosody_lastlog.http_server import DEFAULT_PORT, load_credentials, load_tls
 from prosody_lastlog.prosody_config import ConfigError
+from prosody_lastlog.prosody_server import ConnectedProbe, Detection
 from prosody_lastlog.readers.files import DataDirError
 from prosody_lastlog.readers.sql import METHODS
 from prosody_lastlog.records import ReadProblem, Store
@@ -32,7 +34,7 @@ from prosody_lastlog.sources import count_all
 from prosody_lastlog.windows import Window, parse_window, parse_windows
 
 log = logging.getLogger("prosody_lastlog")
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 _FATAL = (DataDirError, DatabaseError, ConfigError, OSError, ValueError)
 
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--sql-interval", default="60s", help="how often SQL sources are counted again (default 60s)")
     serve.add_argument("--polling", action="store_true", help="poll the data directory instead of using inotify")
+    serve.add_argument("--connected-interval", default="5m", help="how often connected users are found (default 5m)")
     serve.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate (chain)")
     serve.add_argument("--tls-key", type=Path, help="the PEM private key for --tls-cert")
     serve.add_argument(
@@ -134,6 +137,21 @@ def _add_counting_options(command: argparse.ArgumentParser) -> None:
         "--compat-metrics",
         action="store_true",
         help="metrics: also mod_measure_active_users' own metric names, for dashboards built on them",
+    )
+    connected = command.add_argument_group(
+        "connected users",
+        "mod_measure_active_users counts connected users active in every window. auto asks Prosody's admin socket "
+        "(exact), else uses the heuristic: a login with no later logout since Prosody started (its pidfile). "
+        "Off with --now/--as-of. File-store sources only.",
+    )
+    connected.add_argument(
+        "--connected", choices=[d.value for d in Detection], default=Detection.AUTO.value, help="default: auto"
+    )
+    connected.add_argument(
+        "--admin-socket", type=Path, help="mod_admin_socket's socket (default: from the config, else data_dir)"
+    )
+    connected.add_argument(
+        "--pidfile", type=Path, help="Prosody's pidfile (default: from the config, else /run/prosody/prosody.pid)"
     )
     command.add_argument(
         "-v", "--verbose", action="store_true", help="say what is read and list every unreadable file or row"
@@ -199,19 +217,34 @@ def _source_options(args: argparse.Namespace) -> SourceOptions:
         hosts=args.host,
         store=Store(args.store) if args.store else None,
         count_disabled=args.count_disabled,
+        admin_socket=args.admin_socket,
+        pidfile=args.pidfile,
     )
 
 
 def _count(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> int:
     now = args.now if args.now is not None else int(time.time())
-    totals, health = count_all(plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts)
+    detection = Detection.OFF if args.now is not None else Detection(args.connected)
+    connected = ConnectedProbe(plan.server, detection).probe() if plan.has_file_source else NOBODY
+    totals, health = count_all(
+        plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts, connected=connected
+    )
     _report_problems(totals.problems)
     _report_clock_skew(totals.counts)
     if args.format == "json":
-        text = render_json(to_json_document(totals.counts, now=now, windows=windows, problems=totals.problems))
+        document = to_json_document(
+            totals.counts, now=now, windows=windows, problems=totals.problems, connected_detection=connected.mode
+        )
+        text = render_json(document)
     elif args.format == "prom":
         text = render_prometheus(
-            totals.counts, health, now=now, windows=windows, per_host=not args.totals_only, compat=args.compat_metrics
+            totals.counts,
+            health,
+            now=now,
+            windows=windows,
+            per_host=not args.totals_only,
+            compat=args.compat_metrics,
+            detection=plan.connected_detection(connected.mode),
         )
     else:
         text = render_table(totals.counts, windows=windows)
@@ -226,17 +259,22 @@ def _count(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> i
 
 
 def _serve(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    daemon = _start_daemon(args)
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    previous = {sig: signal.signal(sig, lambda number, _: signals.put(number)) for sig in _SIGNALS}
+    # SIGHUP is caught from the start: one sent as "serving" is printed must reload, not kill. SIGTERM and
+    # Ctrl-C keep their default until serving, so they still stop a long startup scan at once.
+    previous = {signal.SIGHUP: signal.signal(signal.SIGHUP, lambda number, _: signals.put(number))}
+    daemon: Daemon | None = None
     try:
+        daemon = _start_daemon(args)
+        previous.update((sig, signal.signal(sig, lambda number, _: signals.put(number))) for sig in _STOP_SIGNALS)
         while (number := signals.get()) == signal.SIGHUP:
             daemon = _reload(daemon, args, argv)
         log.info("stopping on signal %d", number)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        daemon.stop()
+        if daemon is not None:
+            daemon.stop()
     return 0
 
 
@@ -287,6 +325,8 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         per_host=not args.totals_only,
         compat=args.compat_metrics,
         polling=args.polling,
+        connected=Detection(args.connected),
+        connected_interval_seconds=parse_window(args.connected_interval).seconds,
         as_of=args.as_of,
         tls=load_tls(args.tls_cert, args.tls_key) if args.tls_cert else None,
         credentials=load_credentials(args.basic_auth_file) if args.basic_auth_file else None,

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from prosody_lastlog import __version__
+from prosody_lastlog.connected import ConnectedMode
 from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.records import PROBLEM_KINDS
 from prosody_lastlog.sources import SourceHealth
@@ -41,6 +42,9 @@ class CountsView(Protocol):
 
     def tracked_users(self) -> Mapping[str, int]:
         """Users held in memory per host."""
+
+    def connected_detection(self) -> Mapping[str, ConnectedMode]:
+        """How each source finds connected users."""
 
 
 class ActiveUsersCollector(Collector):
@@ -89,13 +93,20 @@ class ActiveUsersCollector(Collector):
             f"Accounts with last-activity data but no login or logout. {CACHE_NOTE}",
             labels=["host"],
         )
+        connected = GaugeMetricFamily(
+            "prosody_connected_users",
+            "Accounts connected now, counted active in every window as mod_measure_active_users does; 0 where "
+            f"connected users are not detected (see prosody_lastlog_connected_detection_info). {CACHE_NOTE}",
+            labels=["host"],
+        )
         for host, host_counts in counts.items():
             for window in self._windows:
                 active.add_metric([host, window.label], host_counts.active[window.label])
                 registrations.add_metric([host, window.label], host_counts.registered[window.label])
             accounts.add_metric([host], host_counts.accounts)
             never.add_metric([host], host_counts.never_active)
-        yield from (active, registrations, accounts, never)
+            connected.add_metric([host], host_counts.connected)
+        yield from (active, registrations, accounts, never, connected)
 
     def _compat_families(self, counts: Mapping[str, HostCounts]) -> Iterator[GaugeMetricFamily]:
         labels = {w.label for w in self._windows}
@@ -143,9 +154,17 @@ class ActiveUsersCollector(Collector):
             tracked_users = {"all": sum(tracked_users.values())} if tracked_users else {}
         for host, users in tracked_users.items():
             tracked.add_metric([host], users)
+        detection = InfoMetricFamily(
+            "prosody_lastlog_connected_detection",
+            "How connected users are found: admin_socket (exact, asked from Prosody), heuristic (a login with no "
+            "later logout since Prosody started) or none.",
+            labels=["source"],
+        )
+        for name, mode in self._view.connected_detection().items():
+            detection.add_metric([name], {"mode": mode.value})
         info = InfoMetricFamily("prosody_lastlog_build", "prosody-lastlog build information.")
         info.add_metric([], {"version": __version__})
-        yield from (up, last, duration, problems, tracked, info)
+        yield from (up, last, duration, problems, tracked, detection, info)
 
 
 def _total(counts: Mapping[str, HostCounts], windows: Sequence[Window]) -> HostCounts:
@@ -158,4 +177,5 @@ def _total(counts: Mapping[str, HostCounts], windows: Sequence[Window]) -> HostC
         sum(c.future for c in counts.values()),
         {w.label: sum(c.active[w.label] for c in counts.values()) for w in windows},
         {w.label: sum(c.registered[w.label] for c in counts.values()) for w in windows},
+        sum(c.connected for c in counts.values()),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from prosody_lastlog.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.records import HostData, Store
 from prosody_lastlog.windows import Window
 
@@ -20,6 +21,7 @@ class HostCounts:
     future: int
     active: Mapping[str, int]
     registered: Mapping[str, int]
+    connected: int = 0  # enabled accounts connected now, hence active in every window
 
     def stickiness(self, shortest: Window, longest: Window) -> float | None:
         """Active in the shortest window over active in the longest (DAU/MAU by default); None if undefined."""
@@ -27,32 +29,44 @@ class HostCounts:
         return self.active[shortest.label] / denominator if denominator else None
 
 
-def count_host(data: HostData, *, now: float, windows: Sequence[Window]) -> HostCounts:
-    """Counts one host as mod_measure_active_users does: active in W iff now - last_active < W (strict).
+def count_host(
+    data: HostData, *, now: float, windows: Sequence[Window], connected: ConnectedUsers = NOBODY
+) -> HostCounts:
+    """Counts one host as mod_measure_active_users does: active in W iff now - last_active < W (strict),
+    or connected now.
 
     A last activity in the future (clock skew) makes the user active in every window, as in the seed
     module. Accounts marked disabled are not counted active. `registered` alone is not activity.
     """
     active = dict.fromkeys((w.label for w in windows), 0)
     registered = dict.fromkeys((w.label for w in windows), 0)
-    never_active = disabled = future = 0
+    never_active = disabled = future = online = 0
     for user in data.users:
         if user.registered is not None:
             _add_within(registered, windows, now - user.registered)
         if user.disabled:
             disabled += 1
+        elif connected.includes(data.host, user.user, user.session_open):
+            online += 1
+            for window in windows:
+                active[window.label] += 1
         elif user.last_active is None:
             never_active += 1
         else:
             if user.last_active > now:
                 future += 1
             _add_within(active, windows, now - user.last_active)
-    return HostCounts(data.store, len(data.users), never_active, disabled, future, active, registered)
+    return HostCounts(data.store, len(data.users), never_active, disabled, future, active, registered, online)
 
 
-def count_hosts(hosts: Iterable[HostData], *, now: float, windows: Sequence[Window]) -> dict[str, HostCounts]:
+def count_hosts(
+    hosts: Iterable[HostData], *, now: float, windows: Sequence[Window], connected: ConnectedUsers = NOBODY
+) -> dict[str, HostCounts]:
     """Counts every host, keyed and sorted by host name."""
-    return {data.host: count_host(data, now=now, windows=windows) for data in sorted(hosts, key=_host_name)}
+    return {
+        data.host: count_host(data, now=now, windows=windows, connected=connected)
+        for data in sorted(hosts, key=_host_name)
+    }
 
 
 def _add_within(counts: dict[str, int], windows: Sequence[Window], age: float) -> None:

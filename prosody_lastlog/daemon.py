@@ -18,6 +18,7 @@ from prosody_lastlog.atomic_write import write_atomically
 from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.discovery import Plan
 from prosody_lastlog.http_server import DEFAULT_PORT, MetricsServer
+from prosody_lastlog.prosody_server import ConnectedProbe, Detection
 from prosody_lastlog.refresh import Refresher
 from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.sources import FileSource, SqlSource
@@ -39,6 +40,8 @@ class ServeOptions:
     resync_jitter_seconds: float = 300.0
     sql_interval_seconds: float = 60.0
     textfile_interval_seconds: float = 60.0
+    connected: Detection = Detection.AUTO  # how connected users are found (off under as_of: a replay)
+    connected_interval_seconds: float = 300.0  # each admin-socket probe adds a line to Prosody's log
     per_host: bool = True
     compat: bool = False
     polling: bool = False
@@ -53,7 +56,10 @@ class Daemon:
     def __init__(self, plan: Plan, *, windows: Sequence[Window], options: ServeOptions) -> None:
         self.options = options
         self.clock = _clock(options.as_of)
-        self.live = LiveCounts(windows=windows, source_names=[s.name for s in plan.sources])
+        file_sources = [s.name for s in plan.sources if isinstance(s, FileSource)]
+        self.live = LiveCounts(windows=windows, source_names=[s.name for s in plan.sources], file_sources=file_sources)
+        detection = Detection.OFF if options.as_of is not None or not file_sources else options.connected
+        self.connected_probe = ConnectedProbe(plan.server, detection)
         self._declare_hosts(plan)
         self.refresher = Refresher(self.live, plan.sources, on_refresh=self._write_textfile, wall_clock=self.clock)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -81,6 +87,7 @@ class Daemon:
         """Counts everything once, then serves and keeps counting."""
         started = time.monotonic()
         self.refresher.progress = _progress_bar() if sys.stderr.isatty() else None
+        self._probe_connected()
         try:
             self.refresher.refresh_all()
         finally:
@@ -130,7 +137,14 @@ class Daemon:
             timers.append(PeriodicTimer(partial(self.refresher.refresh, source), interval=interval, jitter=jitter))
         if options.textfile is not None:
             timers.append(PeriodicTimer(self._write_textfile, interval=options.textfile_interval_seconds))
+        if self.connected_probe.detection is not Detection.OFF:
+            timers.append(PeriodicTimer(self._probe_connected, interval=options.connected_interval_seconds))
         return timers
+
+    def _probe_connected(self) -> None:
+        connected = self.connected_probe.probe()
+        if connected != self.live.connected:
+            self.live.set_connected(connected)
 
     def _write_textfile(self) -> None:
         path = self.options.textfile

@@ -7,8 +7,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prosody_lastlog.connected import ConnectedMode
 from prosody_lastlog.database import SqlSettings, parse_sql_url
 from prosody_lastlog.prosody_config import HostSettings, load_prosody_config
+from prosody_lastlog.prosody_server import DEFAULT_PIDFILES, ProsodyServer
 from prosody_lastlog.records import Store
 from prosody_lastlog.sources import FileSource, Source, SqlSource
 
@@ -31,14 +33,27 @@ class SourceOptions:
     hosts: Collection[str] = ()
     store: Store | None = None
     count_disabled: bool = False
+    admin_socket: Path | None = None  # where to ask the running Prosody; default from the config or data dir
+    pidfile: Path | None = None  # the running Prosody's pidfile; default from the config, else the usual places
 
 
 @dataclass
 class Plan:
-    """The sources to read, and the hosts the config declares (reported with zeros when they have no data)."""
+    """The sources to read, the hosts the config declares (reported with zeros when they have no data), and
+    where the running Prosody can be asked who is connected."""
 
     sources: list[Source]
     known_hosts: list[tuple[str, Store]] = field(default_factory=list)
+    server: ProsodyServer = field(default_factory=ProsodyServer)
+
+    @property
+    def has_file_source(self) -> bool:
+        """Whether any source reads the file store (the only kind whose counts include connected users)."""
+        return any(isinstance(source, FileSource) for source in self.sources)
+
+    def connected_detection(self, mode: ConnectedMode) -> dict[str, ConnectedMode]:
+        """How each source finds connected users, when the probe answered in `mode`."""
+        return {s.name: mode if isinstance(s, FileSource) else ConnectedMode.NONE for s in self.sources}
 
 
 def plan_sources(options: SourceOptions, *, environ: Mapping[str, str]) -> Plan:
@@ -53,7 +68,7 @@ def plan_sources(options: SourceOptions, *, environ: Mapping[str, str]) -> Plan:
             count_disabled=options.count_disabled,
             method=options.sql_method,
         )
-        return Plan([sql])
+        return Plan([sql], server=_server(options, admin_socket=None, pidfile=None))
     data_dir = options.data_dir
     if data_dir is None:
         config = options.config or _config_from_environment(environ)
@@ -63,7 +78,14 @@ def plan_sources(options: SourceOptions, *, environ: Mapping[str, str]) -> Plan:
         log.info("no Prosody config found; reading the file store in %s", data_dir)
     else:
         log.info("reading Prosody's file store in %s", data_dir)
-    return Plan([FileSource(data_dir, hosts=options.hosts, store=options.store, count_disabled=options.count_disabled)])
+    files = FileSource(data_dir, hosts=options.hosts, store=options.store, count_disabled=options.count_disabled)
+    return Plan([files], server=_server(options, admin_socket=data_dir / "prosody.sock", pidfile=None))
+
+
+def _server(options: SourceOptions, *, admin_socket: Path | None, pidfile: Path | None) -> ProsodyServer:
+    """Where the running Prosody is: what the user said, else what the config says, else the usual places."""
+    pidfile = options.pidfile or pidfile
+    return ProsodyServer(options.admin_socket or admin_socket, (pidfile,) if pidfile else DEFAULT_PIDFILES)
 
 
 def _config_from_environment(environ: Mapping[str, str]) -> Path | None:
@@ -82,7 +104,7 @@ def _plan_from_config(config_path: Path, options: SourceOptions, *, environ: Map
     wanted = {host.lower() for host in options.hosts}
     file_hosts: dict[Store, list[str]] = {}
     sql_hosts: dict[tuple[SqlSettings, Store], list[str]] = {}
-    plan = Plan([])
+    plan = Plan([], server=_server(options, admin_socket=config.admin_socket, pidfile=config.pidfile))
     for host, settings in config.hosts.items():
         if wanted and host not in wanted:
             continue

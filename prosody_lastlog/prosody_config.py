@@ -96,6 +96,7 @@ class ProsodyConfig:
     path: Path
     data_path: Path
     pidfile: Path | None
+    admin_socket: Path  # mod_admin_socket's socket, whether or not the module is loaded
     hosts: Mapping[str, HostSettings]  # enabled hosts with at least one last-activity store
     skipped: Mapping[str, str]  # every other host → one-line reason
     warnings: tuple[str, ...] = ()
@@ -125,6 +126,7 @@ def load_prosody_config(path: Path, *, environ: Mapping[str, str]) -> ProsodyCon
         path=path,
         data_path=data_path,
         pidfile=_pidfile(global_options, data_path),
+        admin_socket=_admin_socket(global_options, data_path),
         hosts=hosts,
         skipped=skipped,
         warnings=tuple(warnings),
@@ -275,6 +277,12 @@ def _pidfile(global_options: Mapping[str, PlainValue], data_path: Path) -> Path 
     """mod_posix's pidfile; a relative one is relative to data_path (module:get_option_path)."""
     value = global_options.get("pidfile")
     return data_path / value if isinstance(value, str) else None
+
+
+def _admin_socket(global_options: Mapping[str, PlainValue], data_path: Path) -> Path:
+    """mod_admin_socket's `admin_socket` option (relative to data_path), by default data_path/prosody.sock."""
+    value = global_options.get("admin_socket")
+    return data_path / (value if isinstance(value, str) else "prosody.sock")
 
 
 def _host_settings(options: Options, host: str, data_path: Path, warnings: list[str]) -> HostSettings:

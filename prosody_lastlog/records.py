@@ -22,6 +22,7 @@ class UserActivity:
     last_active: float | None
     registered: float | None = None
     disabled: bool = False
+    session_open: float | None = None  # a login the log shows no later logout for: that login's time
 
 
 PROBLEM_KINDS = ("empty", "invalid", "limit", "not_a_file", "unexpected", "unreadable")

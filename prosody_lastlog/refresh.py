@@ -39,9 +39,12 @@ class Refresher:
         self.progress = progress  # told of files read during a full scan (the startup progress bar)
         self._wall_clock = wall_clock
         self._monotonic = monotonic
-        # One lock per source: a file event waits for its own source's full scan (so the scan cannot overwrite
-        # a newer change with what it read earlier), never for another source's slow query.
+        # Per source: one full refresh at a time (`_refreshing`), and a short lock over its live data (`_locks`).
+        # A full scan reads without the short lock, so file events keep flowing; users they change meanwhile are
+        # noted and re-read as the scan is swapped in, so the scan never overwrites a newer change.
+        self._refreshing = {source.name: threading.Lock() for source in self.sources}
         self._locks = {source.name: threading.Lock() for source in self.sources}
+        self._changed_during_scan: dict[str, set[tuple[str, Store, str]]] = {}
         self._file_hosts: dict[str, set[str]] = {}
         self._failing: set[str] = set()
 
@@ -52,7 +55,7 @@ class Refresher:
 
     def refresh(self, source: Source) -> None:
         """Reads one source in full and swaps its data in."""
-        with self._locks[source.name]:
+        with self._refreshing[source.name]:
             started = self._monotonic()
             try:
                 problems = self._read(source)
@@ -87,6 +90,9 @@ class Refresher:
         with self._locks[source.name]:
             activity = source.reader.read_user(host, store, user, problems)
             self.live.index.update(host, store, user, activity)
+            changed = self._changed_during_scan.get(source.name)
+            if changed is not None:
+                changed.add((host, store, user))
         if problems:
             self.live.add_problems(source.name, Counter(problem.kind for problem in problems))
             _log_problems(source.name, problems)
@@ -112,12 +118,24 @@ class Refresher:
             return result.problems
         if not isinstance(source, FileSource):
             raise TypeError(f"unknown source {source!r}")
-        read = source.reader.read(self.progress)
-        for host, data in read.hosts.items():
-            self.live.index.replace_host(host, data.store, data.users)
-        gone = self._file_hosts.get(source.name, set()) - set(read.hosts)
-        self.live.index.remove_hosts(gone)
-        self._file_hosts[source.name] = set(read.hosts)
+        with self._locks[source.name]:
+            self._changed_during_scan[source.name] = set()
+        try:
+            read = source.reader.read(self.progress)
+        except BaseException:
+            with self._locks[source.name]:
+                self._changed_during_scan.pop(source.name)
+            raise
+        with self._locks[source.name]:
+            changed = self._changed_during_scan.pop(source.name)
+            for host, data in read.hosts.items():
+                self.live.index.replace_host(host, data.store, data.users)
+            gone = self._file_hosts.get(source.name, set()) - set(read.hosts)
+            self.live.index.remove_hosts(gone)
+            self._file_hosts[source.name] = set(read.hosts)
+            for host, store, user in changed:  # newer than what the scan read: read again
+                if self.live.index.store_of(host) is store:
+                    self.live.index.update(host, store, user, source.reader.read_user(host, store, user, read.problems))
         return read.problems
 
 

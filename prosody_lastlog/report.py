@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from prometheus_client import CollectorRegistry, generate_latest
 
 from prosody_lastlog.collector import ActiveUsersCollector
+from prosody_lastlog.connected import ConnectedMode
 from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.records import ReadProblem
 from prosody_lastlog.sources import SourceHealth
@@ -16,12 +17,18 @@ from prosody_lastlog.windows import Window
 
 
 def to_json_document(
-    counts: Mapping[str, HostCounts], *, now: int, windows: Sequence[Window], problems: Sequence[ReadProblem]
+    counts: Mapping[str, HostCounts],
+    *,
+    now: int,
+    windows: Sequence[Window],
+    problems: Sequence[ReadProblem],
+    connected_detection: ConnectedMode = ConnectedMode.NONE,
 ) -> dict[str, object]:
     """The JSON interface; its documented keys never change, new keys may be added."""
     shortest, longest = windows[0], windows[-1]
     return {
         "now": now,
+        "connected_detection": connected_detection.value,
         "windows": {w.label: w.seconds for w in windows},
         "hosts": {
             host: {
@@ -31,6 +38,7 @@ def to_json_document(
                 "registered": dict(c.registered),
                 "store": c.store.value,
                 "disabled": c.disabled,
+                "connected": c.connected,
                 "future_timestamps": c.future,
                 "stickiness": {f"{shortest.label}/{longest.label}": c.stickiness(shortest, longest)},
             }
@@ -75,9 +83,12 @@ def render_table(counts: Mapping[str, HostCounts], *, windows: Sequence[Window])
 class _FixedView:
     """Counts and health of a finished one-shot count, for the collector."""
 
-    def __init__(self, counts: Mapping[str, HostCounts], health: Sequence[SourceHealth]) -> None:
+    def __init__(
+        self, counts: Mapping[str, HostCounts], health: Sequence[SourceHealth], detection: Mapping[str, ConnectedMode]
+    ) -> None:
         self._counts = dict(counts)
         self._health = health
+        self._detection = detection
 
     def counts(self, *, now: float) -> dict[str, HostCounts]:
         return self._counts
@@ -88,6 +99,9 @@ class _FixedView:
     def tracked_users(self) -> Mapping[str, int]:
         return {}
 
+    def connected_detection(self) -> Mapping[str, ConnectedMode]:
+        return self._detection
+
 
 def render_prometheus(
     counts: Mapping[str, HostCounts],
@@ -97,11 +111,13 @@ def render_prometheus(
     windows: Sequence[Window],
     per_host: bool = True,
     compat: bool = False,
+    detection: Mapping[str, ConnectedMode] | None = None,
 ) -> str:
     """Prometheus text exposition (no timestamps: node_exporter's textfile collector rejects them)."""
     registry = CollectorRegistry(auto_describe=False)
+    detection = detection or {h.name: ConnectedMode.NONE for h in health}
     collector = ActiveUsersCollector(
-        _FixedView(counts, health), windows=windows, per_host=per_host, compat=compat, clock=lambda: now
+        _FixedView(counts, health, detection), windows=windows, per_host=per_host, compat=compat, clock=lambda: now
     )
     registry.register(collector)
     return generate_latest(registry).decode("utf-8")

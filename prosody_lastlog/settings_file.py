@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from prosody_lastlog.prosody_server import Detection
 from prosody_lastlog.readers.sql import METHODS
 from prosody_lastlog.records import Store
 from prosody_lastlog.windows import parse_window
@@ -82,6 +83,10 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "resync_interval": ("resync_interval", _duration),
     "sql_interval": ("sql_interval", _duration),
     "polling": ("polling", _flag),
+    "connected": ("connected", _one_of(*(d.value for d in Detection))),
+    "connected_interval": ("connected_interval", _duration),
+    "admin_socket": ("admin_socket", _path),
+    "pidfile": ("pidfile", _path),
     "tls_cert": ("tls_cert", _path),
     "tls_key": ("tls_key", _path),
     "basic_auth_file": ("basic_auth_file", _path),

@@ -6,10 +6,11 @@ Refreshes write it; scrapes read it and never cause I/O. It is the collector's C
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 from prosody_lastlog.activity_index import ActivityIndex
+from prosody_lastlog.connected import NOBODY, ConnectedMode, ConnectedUsers
 from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.records import Store
 from prosody_lastlog.sources import SourceHealth, zero_counts
@@ -19,20 +20,36 @@ from prosody_lastlog.windows import Window
 class LiveCounts:
     """Counts of every source as of any moment, safe to read from scrape threads while refreshes write."""
 
-    def __init__(self, *, windows: Sequence[Window], source_names: Sequence[str]) -> None:
+    def __init__(
+        self, *, windows: Sequence[Window], source_names: Sequence[str], file_sources: Collection[str] = ()
+    ) -> None:
         self.windows = windows
+        self._file_sources = set(file_sources)  # the sources whose counts include connected users
         self.index = ActivityIndex()
         self._lock = threading.Lock()
         self._sql_counts: dict[str, dict[str, HostCounts]] = {}
         self._health = {name: SourceHealth(name) for name in source_names}
         self._counted: set[str] = set()  # sources with at least one successful refresh
         self._known_hosts: dict[str, tuple[str, Store]] = {}  # host -> (source, store) from the config
+        self.connected = NOBODY  # the current answer to "who is connected"
 
     def declare_hosts(self, source: str, hosts: Sequence[tuple[str, Store]]) -> None:
         """Hosts the config declares for a source: exported with zeros once the source has counted."""
         with self._lock:
             for host, store in hosts:
                 self._known_hosts[host] = (source, store)
+
+    def set_connected(self, connected: ConnectedUsers) -> None:
+        """Applies a new answer to "who is connected" (file sources only; SQL counts are of stored activity)."""
+        with self._lock:
+            self.connected = connected
+        self.index.set_connected(connected)
+
+    def connected_detection(self) -> Mapping[str, ConnectedMode]:
+        """How each source finds connected users."""
+        with self._lock:
+            mode = self.connected.mode
+            return {name: mode if name in self._file_sources else ConnectedMode.NONE for name in self._health}
 
     def set_sql_counts(self, source: str, counts: Mapping[str, HostCounts]) -> None:
         """Replaces what an SQL source counted."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from prosody_lastlog.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.counting import HostCounts, count_hosts
 from prosody_lastlog.database import SqlSettings
 from prosody_lastlog.readers import SourceCount
@@ -39,7 +40,7 @@ class Source(Protocol):
     name: str
     hosts: Collection[str]  # the hosts it reads; empty for all
 
-    def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
+    def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
         """Counts as of `now`; raises DataDirError or DatabaseError if the source cannot be read at all."""
 
 
@@ -60,10 +61,10 @@ class FileSource:
             self.data_dir, hosts=self.hosts, store=self.store, count_disabled=self.count_disabled
         )
 
-    def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
-        """Reads every file of the chosen hosts and counts them."""
+    def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
+        """Reads every file of the chosen hosts and counts them, connected users active in every window."""
         result = self.reader.read()
-        counts = count_hosts(result.hosts.values(), now=now, windows=windows)
+        counts = count_hosts(result.hosts.values(), now=now, windows=windows, connected=connected)
         return SourceCount(counts, dict.fromkeys(counts, "files"), result.problems)
 
 
@@ -81,8 +82,9 @@ class SqlSource:
     def __post_init__(self) -> None:
         self.name = self.settings.describe() + (f" ({self.store.value})" if self.store else "")
 
-    def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
-        """Counts in the database (or by streaming rows where it cannot)."""
+    def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
+        """Counts in the database (or by streaming rows where it cannot); stored activity only, so `connected`
+        is not used (see the README: connected users and SQL)."""
         reader = SqlReader(
             self.settings, hosts=self.hosts, store=self.store, count_disabled=self.count_disabled, method=self.method
         )
@@ -95,6 +97,7 @@ def count_all(
     now: int,
     windows: Sequence[Window],
     known_hosts: Collection[tuple[str, Store]] = (),
+    connected: ConnectedUsers = NOBODY,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[SourceCount, list[SourceHealth]]:
     """Counts every source; hosts known from the config but without data get zeros rather than nothing."""
@@ -102,7 +105,7 @@ def count_all(
     health = []
     for source in sources:
         started = clock()
-        result = source.count(now=now, windows=windows)
+        result = source.count(now=now, windows=windows, connected=connected)
         kinds = Counter(problem.kind for problem in result.problems)
         health.append(SourceHealth(source.name, True, now, clock() - started, dict(kinds)))
         totals.counts.update(result.counts)

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 _DAT = ".dat"
 _STORES = {store.value: store for store in Store}
 _ACCOUNTS = "accounts"
+_WATCHDOG_DOUBLE_WATCH = r"Callback with id .* already exists for watch"
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,9 @@ class _Handler(FileSystemEventHandler):
 
 def watch_file_sources(refresher: Refresher, *, polling: bool = False) -> list[DataDirWatcher]:
     """One watcher per distinct data directory among the file sources; one that cannot be watched is logged."""
+    # watchdog's inotify observer warns when a new directory is registered twice (by its creation event and by the
+    # scan of its parent) and keeps the one callback: harmless, and its text names data paths.
+    warnings.filterwarnings("ignore", _WATCHDOG_DOUBLE_WATCH, RuntimeWarning)
     by_directory: dict[Path, list[FileSource]] = {}
     for source in refresher.sources:
         if isinstance(source, FileSource):

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prosody_lastlog.activity_index import ActivityIndex, HostIndex
+from prosody_lastlog.connected import NOBODY, ConnectedMode, ConnectedUsers
 from prosody_lastlog.counting import count_host
 from prosody_lastlog.records import HostData, Store, UserActivity
 from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
@@ -13,25 +14,67 @@ from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
 NOW = 1_763_900_000
 DAY = 86400
 
+USERS = [f"u{i}" for i in range(12)]
 times = st.one_of(st.none(), st.integers(NOW - 40 * DAY, NOW + DAY), st.floats(NOW - 40 * DAY, NOW))
-activities = st.builds(UserActivity, st.sampled_from([f"u{i}" for i in range(12)]), times, times, st.booleans())
-updates = st.lists(st.one_of(activities, st.sampled_from([f"u{i}" for i in range(12)])), max_size=60)
+activities = st.builds(UserActivity, st.sampled_from(USERS), times, times, st.booleans(), times)
+connected_answers = st.one_of(
+    st.just(NOBODY),
+    st.builds(
+        ConnectedUsers,
+        st.just(ConnectedMode.ADMIN_SOCKET),
+        st.dictionaries(st.sampled_from(["h", "other"]), st.frozensets(st.sampled_from(USERS))),
+    ),
+    st.builds(
+        ConnectedUsers,
+        st.just(ConnectedMode.HEURISTIC),
+        prosody_started=st.one_of(st.none(), st.integers(NOW - 40 * DAY, NOW + DAY)),
+    ),
+)
+updates = st.lists(st.one_of(activities, st.sampled_from(USERS), connected_answers), max_size=60)
 
 
 @given(updates=updates, now_offset=st.integers(-DAY, 40 * DAY))
-def test_index_equals_the_counting_core(updates: list[UserActivity | str], now_offset: int) -> None:
-    index = HostIndex(Store.LASTLOG2)
+def test_index_equals_the_counting_core(updates: list[UserActivity | str | ConnectedUsers], now_offset: int) -> None:
+    index = HostIndex("h", Store.LASTLOG2)
     current: dict[str, UserActivity] = {}
+    connected = NOBODY
     for update in updates:
         if isinstance(update, str):
             index.remove(update)
             current.pop(update, None)
+        elif isinstance(update, ConnectedUsers):
+            index.set_connected(update)
+            connected = update
         else:
             index.set(update)
             current[update.user] = update
     now = NOW + now_offset
-    expected = count_host(HostData("h", Store.LASTLOG2, list(current.values())), now=now, windows=DEFAULT_WINDOWS)
+    data = HostData("h", Store.LASTLOG2, list(current.values()))
+    expected = count_host(data, now=now, windows=DEFAULT_WINDOWS, connected=connected)
     assert index.counts(now=now, windows=DEFAULT_WINDOWS) == expected
+
+
+def test_connected_users_count_in_every_window_whatever_their_last_activity() -> None:
+    index = ActivityIndex()
+    index.replace_host(
+        "example.com",
+        Store.LASTLOG2,
+        [
+            UserActivity("alice", NOW - 10 * DAY, session_open=NOW - 10 * DAY),  # a session open for 10 days
+            UserActivity("bob", NOW - 10 * DAY),
+            UserActivity("carol", NOW - 60 * DAY, session_open=NOW - 60 * DAY),  # from before the last restart
+        ],
+    )
+    windows = [Window(DAY, "1d"), Window(30 * DAY, "30d")]
+    assert index.counts(now=NOW, windows=windows)["example.com"].active == {"1d": 0, "30d": 2}
+    index.set_connected(ConnectedUsers(ConnectedMode.HEURISTIC, prosody_started=NOW - 20 * DAY))
+    counts = index.counts(now=NOW, windows=windows)["example.com"]
+    assert (counts.active, counts.connected) == ({"1d": 1, "30d": 2}, 1)
+    index.set_connected(ConnectedUsers(ConnectedMode.ADMIN_SOCKET, {"example.com": frozenset({"bob", "carol"})}))
+    counts = index.counts(now=NOW, windows=windows)["example.com"]
+    assert (counts.active, counts.connected) == ({"1d": 2, "30d": 3}, 2)
+    index.replace_host("example.com", Store.LASTLOG2, [UserActivity("bob", NOW - 10 * DAY)])  # a resync
+    assert index.counts(now=NOW, windows=windows)["example.com"].connected == 1
 
 
 def test_users_age_out_without_any_update() -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from prosody_lastlog.cli import main
 from prosody_lastlog.pathnames import encode_name
 from tests.conftest import case_data
+from tests.test_daemon import prosody_writes
 
 SAMPLE_NOW = json.loads((case_data("sample").parent / "expected.json").read_text())["now"]
 
@@ -150,3 +154,25 @@ def test_conflicting_source_options_are_usage_errors(args: list[str], capsys: py
     with pytest.raises(SystemExit) as exit_info:
         main(["count", *args])
     assert exit_info.value.code == 2
+
+
+def test_count_counts_users_connected_since_prosody_started(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    data, now = tmp_path / "data", int(time.time())
+    two_days_ago = now - 2 * 86400
+    # alice: a session opened 2 days ago and never closed; bob logged out a minute after logging in.
+    prosody_writes(data, "alice", "example.com", f"{{ login = {{ timestamp = {two_days_ago} }} }}")
+    bob = f"{{ login = {{ timestamp = {two_days_ago} }}, logout = {{ timestamp = {two_days_ago + 60} }} }}"
+    prosody_writes(data, "bob", "example.com", bob)
+    pidfile = tmp_path / "prosody.pid"
+    pidfile.write_text(f"{os.getpid()}\n")  # a running process, said to have started 3 days ago
+    args = ["count", "--data-dir", str(data), "--format", "json", "--pidfile", str(pidfile)]
+    with mock.patch("prosody_lastlog.prosody_server._process_start", return_value=now - 3 * 86400):
+        document = json.loads(run(capsys, *args, "--connected", "heuristic")[1])
+        assert document["connected_detection"] == "heuristic"
+        assert document["hosts"]["example.com"]["connected"] == 1
+        assert document["hosts"]["example.com"]["active"]["1d"] == 1  # alice: connected, so active today
+        document = json.loads(run(capsys, *args, "--connected", "off")[1])
+        assert document["connected_detection"] == "none"
+        assert document["hosts"]["example.com"]["active"]["1d"] == 0
+        document = json.loads(run(capsys, *args, "--now", str(now))[1])  # a replayed moment: nobody is connected
+        assert document["connected_detection"] == "none"

@@ -8,6 +8,7 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 from prosody_lastlog.collector import ActiveUsersCollector
+from prosody_lastlog.connected import ConnectedMode, ConnectedUsers
 from prosody_lastlog.records import Store, UserActivity
 from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.timer import PeriodicTimer
@@ -57,3 +58,19 @@ def test_periodic_timer_runs_and_stops_promptly() -> None:
     slow.stop()
     timer.stop()
     assert time.monotonic() - started < 1
+
+
+def test_connected_users_and_how_they_are_found() -> None:
+    live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files", "sql"], file_sources=["files"])
+    live.index.replace_host("example.com", Store.LASTLOG2, [UserActivity("alice", NOW - 10 * 86400)])
+    live.succeeded("files", at=NOW, duration=0.1, problems={})
+    text = scrape(live, [float(NOW)])
+    assert 'prosody_active_users{host="example.com",window="1d"} 0.0' in text
+    assert 'prosody_lastlog_connected_detection_info{mode="none",source="files"} 1.0' in text
+    live.set_connected(ConnectedUsers(ConnectedMode.ADMIN_SOCKET, {"example.com": frozenset({"alice"})}))
+    text = scrape(live, [float(NOW)])
+    assert 'prosody_active_users{host="example.com",window="1d"} 1.0' in text  # connected: active in every window
+    assert 'prosody_connected_users{host="example.com"} 1.0' in text
+    assert 'prosody_lastlog_connected_detection_info{mode="admin_socket",source="files"} 1.0' in text
+    assert 'prosody_lastlog_connected_detection_info{mode="none",source="sql"} 1.0' in text
+    assert "alice" not in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
+from prosody_lastlog.readers import ReadResult
 from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.sources import FileSource
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.conftest import case_data
 
@@ -240,3 +243,29 @@ def test_an_unwritable_textfile_is_logged_once_and_recovers(
         assert any("works again" in r.message for r in caplog.records)
     finally:
         running.stop()
+
+
+def test_a_change_during_a_slow_full_scan_is_applied_at_once_and_kept(daemon: Daemon, sample_tree: Path) -> None:
+    source = daemon.refresher.sources[0]
+    assert isinstance(source, FileSource)
+    original_read, scanned, release = source.reader.read, threading.Event(), threading.Event()
+
+    def slow_read(*args: Any) -> ReadResult:
+        result = original_read(*args)  # the scan has read the old data, and is still busy
+        scanned.set()
+        release.wait(10)
+        return result
+
+    source.reader.read = slow_read  # type: ignore[method-assign, assignment]
+    scan = threading.Thread(target=daemon.refresher.refresh, args=(source,))
+    scan.start()
+    try:
+        assert scanned.wait(10)
+        before = active(daemon, "example.com")
+        assert before is not None
+        prosody_writes(sample_tree, "newcomer", "example.com", f"{{ login = {{ timestamp = {SAMPLE_NOW - 5} }} }}")
+        wait_for(lambda: active(daemon, "example.com") == before + 1)  # not held up by the scan
+    finally:
+        release.set()
+        scan.join(10)
+    assert active(daemon, "example.com") == before + 1  # the scan's older data did not overwrite it

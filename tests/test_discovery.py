@@ -9,6 +9,7 @@ import pytest
 
 from prosody_lastlog.cli import main
 from prosody_lastlog.discovery import SourceOptions, plan_sources
+from prosody_lastlog.prosody_server import ProsodyServer
 from prosody_lastlog.records import Store
 from prosody_lastlog.sources import FileSource, SqlSource
 from tests.conftest import CASES, case_data
@@ -101,3 +102,14 @@ def test_plan_groups_hosts_by_backend_and_store(tmp_path: Path) -> None:
         ("SqlSource", ["sqlhost.example"], Store.LASTLOG2),
     ]
     assert all(isinstance(s, FileSource | SqlSource) for s in plan.sources)
+
+
+def test_where_the_running_prosody_is_asked(tmp_path: Path) -> None:
+    config = write_tree(tmp_path, 'pidfile = "/run/prosody/prosody.pid"\nadmin_socket = "admin.sock"')
+    server = plan_sources(SourceOptions(config=config), environ={}).server
+    assert server.admin_socket == case_data("sample") / "admin.sock"  # relative to data_path, as Prosody does
+    assert server.pidfiles == (Path("/run/prosody/prosody.pid"),)
+    data_dir = plan_sources(SourceOptions(data_dir=tmp_path), environ={}).server
+    assert data_dir.admin_socket == tmp_path / "prosody.sock" and Path("/run/prosody/prosody.pid") in data_dir.pidfiles
+    given = SourceOptions(data_dir=tmp_path, admin_socket=tmp_path / "x.sock", pidfile=tmp_path / "p.pid")
+    assert plan_sources(given, environ={}).server == ProsodyServer(tmp_path / "x.sock", (tmp_path / "p.pid",))

@@ -75,12 +75,14 @@ def config(
     *,
     data_path: Path = DEFAULT_DATA_PATH,
     pidfile: Path | None = None,
+    admin_socket: Path | None = None,
     hosts: Mapping[str, HostSettings] | None = None,
     skipped: Mapping[str, str] | None = None,
     warnings: tuple[str, ...] = (),
 ) -> ProsodyConfig:
     """The ProsodyConfig expected for the tree at `root`; defaults are what an empty config gives."""
-    return ProsodyConfig(root / "prosody.cfg.lua", data_path, pidfile, hosts or {}, skipped or {}, warnings)
+    socket = admin_socket or data_path / "prosody.sock"
+    return ProsodyConfig(root / "prosody.cfg.lua", data_path, pidfile, socket, hosts or {}, skipped or {}, warnings)
 
 
 def debian_stock(root: Path) -> ProsodyConfig:

@@ -20,6 +20,22 @@ def test_lastlog2_last_activity_is_the_later_of_login_and_logout() -> None:
     assert not result.oddities
 
 
+@pytest.mark.parametrize(
+    ("login", "logout", "session_open"),
+    [(300, 250, 300), (250, 250, None), (250, 300, None), (300, None, 300), (None, 300, None)],
+)
+def test_lastlog2_a_login_with_no_later_logout_is_an_open_session(
+    login: int | None, logout: int | None, session_open: int | None
+) -> None:
+    record: dict[object, PlainValue] = {}
+    if login is not None:
+        record["login"] = {"timestamp": login}
+    if logout is not None:
+        record["logout"] = {"timestamp": logout}
+    activity = interpret(Store.LASTLOG2, "alice", record).activity
+    assert activity is not None and activity.session_open == session_open
+
+
 def test_lastlog2_registered_alone_is_not_activity() -> None:
     result = interpret(Store.LASTLOG2, "bob", {"registered": {"timestamp": 5}})
     assert result.activity == UserActivity("bob", None, registered=5)
@@ -57,9 +73,9 @@ def test_a_record_that_is_not_a_table_gives_no_account(value: object) -> None:
 @pytest.mark.parametrize(
     ("record", "activity"),
     [
-        ({"event": "login", "timestamp": 10}, UserActivity("u", 10)),
+        ({"event": "login", "timestamp": 10}, UserActivity("u", 10, session_open=10)),
         ({"event": "logout", "timestamp": 10, "ip": "192.0.2.1"}, UserActivity("u", 10)),
-        ({"timestamp": 10}, UserActivity("u", 10)),  # the 2012 format had no event
+        ({"timestamp": 10}, UserActivity("u", 10, session_open=10)),  # the 2012 format had no event (logins only)
         ({"event": "registered", "timestamp": 10}, UserActivity("u", None, registered=10)),
         ({"event": "message", "timestamp": 10}, UserActivity("u", None)),
     ],

@@ -38,7 +38,9 @@ def _lastlog2(user: str, record: dict[object, PlainValue]) -> Interpreted:
     registered = _event_time(record, "registered", oddities)
     # mod_measure_active_users: last_active = max(login.timestamp or 0, logout.timestamp or 0).
     times = [t for t in (login, logout) if t is not None]
-    return Interpreted(UserActivity(user, max(times) if times else None, registered), oddities)
+    session_open = login if login is not None and (logout is None or login > logout) else None
+    activity = UserActivity(user, max(times) if times else None, registered, session_open=session_open)
+    return Interpreted(activity, oddities)
 
 
 def _lastlog(user: str, record: dict[object, PlainValue]) -> Interpreted:
@@ -49,7 +51,8 @@ def _lastlog(user: str, record: dict[object, PlainValue]) -> Interpreted:
         oddities.append(f"'event' is {_type_name(event)}, not a string")
         return Interpreted(UserActivity(user, None), oddities)
     if event in _LASTLOG_ACTIVITY_EVENTS:
-        return Interpreted(UserActivity(user, when), oddities)
+        session_open = when if event != "logout" else None  # mod_lastlog keeps only the latest event
+        return Interpreted(UserActivity(user, when, session_open=session_open), oddities)
     if event == "registered":
         return Interpreted(UserActivity(user, None, registered=when), oddities)
     return Interpreted(UserActivity(user, None), oddities)  # "message" on a component: a room, not a user
