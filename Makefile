@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := fixtures/cases/sample
 
-.PHONY: run test lint bench bench-sql fixtures clean
+.PHONY: run test lint bench bench-sql bench-daemon fixtures clean
 
 $(BIN)/prosody-lastlog: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: $(BIN)/prosody-lastlog
 
 bench-sql: $(BIN)/prosody-lastlog
 	$(BIN)/python benchmarks/sql_count.py --users 1000000 --repeat 3
+
+bench-daemon: $(BIN)/prosody-lastlog
+	tools/install-debian-packages.sh
+	$(BIN)/python benchmarks/daemon.py --users 1000000 --repeat 3
 
 fixtures: $(BIN)/prosody-lastlog
 	tools/install-debian-packages.sh

@@ -1,7 +1,8 @@
-"""A short run of the scan benchmark: it works and both sides agree (timings are not asserted)."""
+"""Short runs of the benchmarks: they work, and where two sides count, they agree (timings are not asserted)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,24 @@ def test_sql_benchmark_smoke() -> None:
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("counts agree: yes") == 2
+
+
+def test_daemon_benchmark_smoke(tmp_path: Path) -> None:
+    results = tmp_path / "daemon.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARK.with_name("daemon.py")), "--users", "2000", "--small-users", "500",
+         "--repeat", "1", "--load-seconds", "1", "--renames", "3", "--cache-dir", str(tmp_path / "cache"),
+         "--json", str(results)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "rename -> /metrics median (ms)" in completed.stdout
+    document = json.loads(results.read_text(encoding="utf-8"))
+    assert document["empty_rss_bytes"] > 0 and document["p99_ratio"] > 0
+    for size in ("500", "2000"):
+        figures = document["medians"][size]
+        assert figures["load_errors"] == 0 and figures.get("wrk_errors", 0) == 0
+        assert 0 < figures["startup_s"] < 60 and figures["rss_bytes"] > document["empty_rss_bytes"] / 2
+        assert figures["requests_per_s"] > 0 and 0 < figures["p50_ms"] <= figures["p99_ms"]
+        assert 0 < figures["rename_median_ms"] <= figures["rename_p99_ms"] <= figures["rename_max_ms"] < 10_000
+    assert document["medians"]["2000"]["rss_bytes_per_user"] > 0
