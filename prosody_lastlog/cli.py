@@ -267,7 +267,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     try:
         daemon = _start_daemon(args)
         previous.update((sig, signal.signal(sig, lambda number, _: signals.put(number))) for sig in _STOP_SIGNALS)
-        while (number := signals.get()) == signal.SIGHUP:
+        while (number := _next_signal(signals)) == signal.SIGHUP:
             daemon = _reload(daemon, args, argv)
         log.info("stopping on signal %d", number)
     finally:
@@ -276,6 +276,16 @@ def _serve(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         if daemon is not None:
             daemon.stop()
     return 0
+
+
+def _next_signal(signals: queue.SimpleQueue[int]) -> int:
+    """Waits for a signal the handlers queued. The wait wakes up often: the kernel may deliver a signal to another
+    thread, and Python runs handlers only when the main thread runs, so an endless wait could miss it."""
+    while True:
+        try:
+            return signals.get(timeout=0.2)
+        except queue.Empty:
+            continue
 
 
 def _start_daemon(args: argparse.Namespace, plan: Plan | None = None) -> Daemon:
