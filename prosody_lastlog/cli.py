@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from exporters import ExporterConfigError, render_points, validate_exporters
+from exporters.points import Snapshot
 from prosody_lastlog import __version__
 from prosody_lastlog.atomic_write import write_atomically
 from prosody_lastlog.connected import NOBODY
-from prosody_lastlog.counting import HostCounts
+from prosody_lastlog.counting import HostCounts, total_counts
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.database import DatabaseError
 from prosody_lastlog.discovery import DEFAULT_DATA_DIR, Plan, SourceOptions, plan_sources
@@ -62,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--now", type=int, help="count as of this Unix time instead of the clock (reproducible runs)")
     count.add_argument(
         "--format",
-        choices=("table", "json", "prom"),
+        choices=("table", "json", "prom", "influx", "graphite"),
         default="table",
-        help="table, json, or prom (Prometheus text format, e.g. for node_exporter's textfile collector)",
+        help="table, json, prom (Prometheus text, e.g. for node_exporter's textfile collector), influx (line "
+        "protocol, e.g. for Telegraf's inputs.exec) or graphite (carbon plaintext)",
     )
     count.add_argument(
         "--output", type=Path, help="write to this file, replaced atomically (e.g. a textfile collector's *.prom)"
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--basic-auth-file", type=Path, help="require HTTP basic auth: a file of user:password lines (keep it 0600)"
     )
+    serve.set_defaults(exporters={})  # only from the settings file: [exporters.<name>] tables
     serve.add_argument(
         "--as-of", type=int, metavar="EPOCH", help="run as if the clock read this Unix time at start (demos, old data)"
     )
@@ -166,18 +170,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _with_settings_file(args)
     except SettingsError as exc:
-        print(f"prosody-lastlog: error: {exc}".replace("\n", "\nprosody-lastlog: error: "), file=sys.stderr)
-        return 2
+        return _settings_error(exc)
     problems = _usage_problems(args)
     if problems:
         parser.error("; ".join(problems))
     try:
         if args.command == "serve":
+            validate_exporters(args.exporters)
             return _serve(args, argv)
         return _count(args, plan_sources(_source_options(args), environ=os.environ), parse_windows(args.window))
+    except ExporterConfigError as exc:
+        return _settings_error(exc)
     except _FATAL as exc:
         print(f"prosody-lastlog: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _settings_error(exc: Exception) -> int:
+    """Every problem of the settings, one line each; exit 2 as for bad arguments."""
+    print(f"prosody-lastlog: error: {exc}".replace("\n", "\nprosody-lastlog: error: "), file=sys.stderr)
+    return 2
 
 
 def _with_settings_file(args: argparse.Namespace) -> argparse.Namespace:
@@ -246,6 +258,11 @@ def _count(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> i
             compat=args.compat_metrics,
             detection=plan.connected_detection(connected.mode),
         )
+    elif args.format in ("influx", "graphite"):
+        counts = totals.counts
+        if args.totals_only:
+            counts = {"all": total_counts(counts, windows)} if counts else {}
+        text = render_points(Snapshot(now, counts, windows), args.format)
     else:
         text = render_table(totals.counts, windows=windows)
     if args.output is None:
@@ -309,7 +326,8 @@ def _reload(running: Daemon, old_args: argparse.Namespace, argv: Sequence[str] |
             raise ValueError("; ".join(problems))
         plan = plan_sources(_source_options(args), environ=os.environ)  # fails here, before anything stops
         _serve_options(args)
-    except (SettingsError, *_FATAL) as exc:
+        validate_exporters(args.exporters)
+    except (SettingsError, ExporterConfigError, *_FATAL) as exc:
         log.error("reload refused, the running configuration stays: %s", exc)
         return running
     running.stop()
@@ -340,6 +358,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         as_of=args.as_of,
         tls=load_tls(args.tls_cert, args.tls_key) if args.tls_cert else None,
         credentials=load_credentials(args.basic_auth_file) if args.basic_auth_file else None,
+        exporters=args.exporters,
     )
 
 

@@ -20,14 +20,27 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from exporters.runner import ExportStatus
 from prosody_lastlog import __version__
 from prosody_lastlog.connected import ConnectedMode
-from prosody_lastlog.counting import HostCounts
+from prosody_lastlog.counting import HostCounts, total_counts
 from prosody_lastlog.records import PROBLEM_KINDS
 from prosody_lastlog.sources import SourceHealth
 from prosody_lastlog.windows import Window
 
-CACHE_NOTE = "From a cache: the daemon refreshes it by file watcher and periodic resync, counting as of the scrape."
+CACHE_NOTE = (
+    "From a cache: the daemon refreshes it by file watcher and periodic resync, counting as of the scrape or push."
+)
+COUNT_HELP = {  # the count families, shared with the Pushgateway exporter so both say the same
+    "prosody_active_users": "Accounts active within the window (now - last login/logout < window), as "
+    f"mod_measure_active_users counts them. Do not sum over window. {CACHE_NOTE}",
+    "prosody_registrations": f"Accounts registered within the window. {CACHE_NOTE}",
+    "prosody_accounts": f"Accounts with last-activity data. {CACHE_NOTE}",
+    "prosody_accounts_never_active": f"Accounts with last-activity data but no login or logout. {CACHE_NOTE}",
+    "prosody_connected_users": "Accounts connected now, counted active in every window as mod_measure_active_users "
+    "does; 0 where connected users are not detected (see prosody_lastlog_connected_detection_info). "
+    f"{CACHE_NOTE}",
+}
 COMPAT_WINDOWS = ("1d", "7d", "30d")  # the gauges mod_measure_active_users defines
 
 
@@ -58,8 +71,10 @@ class ActiveUsersCollector(Collector):
         per_host: bool = True,
         compat: bool = False,
         clock: Callable[[], float] = time.time,
+        exports: Callable[[], Mapping[str, ExportStatus]] = dict,
     ) -> None:
         self._view = view
+        self._exports = exports
         self._windows = windows
         self._per_host = per_host
         self._compat = compat
@@ -69,36 +84,42 @@ class ActiveUsersCollector(Collector):
         """Yields the count families (per host or totals), compatibility gauges if enabled, and health."""
         counts = self._view.counts(now=self._clock())
         if not self._per_host:
-            counts = {"all": _total(counts, self._windows)} if counts else {}
+            counts = {"all": total_counts(counts, self._windows)} if counts else {}
         yield from self._count_families(counts)
         if self._compat:
             yield from self._compat_families(counts)
         yield from self._health_families()
+        yield from self._export_families()
+
+    def _export_families(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        statuses = self._exports()
+        if not statuses:
+            return
+        errors = CounterMetricFamily(
+            "prosody_lastlog_export_errors", "Failed pushes to this exporter's target since start.", labels=["exporter"]
+        )
+        queued = GaugeMetricFamily(
+            "prosody_lastlog_export_queue_length", "Points waiting to be pushed (sent once the target answers).",
+            labels=["exporter"],
+        )  # fmt: skip
+        dropped = CounterMetricFamily(
+            "prosody_lastlog_export_dropped_points",
+            "Points dropped because the exporter's queue was full (oldest first).",
+            labels=["exporter"],
+        )
+        for name, status in statuses.items():
+            errors.add_metric([name], status.errors_total)
+            queued.add_metric([name], status.queue_length)
+            dropped.add_metric([name], status.dropped_total)
+        yield from (errors, queued, dropped)
 
     def _count_families(self, counts: Mapping[str, HostCounts]) -> Iterator[GaugeMetricFamily]:
-        active = GaugeMetricFamily(
-            "prosody_active_users",
-            f"Accounts active within the window (now - last login/logout < window), as mod_measure_active_users "
-            f"counts them. Do not sum over window. {CACHE_NOTE}",
-            labels=["host", "window"],
-        )
-        registrations = GaugeMetricFamily(
-            "prosody_registrations", f"Accounts registered within the window. {CACHE_NOTE}", labels=["host", "window"]
-        )
-        accounts = GaugeMetricFamily(
-            "prosody_accounts", f"Accounts with last-activity data. {CACHE_NOTE}", labels=["host"]
-        )
-        never = GaugeMetricFamily(
-            "prosody_accounts_never_active",
-            f"Accounts with last-activity data but no login or logout. {CACHE_NOTE}",
-            labels=["host"],
-        )
-        connected = GaugeMetricFamily(
-            "prosody_connected_users",
-            "Accounts connected now, counted active in every window as mod_measure_active_users does; 0 where "
-            f"connected users are not detected (see prosody_lastlog_connected_detection_info). {CACHE_NOTE}",
-            labels=["host"],
-        )
+        def family(name: str, *labels: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, COUNT_HELP[name], labels=["host", *labels])
+
+        active, registrations = family("prosody_active_users", "window"), family("prosody_registrations", "window")
+        accounts, never = family("prosody_accounts"), family("prosody_accounts_never_active")
+        connected = family("prosody_connected_users")
         for host, host_counts in counts.items():
             for window in self._windows:
                 active.add_metric([host, window.label], host_counts.active[window.label])
@@ -165,17 +186,3 @@ class ActiveUsersCollector(Collector):
         info = InfoMetricFamily("prosody_lastlog_build", "prosody-lastlog build information.")
         info.add_metric([], {"version": __version__})
         yield from (up, last, duration, problems, tracked, detection, info)
-
-
-def _total(counts: Mapping[str, HostCounts], windows: Sequence[Window]) -> HostCounts:
-    first = next(iter(counts.values()))
-    return HostCounts(
-        first.store,
-        sum(c.accounts for c in counts.values()),
-        sum(c.never_active for c in counts.values()),
-        sum(c.disabled for c in counts.values()),
-        sum(c.future for c in counts.values()),
-        {w.label: sum(c.active[w.label] for c in counts.values()) for w in windows},
-        {w.label: sum(c.registered[w.label] for c in counts.values()) for w in windows},
-        sum(c.connected for c in counts.values()),
-    )

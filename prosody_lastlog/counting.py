@@ -69,6 +69,21 @@ def count_hosts(
     }
 
 
+def total_counts(counts: Mapping[str, HostCounts], windows: Sequence[Window]) -> HostCounts:
+    """All hosts added up (for --totals-only); the store shown is the first host's. `counts` must not be empty."""
+    values = list(counts.values())
+    return HostCounts(
+        values[0].store,
+        sum(c.accounts for c in values),
+        sum(c.never_active for c in values),
+        sum(c.disabled for c in values),
+        sum(c.future for c in values),
+        {w.label: sum(c.active[w.label] for c in values) for w in windows},
+        {w.label: sum(c.registered[w.label] for c in values) for w in windows},
+        sum(c.connected for c in values),
+    )
+
+
 def _add_within(counts: dict[str, int], windows: Sequence[Window], age: float) -> None:
     for window in windows:
         if age < window.seconds:

@@ -14,8 +14,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from exporters import Exporter, build_exporters
+from exporters.points import Snapshot
 from prosody_lastlog.atomic_write import write_atomically
 from prosody_lastlog.collector import ActiveUsersCollector
+from prosody_lastlog.counting import total_counts
 from prosody_lastlog.discovery import Plan
 from prosody_lastlog.http_server import DEFAULT_PORT, MetricsServer
 from prosody_lastlog.prosody_server import ConnectedProbe, Detection
@@ -48,6 +51,7 @@ class ServeOptions:
     as_of: float | None = None  # pretend the clock read this at start (demos, replays of old data)
     tls: ssl.SSLContext | None = None
     credentials: Mapping[str, str] | None = field(default=None, repr=False)  # basic auth user -> password
+    exporters: Mapping[str, Mapping[str, object]] = field(default_factory=dict, repr=False)  # [exporters.<name>]
 
 
 class Daemon:
@@ -62,10 +66,17 @@ class Daemon:
         self.connected_probe = ConnectedProbe(plan.server, detection)
         self._declare_hosts(plan)
         self.refresher = Refresher(self.live, plan.sources, on_refresh=self._write_textfile, wall_clock=self.clock)
+        self.windows = windows
+        self.exporters: list[Exporter] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             ActiveUsersCollector(
-                self.live, windows=windows, per_host=options.per_host, compat=options.compat, clock=self.clock
+                self.live,
+                windows=windows,
+                per_host=options.per_host,
+                compat=options.compat,
+                clock=self.clock,
+                exports=lambda: {exporter.name: exporter.status() for exporter in self.exporters},
             )
         )
         self.server = MetricsServer(
@@ -82,6 +93,7 @@ class Daemon:
         self._textfile_failing = False
         self._watchers: list[DataDirWatcher] = []
         self._timers: list[PeriodicTimer] = []
+        self.exporters = build_exporters(options.exporters)  # last: their threads start here
 
     def start(self) -> None:
         """Counts everything once, then serves and keeps counting."""
@@ -102,6 +114,7 @@ class Daemon:
             time.monotonic() - started,
         )
         self.server.start()
+        self._publish()
         try:
             self._watchers = watch_file_sources(self.refresher, polling=self.options.polling)
             self._timers = self._make_timers()
@@ -118,6 +131,8 @@ class Daemon:
         for watcher in self._watchers:
             watcher.stop()
         self._timers, self._watchers = [], []
+        for exporter in self.exporters:
+            exporter.close()
         self.server.stop()
 
     def _declare_hosts(self, plan: Plan) -> None:
@@ -137,9 +152,21 @@ class Daemon:
             timers.append(PeriodicTimer(partial(self.refresher.refresh, source), interval=interval, jitter=jitter))
         if options.textfile is not None:
             timers.append(PeriodicTimer(self._write_textfile, interval=options.textfile_interval_seconds))
+        for exporter in self.exporters:
+            timers.append(PeriodicTimer(partial(self._publish, exporter), interval=exporter.interval))
         if self.connected_probe.detection is not Detection.OFF:
             timers.append(PeriodicTimer(self._probe_connected, interval=options.connected_interval_seconds))
         return timers
+
+    def _publish(self, only: Exporter | None = None) -> None:
+        """Hands the counts as of now to the push exporters (each queues them and sends on its own thread)."""
+        now = self.clock()
+        counts = self.live.counts(now=now)
+        if not self.options.per_host:
+            counts = {"all": total_counts(counts, self.windows)} if counts else {}
+        snapshot = Snapshot(now, counts, self.windows)
+        for exporter in [only] if only else self.exporters:
+            exporter.publish(snapshot)
 
     def _probe_connected(self) -> None:
         connected = self.connected_probe.probe()

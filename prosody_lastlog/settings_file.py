@@ -5,6 +5,9 @@ config = "/etc/prosody/prosody.cfg.lua"
 windows = ["1d", "7d", "30d", "90d"]
 listen = "127.0.0.1:10522"
 textfile = "/var/lib/prometheus/node-exporter/prosody.prom"
+
+[exporters.graphite]          # push exporters: one table each, settings as keywords of the exporter
+host = "graphite.example"
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ def _one_of(*choices: str) -> Callable[[object], object]:
     return check
 
 
+def _exporter_sections(value: object) -> object:
+    if not isinstance(value, dict) or not all(isinstance(section, dict) for section in value.values()):
+        raise ValueError("expected tables: [exporters.graphite], [exporters.influxdb], ...")
+    return value
+
+
 # key in the file -> (argparse destination, checker returning the value to use)
 KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "config": ("config", _path),
@@ -90,6 +99,7 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "tls_cert": ("tls_cert", _path),
     "tls_key": ("tls_key", _path),
     "basic_auth_file": ("basic_auth_file", _path),
+    "exporters": ("exporters", _exporter_sections),
 }
 
 
