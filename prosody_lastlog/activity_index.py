@@ -1,122 +1,353 @@
-"""Per-host last-activity times kept sorted, so counts as of any moment cost O(log N) and updates O(log N).
+"""Per-host last-activity times kept sorted, so counts as of any moment and updates cost O(log N) (plus a pass over
+a block of at most 4096 times, and a sum over the N / 2048 block lengths).
 
 The daemon keeps one of these per host: a full scan fills it, each changed file updates one user, and a
 scrape asks for counts "as of now", so users age out of a window while nobody logs in. Pure: no I/O, no clock.
+
+Kept compact for millions of users (about 80 bytes each instead of about 340 as Python objects): a user is a slot
+in parallel arrays, times as float64, the name as UTF-8 in one shared buffer, found through an open-addressing
+table of slot numbers. float64 loses nothing the counting core would see: the daemon's clock is a float, and
+`now - t` converts an integer `t` to float64 exactly as the arrays do; the other comparisons (`t > now`, a session
+since Prosody started) are against real Unix times, below 2**53, where float64 and the integer agree.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-
-from sortedcontainers import SortedList
+from array import array
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from itertools import islice
 
 from prosody_lastlog.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.records import Store, UserActivity
 from prosody_lastlog.windows import Window
 
+_NO_TIME = math.nan  # a missing time; the readers never give NaN (non-finite timestamps are dropped)
+# Per-slot flags. A slot without _PRESENT is a removed user, reused if the name comes back; _SEEN marks the users a
+# resync has set so far.
+_PRESENT, _DISABLED, _SEEN = 1, 2, 4
+_UNSEE = bytes(flags & ~_SEEN for flags in range(256))  # a translation table
+_UNSEEN = bytes(int(flags & (_PRESENT | _SEEN) == _PRESENT) for flags in range(256))  # 1 for present, unseen
+_NAME_END = b"\xff"  # ends each stored name: never a byte of UTF-8
+_HASH_MASK = 0xFFFFFFFF  # the table keys on 32 bits of the name's hash; names are compared in full
+_MAX_LOAD = 0.75  # the table grows past this many slots per position
+_BLOCK = 2048  # times per block of a SortedTimes once built; a block splits at twice this
+_RESYNC_CHUNK = 1024  # users a resync sets per hold of the lock (about a millisecond)
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    last_active: float | None
-    registered: float | None
-    disabled: bool
-    session_open: float | None
+
+class SortedTimes:
+    """A sorted multiset of float64 times, in blocks: add and remove in O(log N + block), counts in
+    O(log N + N / block), 8 bytes per time."""
+
+    def __init__(self, times: Iterable[float] = (), *, block: int = _BLOCK) -> None:
+        ordered = array("d", sorted(times))
+        self._block = block
+        self._blocks = [ordered[start : start + block] for start in range(0, len(ordered), block)]
+        self._maxes = array("d", (times[-1] for times in self._blocks))
+        self._len = len(ordered)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[float]:
+        return (time for block in self._blocks for time in block)
+
+    def add(self, time: float) -> None:
+        """Adds one time."""
+        self._len += 1
+        if not self._blocks:
+            self._blocks.append(array("d", [time]))
+            self._maxes.append(time)
+            return
+        at = min(bisect_left(self._maxes, time), len(self._blocks) - 1)
+        block = self._blocks[at]
+        insort(block, time)
+        self._maxes[at] = block[-1]
+        if len(block) > 2 * self._block:
+            half = len(block) // 2
+            self._blocks[at : at + 1] = [block[:half], block[half:]]
+            self._maxes[at : at + 1] = array("d", [block[half - 1], block[-1]])
+
+    def remove(self, time: float) -> None:
+        """Removes one time equal to `time`, which must be there."""
+        at = bisect_left(self._maxes, time)
+        block = self._blocks[at]
+        del block[bisect_left(block, time)]
+        self._len -= 1
+        if block:
+            self._maxes[at] = block[-1]
+        else:
+            del self._blocks[at], self._maxes[at]
+
+    def count_where(self, holds: Callable[[float], bool]) -> int:
+        """How many times `holds` is true of, for a test that, once true of a time, is true of every later one."""
+        at = bisect_left(self._maxes, True, key=holds)
+        if at == len(self._blocks):
+            return 0
+        block = self._blocks[at]
+        return len(block) - bisect_left(block, True, key=holds) + sum(map(len, islice(self._blocks, at + 1, None)))
 
 
 class HostIndex:
     """One host's users: sorted last-activity times of the enabled ones, registration times, connected users.
 
     Connected users count active in every window, whatever their last activity, so they are kept apart.
+    `hash_name` only needs to be consistent within the process: Python's own str hash, keyed per process, keeps
+    the table safe from names chosen to collide.
     """
 
-    def __init__(self, host: str, store: Store, connected: ConnectedUsers = NOBODY) -> None:
+    def __init__(
+        self,
+        host: str,
+        store: Store,
+        connected: ConnectedUsers = NOBODY,
+        users: Iterable[UserActivity] = (),
+        *,
+        hash_name: Callable[[str], int] = hash,
+    ) -> None:
         self.host = host
         self.store = store
         self.connected = connected
-        self._users: dict[str, _Entry] = {}
-        self._active = SortedList()  # last_active of enabled, unconnected users that have one
-        self._registered = SortedList()
+        self._hash_name = hash_name
+        self._table = array("i")  # per position: slot + 1, or 0 if free (linear probing)
+        self._hashes = array("I")  # per slot: the low 32 bits of the name's hash
+        self._name_at = array("q")  # per slot: where its name starts in _names
+        self._names = bytearray()  # every slot's name in UTF-8, each followed by _NAME_END
+        self._flags = bytearray()
+        self._last_active = array("d")  # per slot; _NO_TIME for None
+        self._registered_at = array("d")
+        self._session_open = array("d")
+        self._size = 0  # present users
         self._never_active = 0
         self._disabled = 0
-        self._open_sessions: set[str] = set()  # users whose log shows a login with no later logout
-        self._connected: set[str] = set()  # enabled users connected now
+        self._connected = 0  # enabled users connected now
+        self._rehash(len(users) if isinstance(users, Sized) else 0)
+        self._load(users)
 
     def __len__(self) -> int:
-        return len(self._users)
+        return self._size
 
     def set(self, activity: UserActivity) -> None:
         """Adds or replaces one user's facts."""
-        self.remove(activity.user)
-        entry = _Entry(activity.last_active, activity.registered, activity.disabled, activity.session_open)
-        self._users[activity.user] = entry
-        if entry.session_open is not None:
-            self._open_sessions.add(activity.user)
-        self._count(activity.user, entry, +1)
+        slot = self._slot(activity.user)
+        if self._flags[slot]:
+            if self._holds(slot, activity):
+                self._flags[slot] |= _SEEN
+                return
+            self._count(slot, -1, self.connected, activity.user)
+        else:
+            self._size += 1
+        self._store(slot, activity)
+        self._count(slot, +1, self.connected, activity.user)
 
     def remove(self, user: str) -> None:
         """Forgets a user (account deleted, record emptied); unknown users are ignored."""
-        entry = self._users.pop(user, None)
-        if entry is not None:
-            self._count(user, entry, -1)
-            self._open_sessions.discard(user)
+        slot = self._find(user)
+        if slot >= 0 and self._flags[slot]:
+            self._remove(slot, user)
+
+    def start_resync(self) -> None:
+        """Starts a resync: `set` each user of a fresh scan, then `finish_resync` removes the others."""
+        self._flags = self._flags.translate(_UNSEE)
+
+    def finish_resync(self) -> None:
+        """Removes the users not set since `start_resync`."""
+        unseen = self._flags.translate(_UNSEEN)
+        slot = unseen.find(1)
+        while slot >= 0:
+            self._remove(slot, self._name(slot))
+            slot = unseen.find(1, slot + 1)
+
+    def removed(self) -> int:
+        """How many removed users still hold a slot (kept for their name, until the index is rebuilt)."""
+        return len(self._flags) - self._size
 
     def set_connected(self, connected: ConnectedUsers) -> None:
         """Applies a new answer to "who is connected", re-checking only the users it can change."""
         before, self.connected = self.connected, connected
         old, new = before.candidates(self.host), connected.candidates(self.host)
-        users: set[str] | frozenset[str]
-        if old is not None and new is not None:
-            users = old ^ new  # two exact lists: only the difference changes
-        else:
-            users = self._connected | (self._open_sessions if new is None else new)
-        for user in users:
-            entry = self._users.get(user)
-            if entry is not None:
-                self._count(user, entry, -1, with_connected=before)
-                self._count(user, entry, +1)
+        # Two exact lists: only their difference changes; else the named users and any open session may.
+        names = old ^ new if old is not None and new is not None else (old or frozenset()) | (new or frozenset())
+        users: dict[int, str | None] = {}  # slot -> name, if known
+        for name in names:
+            slot = self._find(name)
+            if slot >= 0 and self._flags[slot]:
+                users[slot] = name
+        if old is None or new is None:
+            for slot in self._open_sessions():
+                users.setdefault(slot, None)
+        for slot, known in users.items():
+            name = self._name(slot) if known is None else known
+            session_open = _time_or_none(self._session_open[slot])
+            if before.includes(self.host, name, session_open) != connected.includes(self.host, name, session_open):
+                self._count_activity(slot, -1, before, name)  # registration times do not depend on it
+                self._count_activity(slot, +1, connected, name)
 
     def counts(self, *, now: float, windows: Sequence[Window]) -> HostCounts:
         """The same numbers `counting.count_host` gives for these users at `now`."""
-        active = {w.label: _newer_than(self._active, now - w.seconds) + len(self._connected) for w in windows}
-        registered = {w.label: _newer_than(self._registered, now - w.seconds) for w in windows}
-        future = _newer_than(self._active, now)
+        active = {w.label: self._active.count_where(_within(now, w)) + self._connected for w in windows}
+        registered = {w.label: self._registered.count_where(_within(now, w)) for w in windows}
+        future = self._active.count_where(lambda t: t > now)
         return HostCounts(
             self.store,
-            len(self._users),
+            self._size,
             self._never_active,
             self._disabled,
             future,
             active,
             registered,
-            len(self._connected),
+            self._connected,
         )
 
-    def _count(self, user: str, entry: _Entry, sign: int, *, with_connected: ConnectedUsers | None = None) -> None:
-        connected = with_connected or self.connected
-        if entry.disabled:
-            self._disabled += sign
-        elif connected.includes(self.host, user, entry.session_open):
-            if sign > 0:
-                self._connected.add(user)
+    def _load(self, users: Iterable[UserActivity]) -> None:
+        """Fills a new index in one pass, then sorts the times once."""
+        for activity in users:
+            slot = self._slot(activity.user)
+            self._size += not self._flags[slot]
+            self._store(slot, activity)
+        named = self.connected.candidates(self.host)
+        maybe_connected = (
+            set(self._open_sessions()) if named is None else {slot for slot in map(self._find, named) if slot >= 0}
+        )
+        # Lists, not arrays: growing arrays leave holes in the C heap after the sort (measured: ~8 bytes a user).
+        active: list[float] = []
+        registered: list[float] = []
+        for slot, flags in enumerate(self._flags):
+            if not flags:
+                continue
+            last_active, registered_at = self._last_active[slot], self._registered_at[slot]
+            if flags & _DISABLED:
+                self._disabled += 1
+            elif slot in maybe_connected and self._includes(self.connected, slot, self._name(slot)):
+                self._connected += 1
+            elif math.isnan(last_active):
+                self._never_active += 1
             else:
-                self._connected.remove(user)
-        elif entry.last_active is None:
+                active.append(last_active)
+            if not math.isnan(registered_at):
+                registered.append(registered_at)
+        self._active = SortedTimes(active)  # last_active of enabled, unconnected users that have one
+        self._registered = SortedTimes(registered)
+
+    def _count(self, slot: int, sign: int, connected: ConnectedUsers, name: str) -> None:
+        self._count_activity(slot, sign, connected, name)
+        registered_at = self._registered_at[slot]
+        if not math.isnan(registered_at):
+            _apply(self._registered, registered_at, sign)
+
+    def _count_activity(self, slot: int, sign: int, connected: ConnectedUsers, name: str) -> None:
+        last_active = self._last_active[slot]
+        if self._flags[slot] & _DISABLED:
+            self._disabled += sign
+        elif self._includes(connected, slot, name):
+            self._connected += sign
+        elif math.isnan(last_active):
             self._never_active += sign
         else:
-            _apply(self._active, entry.last_active, sign)
-        if entry.registered is not None:
-            _apply(self._registered, entry.registered, sign)
+            _apply(self._active, last_active, sign)
+
+    def _remove(self, slot: int, name: str) -> None:
+        self._count(slot, -1, self.connected, name)
+        self._flags[slot] = 0
+        self._size -= 1
+
+    def _holds(self, slot: int, activity: UserActivity) -> bool:
+        """Whether the slot already holds these facts."""
+        return (
+            self._flags[slot] & ~_SEEN == _PRESENT | (_DISABLED if activity.disabled else 0)
+            and _same(self._last_active[slot], activity.last_active)
+            and _same(self._registered_at[slot], activity.registered)
+            and _same(self._session_open[slot], activity.session_open)
+        )
+
+    def _includes(self, connected: ConnectedUsers, slot: int, name: str) -> bool:
+        return connected.includes(self.host, name, _time_or_none(self._session_open[slot]))
+
+    def _store(self, slot: int, activity: UserActivity) -> None:
+        self._flags[slot] = _PRESENT | _SEEN | (_DISABLED if activity.disabled else 0)
+        self._last_active[slot] = _time(activity.last_active)
+        self._registered_at[slot] = _time(activity.registered)
+        self._session_open[slot] = _time(activity.session_open)
+
+    def _open_sessions(self) -> list[int]:
+        """The present users whose log shows a login with no later logout (an O(N) scan: Prosody restarts)."""
+        sessions = zip(self._session_open, self._flags, strict=True)
+        return [slot for slot, (time, flags) in enumerate(sessions) if flags and not math.isnan(time)]
+
+    def _find(self, name: str) -> int:
+        """The slot of `name`, or -1."""
+        return self._probe(_key(name), self._hash_name(name) & _HASH_MASK)[1]
+
+    def _slot(self, name: str) -> int:
+        """The slot of `name`, made (not present yet) if it has none."""
+        key, hashed = _key(name), self._hash_name(name) & _HASH_MASK
+        position, slot = self._probe(key, hashed)
+        if slot >= 0:
+            return slot
+        slot = len(self._flags)
+        self._table[position] = slot + 1
+        self._hashes.append(hashed)
+        self._name_at.append(len(self._names))
+        self._names += key
+        self._flags.append(0)
+        for times in (self._last_active, self._registered_at, self._session_open):
+            times.append(_NO_TIME)
+        if slot + 1 > _MAX_LOAD * len(self._table):
+            self._rehash(2 * (slot + 1))
+        return slot
+
+    def _probe(self, key: bytes, hashed: int) -> tuple[int, int]:
+        """Where `key` is in the table and its slot, or the free position it would take and -1."""
+        table, size = self._table, len(self._table)
+        position = hashed % size
+        while entry := table[position]:
+            slot = entry - 1
+            if self._hashes[slot] == hashed and self._names.startswith(key, self._name_at[slot]):
+                return position, slot
+            position = position + 1 if position + 1 < size else 0
+        return position, -1
+
+    def _rehash(self, users: int) -> None:
+        """Makes the table room for `users` at about 60% load."""
+        size = max(8, users * 5 // 3)
+        table = array("i", [0]) * size
+        for slot, hashed in enumerate(self._hashes):
+            position = hashed % size
+            while table[position]:
+                position = position + 1 if position + 1 < size else 0
+            table[position] = slot + 1
+        self._table = table
+
+    def _name(self, slot: int) -> str:
+        start = self._name_at[slot]
+        return self._names[start : self._names.index(_NAME_END, start)].decode("utf-8", "surrogatepass")
 
 
-def _newer_than(times: SortedList, threshold: float) -> int:
-    # Active in W iff now - t < W, i.e. t > now - W (strict, as mod_measure_active_users).
-    return len(times) - int(times.bisect_right(threshold))
+def _within(now: float, window: Window) -> Callable[[float], bool]:
+    # `now - t < W` computed as the core does (not `t > now - W`: floats round): true from some t on.
+    return lambda t: now - t < window.seconds
 
 
-def _apply(times: SortedList, value: float, sign: int) -> None:
+def _key(name: str) -> bytes:
+    return name.encode("utf-8", "surrogatepass") + _NAME_END
+
+
+def _time(value: float | None) -> float:
+    return _NO_TIME if value is None else value
+
+
+def _same(stored: float, value: float | None) -> bool:
+    return math.isnan(stored) if value is None else stored == value
+
+
+def _time_or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _apply(times: SortedTimes, value: float, sign: int) -> None:
     if sign > 0:
         times.add(value)
     else:
@@ -132,14 +363,35 @@ class ActivityIndex:
         self._connected = NOBODY
 
     def replace_host(self, host: str, store: Store, users: Iterable[UserActivity]) -> None:
-        """Swaps in a freshly scanned host (built outside the lock, swapped inside)."""
-        index = HostIndex(host, store, self._connected)
-        for activity in users:
-            index.set(activity)
+        """Brings a host to a fresh scan of it.
+
+        A known host is updated in place, a few users per hold of the lock, so scrapes go on being answered and
+        no second copy of the host is held. A new host, a host whose store changed, or one whose slots are mostly
+        removed users is built anew outside the lock and swapped in.
+        """
+        with self._lock:
+            index = self._hosts.get(host)
+            if index is not None and index.store is store and index.removed() <= len(index):
+                index.start_resync()
+                merge = index
+            else:
+                merge = None
+        if merge is None:
+            self._swap_in(HostIndex(host, store, self._connected, users))
+            return
+        scanned = iter(users)
+        while chunk := list(islice(scanned, _RESYNC_CHUNK)):
+            with self._lock:
+                for activity in chunk:
+                    merge.set(activity)
+        with self._lock:
+            merge.finish_resync()
+
+    def _swap_in(self, index: HostIndex) -> None:
         with self._lock:
             if index.connected is not self._connected:  # the answer changed while it was being built
                 index.set_connected(self._connected)
-            self._hosts[host] = index
+            self._hosts[index.host] = index
 
     def set_connected(self, connected: ConnectedUsers) -> None:
         """Applies a new answer to "who is connected" to every host."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prosody_lastlog.activity_index import ActivityIndex, HostIndex
+from prosody_lastlog.activity_index import ActivityIndex, HostIndex, SortedTimes
 from prosody_lastlog.connected import NOBODY, ConnectedMode, ConnectedUsers
 from prosody_lastlog.counting import count_host
 from prosody_lastlog.records import HostData, Store, UserActivity
@@ -14,9 +17,16 @@ from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
 NOW = 1_763_900_000
 DAY = 86400
 
-USERS = [f"u{i}" for i in range(12)]
-times = st.one_of(st.none(), st.integers(NOW - 40 * DAY, NOW + DAY), st.floats(NOW - 40 * DAY, NOW))
-activities = st.builds(UserActivity, st.sampled_from(USERS), times, times, st.booleans(), times)
+# Names that are prefixes of one another, empty, non-ASCII, a lone surrogate (a str, though not valid UTF-8).
+USERS = [f"u{i}" for i in range(12)] + ["", "u", "u1\x00", "jürgen", "\ud800", "\U0001f600x"]
+times = st.one_of(
+    st.none(),
+    st.sampled_from([NOW - 2 * DAY, NOW - 20 * DAY]),  # often equal: a user set again with one fact changed
+    st.integers(NOW - 40 * DAY, NOW + DAY),
+    st.floats(NOW - 40 * DAY, NOW),
+)
+# Anything a record can hold: a float of any size, a Lua 5.4 integer (64 bits, beyond float64's exact range).
+odd_times = st.one_of(st.none(), st.floats(allow_nan=False), st.integers(-(2**63), 2**63 - 1), times)
 connected_answers = st.one_of(
     st.just(NOBODY),
     st.builds(
@@ -30,28 +40,139 @@ connected_answers = st.one_of(
         prosody_started=st.one_of(st.none(), st.integers(NOW - 40 * DAY, NOW + DAY)),
     ),
 )
-updates = st.lists(st.one_of(activities, st.sampled_from(USERS), connected_answers), max_size=60)
+# Python's hash, and ones that make every name (or many) collide in the table: lookups must stay exact.
+hashes: st.SearchStrategy[Callable[[str], int]] = st.sampled_from([hash, len, lambda name: 0, lambda name: -1])
 
 
-@given(updates=updates, now_offset=st.integers(-DAY, 40 * DAY))
-def test_index_equals_the_counting_core(updates: list[UserActivity | str | ConnectedUsers], now_offset: int) -> None:
-    index = HostIndex("h", Store.LASTLOG2)
-    current: dict[str, UserActivity] = {}
-    connected = NOBODY
-    for update in updates:
+def activities(when: st.SearchStrategy[float | None]) -> st.SearchStrategy[UserActivity]:
+    return st.builds(UserActivity, st.sampled_from(USERS), when, when, st.booleans(), when)
+
+
+Update = UserActivity | str | ConnectedUsers | list[UserActivity]  # a change, a removal, an answer, a resync
+
+
+def updates(when: st.SearchStrategy[float | None]) -> st.SearchStrategy[list[Update]]:
+    resyncs = st.lists(activities(when), max_size=20)
+    return st.lists(st.one_of(activities(when), st.sampled_from(USERS), connected_answers, resyncs), max_size=60)
+
+
+def check(
+    initial: list[UserActivity],
+    connected: ConnectedUsers,
+    updates: list[Update],
+    *,
+    hash_name: Callable[[str], int],
+    now: float,
+    windows: tuple[Window, ...],
+) -> None:
+    """Builds an index from a scan, applies the updates, and compares it with the core after each one."""
+    index = HostIndex("h", Store.LASTLOG2, connected, initial, hash_name=hash_name)
+    current = {activity.user: activity for activity in initial}  # a name met twice: the later one holds
+    for update in [None, *updates]:
         if isinstance(update, str):
             index.remove(update)
             current.pop(update, None)
         elif isinstance(update, ConnectedUsers):
             index.set_connected(update)
             connected = update
-        else:
+        elif isinstance(update, list):
+            index.start_resync()
+            for activity in update:
+                index.set(activity)
+            index.finish_resync()
+            current = {activity.user: activity for activity in update}
+        elif update is not None:
             index.set(update)
             current[update.user] = update
-    now = NOW + now_offset
-    data = HostData("h", Store.LASTLOG2, list(current.values()))
-    expected = count_host(data, now=now, windows=DEFAULT_WINDOWS, connected=connected)
-    assert index.counts(now=now, windows=DEFAULT_WINDOWS) == expected
+        data = HostData("h", Store.LASTLOG2, list(current.values()))
+        assert index.counts(now=now, windows=windows) == count_host(data, now=now, windows=windows, connected=connected)
+        assert len(index) == len(current)
+
+
+@given(
+    initial=st.lists(activities(times), max_size=20),
+    connected=connected_answers,
+    updates=updates(times),
+    hash_name=hashes,
+    now_offset=st.one_of(st.integers(-DAY, 40 * DAY), st.floats(-DAY, 40 * DAY)),
+)
+def test_index_equals_the_counting_core(
+    initial: list[UserActivity],
+    connected: ConnectedUsers,
+    updates: list[Update],
+    hash_name: Callable[[str], int],
+    now_offset: float,
+) -> None:
+    check(initial, connected, updates, hash_name=hash_name, now=NOW + now_offset, windows=DEFAULT_WINDOWS)
+
+
+@given(
+    initial=st.lists(activities(odd_times), max_size=20),
+    connected=connected_answers,
+    updates=updates(odd_times),
+    now=st.floats(NOW - 100 * DAY, NOW + 100 * DAY),
+    seconds=st.lists(st.integers(1, 2**80), min_size=1, max_size=3, unique=True),
+)
+def test_index_equals_the_counting_core_on_any_number(
+    initial: list[UserActivity],
+    connected: ConnectedUsers,
+    updates: list[Update],
+    now: float,
+    seconds: list[int],
+) -> None:
+    # The daemon's clock is a float: times of any size and windows of any length give the core's numbers.
+    check(initial, connected, updates, hash_name=hash, now=now, windows=tuple(Window(s, f"{s}s") for s in seconds))
+
+
+def test_windows_are_tested_as_the_core_does_past_float_precision() -> None:
+    # now - t < W and t > now - W differ here (float rounding): the index must compute the first.
+    now, window = 1763837181.2531788, Window(17942872378262239245, "long")
+    user = UserActivity("u", -17942872376498401280)
+    index = HostIndex("h", Store.LASTLOG2, users=[user])
+    expected = count_host(HostData("h", Store.LASTLOG2, [user]), now=now, windows=[window])
+    assert index.counts(now=now, windows=[window]) == expected and expected.active == {"long": 1}
+
+
+@given(
+    initial=st.lists(st.floats(allow_nan=False), max_size=40),
+    changes=st.lists(st.one_of(st.floats(allow_nan=False), st.integers(0, 99)), max_size=80),
+    block=st.integers(1, 4),
+    threshold=st.floats(allow_nan=False),
+)
+def test_sorted_times_keep_a_sorted_multiset(
+    initial: list[float], changes: list[float | int], block: int, threshold: float
+) -> None:
+    times = SortedTimes(initial, block=block)
+    expected = sorted(initial)
+    for change in changes:
+        if isinstance(change, float):  # added
+            times.add(change)
+            expected.append(change)
+        elif expected:  # the time at this place (modulo) removed
+            time = expected[change % len(expected)]
+            times.remove(time)
+            expected.remove(time)
+        expected.sort()
+        assert list(times) == expected and len(times) == len(expected)
+        assert times.count_where(lambda t: t > threshold) == sum(t > threshold for t in expected)
+
+
+def test_a_user_set_again_with_one_fact_changed() -> None:
+    user = UserActivity("u", NOW - 2 * DAY, NOW - 3 * DAY, session_open=NOW - 2 * DAY)
+    changes = [
+        replace(user, last_active=NOW - 40 * DAY),
+        replace(user, registered=None),
+        replace(user, disabled=True),
+        replace(user, session_open=None),
+    ]
+    for connected in (NOBODY, ConnectedUsers(ConnectedMode.HEURISTIC, prosody_started=NOW - 3 * DAY)):
+        for changed in changes:
+            index = HostIndex("h", Store.LASTLOG2, connected, [user])
+            index.set(changed)
+            expected = count_host(
+                HostData("h", Store.LASTLOG2, [changed]), now=NOW, windows=DEFAULT_WINDOWS, connected=connected
+            )
+            assert index.counts(now=NOW, windows=DEFAULT_WINDOWS) == expected
 
 
 def test_connected_users_count_in_every_window_whatever_their_last_activity() -> None:
@@ -84,6 +205,30 @@ def test_users_age_out_without_any_update() -> None:
     assert index.counts(now=NOW, windows=windows)["example.com"].active == {"1d": 1}
     assert index.counts(now=NOW + 82799, windows=windows)["example.com"].active == {"1d": 1}
     assert index.counts(now=NOW + 82800, windows=windows)["example.com"].active == {"1d": 0}
+
+
+def test_a_host_grows_from_nothing_one_change_at_a_time() -> None:
+    index = ActivityIndex()
+    for number in range(1000):  # past several table resizes
+        index.update("example.com", Store.LASTLOG2, f"u{number}", UserActivity(f"u{number}", NOW - number * 3600))
+    counts = index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"]
+    assert (counts.accounts, counts.active) == (1000, {"1d": 24, "7d": 168, "30d": 720})
+
+
+def test_a_resync_updates_a_host_in_place_or_rebuilds_it() -> None:
+    index = ActivityIndex()
+    scan = [UserActivity(f"u{number}", NOW - number * 60, registered=NOW - DAY) for number in range(3000)]
+    index.replace_host("example.com", Store.LASTLOG2, scan)
+    rescan = [UserActivity(f"u{number}", NOW - number) for number in range(1000, 4000)]  # more than a chunk
+    index.replace_host("example.com", Store.LASTLOG2, rescan)
+    expected = count_host(HostData("example.com", Store.LASTLOG2, rescan), now=NOW, windows=DEFAULT_WINDOWS)
+    assert index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"] == expected
+    expected = count_host(HostData("example.com", Store.LASTLOG2, rescan[:10]), now=NOW, windows=DEFAULT_WINDOWS)
+    for _ in range(2):  # most users gone, then slots mostly of removed users: rebuilt
+        index.replace_host("example.com", Store.LASTLOG2, rescan[:10])
+        assert index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"] == expected
+    index.replace_host("example.com", Store.ACCOUNT_ACTIVITY, rescan[:10])  # another store: rebuilt
+    assert index.store_of("example.com") is Store.ACCOUNT_ACTIVITY
 
 
 def test_updates_hosts_and_tracked_users() -> None:
