@@ -1,22 +1,45 @@
-"""serve over HTTPS and behind basic auth, as Prometheus' `tls_config` and `basic_auth` scrape them."""
+"""serve's HTTP server: HTTPS and basic auth as Prometheus' `tls_config` and `basic_auth` scrape them, keep-alive
+connections and how stop() ends them, and /metrics bodies exactly as prometheus_client renders them."""
 
 from __future__ import annotations
 
 import base64
+import http.client
+import math
 import socket
 import ssl
 import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.http_server import load_credentials, load_tls
+from prosody_lastlog.http_server import SWITCH_INTERVAL, Exposition, MetricsServer, load_credentials, load_tls
+from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.windows import DEFAULT_WINDOWS
+
+ACCEPTS = [
+    "",
+    "text/plain;version=0.0.4",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+    "text/plain;version=1.0.0;escaping=dots",
+    "text/plain;version=1.0.0;escaping=values",
+    "application/openmetrics-text",
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",  # Prometheus 2
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8",
+    "application/openmetrics-text;version=2.0.0;escaping=underscores",
+]
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
@@ -80,3 +103,161 @@ def test_a_silent_client_does_not_block_others(secured: tuple[Daemon, ssl.SSLCon
     host, port = daemon.server.url.removeprefix("https://").split("/")[0].split(":")
     with socket.create_connection((host, int(port))):  # connects, never starts TLS
         assert fetch(daemon.server.url, context, "prometheus:s3cr3t pass") == 200
+
+
+class Values(Collector):
+    """Families whose values a test changes between scrapes."""
+
+    def __init__(self) -> None:
+        self.value = 1.0
+        self.host = "example.com"
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily("prosody_active_users", 'Help with "quotes", \\ and\na newline.', labels=["host"])
+        gauge.add_metric([self.host], self.value)
+        gauge.add_metric(["münchen.example"], 12)
+        counter = CounterMetricFamily("prosody_lastlog_read_problems", "Problems.", labels=["source", "reason"])
+        counter.add_metric(['files "/var/lib/prosody"\\x\ny', "syntax"], 3)
+        info = InfoMetricFamily("prosody_lastlog_build", "Build.")
+        info.add_metric([], {"version": "1.0"})
+        yield from (gauge, counter, info)
+
+
+def rendered_by_prometheus_client(registry: Collector, accept: str) -> tuple[str, bytes]:
+    encoder, content_type = choose_encoder(accept)
+    return content_type, encoder(registry)
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_metrics_bodies_are_prometheus_clients_own_as_values_change(accept: str) -> None:
+    values = Values()
+    exposition = Exposition(values)
+    for value in [1.0, 1.0, 2.0, 2, -0.0, 0.0, 0.0, math.nan, math.inf, 1e-7, 123456789.0]:
+        values.value = value
+        assert exposition.render(accept) == rendered_by_prometheus_client(values, accept), value
+    values.host = "other.example"
+    assert exposition.render(accept) == rendered_by_prometheus_client(values, accept)
+
+
+def test_samples_with_timestamps_are_rendered_every_time() -> None:
+    class Stamped(Collector):
+        stamp = 1.0
+
+        def collect(self) -> Iterable[Metric]:
+            gauge = GaugeMetricFamily("stamped", "Stamped.", labels=["host"])
+            gauge.add_metric(["a"], 1, timestamp=self.stamp)
+            yield gauge
+
+    stamped = Stamped()
+    exposition = Exposition(stamped)
+    for stamp in [1.0, 2.0, -0.0, 0.0]:
+        stamped.stamp = stamp
+        for accept in ["", "application/openmetrics-text"]:
+            assert exposition.render(accept) == rendered_by_prometheus_client(stamped, accept)
+
+
+def test_served_metrics_are_the_registrys(sample_tree: Path) -> None:
+    options = ServeOptions(port=0, as_of=1_700_000_000)
+    daemon = Daemon(
+        plan_sources(SourceOptions(data_dir=sample_tree), environ={}), windows=DEFAULT_WINDOWS, options=options
+    )
+    daemon.start()
+    try:
+        host, port = daemon.server.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        for accept in ACCEPTS * 2:
+            conn.request("GET", "/metrics", headers={"Accept": accept})
+            reply = conn.getresponse()
+            body = reply.read()
+            assert (reply.getheader("Content-Type"), body) == rendered_by_prometheus_client(daemon.registry, accept)
+        conn.close()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def plain_server() -> Iterator[MetricsServer]:
+    live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=[])
+    server = MetricsServer(Values(), live, host="127.0.0.1", port=0, max_age_seconds=60)
+    server.start()
+    yield server
+    server.stop()
+
+
+def connect(server: MetricsServer) -> http.client.HTTPConnection:
+    host, port = server.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+    return http.client.HTTPConnection(host, int(port), timeout=5)
+
+
+def test_a_connection_is_kept_for_the_next_request(plain_server: MetricsServer) -> None:
+    conn = connect(plain_server)
+    try:
+        statuses, sockets = [], set()
+        for path in ["/metrics", "/healthz", "/nope", "/", "/metrics"]:
+            conn.request("GET", path)
+            reply = conn.getresponse()
+            reply.read()
+            statuses.append(reply.status)
+            sockets.add(conn.sock)
+            assert reply.version == 11 and not reply.will_close
+        assert statuses == [200, 200, 404, 200, 200]
+        assert len(sockets) == 1  # no reconnection in between
+        conn.request("GET", "/metrics", headers={"Connection": "close"})
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == 200 and reply.will_close
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "request_head", [b"GET /metrics HTTP/1.0\r\n\r\n", b"GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /"]
+)
+def test_http_1_0_and_requests_with_a_body_get_their_reply_then_the_connection_closes(
+    plain_server: MetricsServer, request_head: bytes
+) -> None:
+    host, port = plain_server.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(request_head)
+        received = b""
+        while chunk := client.recv(65536):  # ends when the server closes
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 ") and received.count(b"HTTP/1.1") == 1
+    assert received.endswith(generate_latest(Values()))
+
+
+def test_the_switch_interval_is_lowered_while_any_server_serves() -> None:
+    live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=[])
+    first, second = (MetricsServer(Values(), live, host="127.0.0.1", port=0, max_age_seconds=60) for _ in range(2))
+    before = sys.getswitchinterval()
+    first.start()
+    second.start()
+    first.stop()
+    first.stop()
+    assert sys.getswitchinterval() <= SWITCH_INTERVAL
+    second.stop()
+    assert sys.getswitchinterval() == before
+
+
+def test_stop_ends_idle_keep_alive_connections_at_once(plain_server: MetricsServer) -> None:
+    conn = connect(plain_server)
+    conn.request("GET", "/metrics")
+    conn.getresponse().read()
+    started = time.monotonic()
+    plain_server.stop()  # its thread waits for this client's next request, for up to 10 s
+    assert time.monotonic() - started < 2
+    conn.close()
+
+
+def test_stop_ends_idle_keep_alive_tls_connections_at_once(secured: tuple[Daemon, ssl.SSLContext]) -> None:
+    daemon, context = secured
+    host, port = daemon.server.url.removeprefix("https://").split("/")[0].split(":")
+    conn = http.client.HTTPSConnection(host, int(port), timeout=5, context=context)
+    auth = "Basic " + base64.b64encode(b"prometheus:s3cr3t pass").decode()
+    for headers in [{}, {"Authorization": auth}]:  # a 401 keeps the connection too
+        conn.request("GET", "/metrics", headers=headers)
+        conn.getresponse().read()
+    started = time.monotonic()
+    daemon.server.stop()
+    assert time.monotonic() - started < 2
+    conn.close()
