@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from prosody_lastlog.pathnames import encode_name
-from prosody_lastlog.readers.files import MAX_FILE_SIZE, DataDirError, FileStoreReader
-from prosody_lastlog.records import Store
+from prosody_lastlog.readers import ReadResult, files
+from prosody_lastlog.readers.files import MAX_FILE_SIZE, MAX_WORKERS, DataDirError, FileStoreReader, default_workers
+from prosody_lastlog.records import ReadProblem, Store
 from tests.conftest import case_data
 
 
@@ -152,3 +157,124 @@ def test_progress_is_reported_per_batch(sample_tree: Path) -> None:
     result = FileStoreReader(sample_tree).read(progress=seen.append)
     assert seen and seen == sorted(seen)
     assert seen[-1] == sum(len(data.users) for data in result.hosts.values())
+
+
+@pytest.fixture
+def mixed_tree(tmp_path: Path) -> Path:
+    """Every kind of file at once: Prosody's own of every store, hostile ones, ones only the sandbox reads
+    (escapes, the pre-0.11 serializer), odd names, and a disabled account."""
+    tree = tmp_path / "data"
+    for case in ("hostile", "large", "lastlog_legacy", "account_activity"):
+        shutil.copytree(case_data(case), tree, dirs_exist_ok=True)
+    store = lastlog2_dir(tree, "big.example")
+    for index in range(40):
+        (store / f"old{index}.dat").write_bytes(b'return {\n["login"] = {\n["timestamp"] = %d,\n},\n};\n' % index)
+    (store / "odd.name.dat").write_bytes(b"return {};\n")
+    accounts = tree / "big%2eexample" / "accounts"
+    accounts.mkdir()
+    for index, path in enumerate(sorted(p for p in store.glob("*.dat") if p.name != "odd.name.dat")[:60]):
+        disabled = index % 7 == 0  # 9 of them
+        (accounts / path.name).write_bytes(
+            b'return {\n\t["disabled"] = %s;\n};\n' % (b"true" if disabled else b"false")
+        )
+    (accounts / "broken.dat").write_bytes(b"return { disabled = ")
+    (accounts / "empty.dat").write_bytes(b"")
+    return tree
+
+
+def same_read(a: ReadResult, b: ReadResult) -> None:
+    """The same records and problems, in the same order."""
+    assert list(a.hosts) == list(b.hosts)
+    for host, data in a.hosts.items():
+        assert (data.store, data.users) == (b.hosts[host].store, b.hosts[host].users)
+    assert a.problems == b.problems
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even a small tree is read by several processes, in many small parts."""
+    monkeypatch.setattr(files, "MIN_FILES_PER_WORKER", 1)
+    monkeypatch.setattr(files, "BATCH_SIZE", 4)
+    monkeypatch.setattr(files, "CHUNK", 12)
+
+
+@pytest.mark.usefixtures("small_parts")
+@pytest.mark.parametrize("workers", [2, 3])
+def test_processes_read_what_one_reads_in_the_same_order(mixed_tree: Path, workers: int) -> None:
+    seen_alone: list[int] = []
+    alone = FileStoreReader(mixed_tree, workers=1).read(seen_alone.append)
+    assert {p.kind for p in alone.problems} == {"empty", "invalid", "limit", "unexpected"}
+    assert sum(u.disabled for u in alone.hosts["big.example"].users) == 9
+    assert {"big%2eexample/accounts/broken.dat", "big%2eexample/accounts/empty.dat"} <= {
+        p.where for p in alone.problems
+    }
+    assert sum(u.user.startswith("old") for u in alone.hosts["big.example"].users) == 40
+    seen: list[int] = []
+    same_read(FileStoreReader(mixed_tree, workers=workers).read(seen.append), alone)
+    assert seen == sorted(seen) and seen[-1] == seen_alone[-1] > 2000
+
+
+def _refuse_to_start(process: multiprocessing.process.BaseProcess) -> None:
+    raise BlockingIOError(11, "Resource temporarily unavailable")
+
+
+@pytest.mark.usefixtures("small_parts")
+@pytest.mark.parametrize(
+    ("target", "name", "failure"),
+    [
+        (files, "_child", lambda share, sender: os._exit(1)),  # dies before sending anything
+        (multiprocessing.process.BaseProcess, "start", _refuse_to_start),  # never starts
+    ],
+)
+def test_a_failed_process_has_its_share_read_here(
+    mixed_tree: Path, monkeypatch: pytest.MonkeyPatch, target: object, name: str, failure: object
+) -> None:
+    alone = FileStoreReader(mixed_tree, workers=1).read()
+    monkeypatch.setattr(target, name, failure)
+    same_read(FileStoreReader(mixed_tree, workers=3).read(), alone)
+
+
+@pytest.fixture
+def another_thread() -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+
+
+@pytest.mark.usefixtures("another_thread")
+def test_with_other_threads_running_the_processes_come_from_a_clean_server(
+    mixed_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "MIN_FILES_PER_WORKER", 1)  # this process's setting only: the children's are fresh
+    alone = FileStoreReader(mixed_tree, workers=1).read()
+    same_read(FileStoreReader(mixed_tree, workers=2).read(), alone)
+
+
+def test_one_user_read_again_is_read_as_in_the_whole_scan(mixed_tree: Path) -> None:
+    reader = FileStoreReader(mixed_tree)
+    result = reader.read()
+    for host, data in result.hosts.items():
+        for user in data.users:
+            problems: list[ReadProblem] = []
+            assert reader.read_user(host, data.store, user.user, problems) == user
+            assert set(problems) <= set(result.problems)
+
+
+def test_default_workers_are_the_usable_cpus_within_a_cap() -> None:
+    assert 1 <= default_workers() <= min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+
+
+def test_the_garbage_collector_is_paused_while_reading_only(sample_tree: Path) -> None:
+    during: list[bool] = []
+    FileStoreReader(sample_tree).read(lambda _: during.append(gc.isenabled()))
+    assert during and not any(during)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        FileStoreReader(sample_tree).read()
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()
