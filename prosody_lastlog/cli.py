@@ -27,7 +27,7 @@ from prosody_lastlog.discovery import DEFAULT_DATA_DIR, Plan, SourceOptions, pla
 from prosody_lastlog.http_server import DEFAULT_PORT, load_credentials, load_tls
 from prosody_lastlog.prosody_config import ConfigError
 from prosody_lastlog.prosody_server import ConnectedProbe, Detection
-from prosody_lastlog.readers.files import DataDirError
+from prosody_lastlog.readers.files import MAX_WORKERS, DataDirError
 from prosody_lastlog.readers.sql import METHODS
 from prosody_lastlog.records import ReadProblem, Store
 from prosody_lastlog.report import render_json, render_prometheus, render_table, to_json_document
@@ -121,6 +121,18 @@ def _add_source_options(command: argparse.ArgumentParser) -> None:
         default="auto",
         help="count in the database (pushdown), by reading rows (stream), or pushdown with fallback (auto, default)",
     )
+    source.add_argument(
+        "--scan-workers",
+        type=_positive_int,
+        metavar="N",
+        help=f"processes reading a large file store at once (default: the CPUs, at most {MAX_WORKERS}; 1: this one)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 def _add_counting_options(command: argparse.ArgumentParser) -> None:
@@ -229,6 +241,7 @@ def _source_options(args: argparse.Namespace) -> SourceOptions:
         hosts=args.host,
         store=Store(args.store) if args.store else None,
         count_disabled=args.count_disabled,
+        scan_workers=args.scan_workers,
         admin_socket=args.admin_socket,
         pidfile=args.pidfile,
     )

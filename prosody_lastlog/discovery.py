@@ -33,6 +33,7 @@ class SourceOptions:
     hosts: Collection[str] = ()
     store: Store | None = None
     count_disabled: bool = False
+    scan_workers: int | None = None  # processes reading the file store; None: FileStoreReader's default
     admin_socket: Path | None = None  # where to ask the running Prosody; default from the config or data dir
     pidfile: Path | None = None  # the running Prosody's pidfile; default from the config, else the usual places
 
@@ -78,7 +79,13 @@ def plan_sources(options: SourceOptions, *, environ: Mapping[str, str]) -> Plan:
         log.info("no Prosody config found; reading the file store in %s", data_dir)
     else:
         log.info("reading Prosody's file store in %s", data_dir)
-    files = FileSource(data_dir, hosts=options.hosts, store=options.store, count_disabled=options.count_disabled)
+    files = FileSource(
+        data_dir,
+        hosts=options.hosts,
+        store=options.store,
+        count_disabled=options.count_disabled,
+        workers=options.scan_workers,
+    )
     return Plan([files], server=_server(options, admin_socket=data_dir / "prosody.sock", pidfile=None))
 
 
@@ -125,7 +132,13 @@ def _plan_from_config(config_path: Path, options: SourceOptions, *, environ: Map
         plan.known_hosts.append((host, store))
     for store, hosts in file_hosts.items():
         plan.sources.append(
-            FileSource(config.data_path, hosts=hosts, store=store, count_disabled=options.count_disabled)
+            FileSource(
+                config.data_path,
+                hosts=hosts,
+                store=store,
+                count_disabled=options.count_disabled,
+                workers=options.scan_workers,
+            )
         )
     for (sql, store), hosts in sql_hosts.items():
         plan.sources.append(

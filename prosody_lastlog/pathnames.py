@@ -30,10 +30,10 @@ def decode_name(encoded: str) -> str | None:
     Prosody leaves only ASCII letters and digits bare and writes everything else as %xx; the bytes must be
     UTF-8. Names arrive from os.scandir, where undecodable bytes are surrogate escapes.
     """
+    if encoded.isascii() and encoded.isalnum():  # the common case, and faster than the pattern
+        return encoded
     if not _ENCODED.fullmatch(encoded):
         return None
-    if "%" not in encoded:
-        return encoded
     try:
         return unquote_to_bytes(encoded).decode("utf-8")
     except UnicodeDecodeError:

@@ -14,9 +14,10 @@ class Store(StrEnum):
     LASTLOG = "lastlog"  # the older prosody-modules mod_lastlog
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserActivity:
-    """One account's last-activity facts, as times in Unix seconds."""
+    """One account's last-activity facts, as times in Unix seconds; never changed once made (not frozen only
+    because a scan makes one per account, and a frozen one takes four times as long to make)."""
 
     user: str
     last_active: float | None

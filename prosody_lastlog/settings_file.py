@@ -59,6 +59,12 @@ def _duration(value: object) -> object:
     return value
 
 
+def _positive_int(value: object) -> object:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
 def _one_of(*choices: str) -> Callable[[object], object]:
     def check(value: object) -> object:
         if value not in choices:
@@ -85,6 +91,7 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "windows": ("window", _windows),
     "store": ("store", _one_of(*(s.value for s in Store))),
     "count_disabled": ("count_disabled", _flag),
+    "scan_workers": ("scan_workers", _positive_int),
     "totals_only": ("totals_only", _flag),
     "compat_metrics": ("compat_metrics", _flag),
     "listen": ("listen", _text),

@@ -52,13 +52,18 @@ class FileSource:
     hosts: Collection[str] = ()
     store: Store | None = None
     count_disabled: bool = False
+    workers: int | None = None  # processes reading at once; None: FileStoreReader's default
     name: str = field(init=False)
     reader: FileStoreReader = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.name = f"files {self.data_dir}" + (f" ({self.store.value})" if self.store else "")
         self.reader = FileStoreReader(
-            self.data_dir, hosts=self.hosts, store=self.store, count_disabled=self.count_disabled
+            self.data_dir,
+            hosts=self.hosts,
+            store=self.store,
+            count_disabled=self.count_disabled,
+            workers=self.workers,
         )
 
     def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:

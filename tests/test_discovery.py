@@ -113,3 +113,14 @@ def test_where_the_running_prosody_is_asked(tmp_path: Path) -> None:
     assert data_dir.admin_socket == tmp_path / "prosody.sock" and Path("/run/prosody/prosody.pid") in data_dir.pidfiles
     given = SourceOptions(data_dir=tmp_path, admin_socket=tmp_path / "x.sock", pidfile=tmp_path / "p.pid")
     assert plan_sources(given, environ={}).server == ProsodyServer(tmp_path / "x.sock", (tmp_path / "p.pid",))
+
+
+def test_scan_workers_reach_every_file_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_tree(tmp_path, "")
+    for options in (SourceOptions(config=config, scan_workers=3), SourceOptions(data_dir=tmp_path, scan_workers=3)):
+        sources = plan_sources(options, environ={}).sources
+        assert sources and all(isinstance(s, FileSource) and s.workers == 3 for s in sources)
+    with pytest.raises(SystemExit) as exited:
+        main(["count", "--data-dir", str(tmp_path), "--scan-workers", "0"])
+    assert exited.value.code == 2
+    assert "--scan-workers: expected a whole number of at least 1, not '0'" in capsys.readouterr().err

@@ -22,8 +22,12 @@ SAMPLE_NOW = json.loads((case_data("sample").parent / "expected.json").read_text
 
 def test_settings_map_to_options(tmp_path: Path) -> None:
     path = tmp_path / "settings.toml"
-    path.write_text('data_dir = "/srv/prosody"\nwindows = ["1d", "90d"]\ntotals_only = true\nsql_interval = "2m"\n')
+    path.write_text(
+        'data_dir = "/srv/prosody"\nwindows = ["1d", "90d"]\ntotals_only = true\n'
+        'sql_interval = "2m"\nscan_workers = 2\n'
+    )
     assert read_settings_file(path) == {
+        "scan_workers": 2,
         "data_dir": Path("/srv/prosody"),
         "window": ["1d", "90d"],
         "totals_only": True,
@@ -33,11 +37,11 @@ def test_settings_map_to_options(tmp_path: Path) -> None:
 
 def test_every_problem_is_reported_at_once_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "settings.toml"
-    path.write_text('windows = ["1y"]\npolling = "yes"\nstore = "roster"\ncolour = "blue"\n')
+    path.write_text('windows = ["1y"]\npolling = "yes"\nstore = "roster"\ncolour = "blue"\nscan_workers = 0\n')
     with pytest.raises(SettingsError) as raised:
         read_settings_file(path)
     lines = str(raised.value).splitlines()
-    assert [line.split(": ")[1] for line in lines] == ["windows", "polling", "store", "colour"]
+    assert [line.split(": ")[1] for line in lines] == ["windows", "polling", "store", "colour", "scan_workers"]
 
 
 def test_flags_win_over_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
