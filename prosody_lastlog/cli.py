@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(verbose=args.verbose, daemon=args.command == "serve")
     try:
-        args = _with_settings_file(args)
+        args = _with_settings_file(args, argv)
     except SettingsError as exc:
         return _settings_error(exc)
     problems = _usage_problems(args)
@@ -204,16 +204,28 @@ def _settings_error(exc: Exception) -> int:
     return 2
 
 
-def _with_settings_file(args: argparse.Namespace) -> argparse.Namespace:
-    """Fills every option not given on the command line from --config-file."""
+def _with_settings_file(args: argparse.Namespace, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Fills every option not given on the command line from --config-file (an option given wins, even when
+    given its default value)."""
     if args.config_file is None:
         return args
-    defaults = vars(build_parser().parse_args([args.command]))
+    given = vars(_parser_without_defaults().parse_args(argv))
     merged = vars(args).copy()
     for destination, value in read_settings_file(args.config_file).items():
-        if destination in merged and merged[destination] == defaults[destination]:
+        if destination in merged and destination not in given:
             merged[destination] = value
     return argparse.Namespace(**merged)
+
+
+def _parser_without_defaults() -> argparse.ArgumentParser:
+    """The parser, its options without defaults: it parses to the options the command line gives."""
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                for option in command._actions:
+                    option.default = argparse.SUPPRESS
+    return parser
 
 
 def _usage_problems(args: argparse.Namespace) -> list[str]:
@@ -333,7 +345,7 @@ def _start_daemon(args: argparse.Namespace, plan: Plan | None = None) -> Daemon:
 def _reload(running: Daemon, old_args: argparse.Namespace, argv: Sequence[str] | None) -> Daemon:
     """SIGHUP: re-reads the settings file and the Prosody config; a bad new config leaves the old one running."""
     try:
-        args = _with_settings_file(build_parser().parse_args(argv))
+        args = _with_settings_file(build_parser().parse_args(argv), argv)
         problems = _usage_problems(args)
         if problems:
             raise ValueError("; ".join(problems))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog.cli import main
+from prosody_lastlog.cli import _with_settings_file, build_parser, main
 from prosody_lastlog.settings_file import SettingsError, read_settings_file
 from tests.conftest import case_data
 from tests.integration.servers import free_port
@@ -112,3 +112,11 @@ def test_sighup_reloads_and_a_bad_reload_keeps_running(sample_tree: Path, tmp_pa
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_a_flag_given_its_default_value_still_wins(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(f'data_dir = "{case_data("sample")}"\nsql_method = "stream"\nwindows = ["1d"]\n')
+    argv = ["serve", "--config-file", str(path), "--sql-method", "auto"]  # auto: the default
+    merged = _with_settings_file(build_parser().parse_args(argv), argv)
+    assert merged.sql_method == "auto" and merged.data_dir == case_data("sample") and merged.window == ["1d"]
