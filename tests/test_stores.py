@@ -55,6 +55,7 @@ def test_lastlog2_component_rooms_are_never_active_and_not_odd() -> None:
         ({"login": {"timestamp": True}, "logout": {"timestamp": 7}}, "'login' timestamp is a boolean"),
         ({"login": {"timestamp": float("inf")}, "logout": {"timestamp": 7}}, "'login' timestamp is not finite"),
         ({"login": {"timestamp": float("nan")}, "logout": {"timestamp": 7}}, "'login' timestamp is not finite"),
+        ({"login": {"timestamp": 10**400}, "logout": {"timestamp": 7}}, "'login' timestamp is out of range"),
     ],
 )
 def test_lastlog2_odd_entries_are_named_and_skipped(record: dict[str, object], oddity: str) -> None:

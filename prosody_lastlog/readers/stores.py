@@ -73,6 +73,9 @@ def _event_time(record: dict[object, PlainValue], key: str, oddities: list[str])
     return _timestamp(entry, "timestamp", oddities, context=f"'{key}'")
 
 
+_INT64 = 2**63  # Lua's integers are 64-bit
+
+
 def _timestamp(
     record: dict[object, PlainValue], key: str, oddities: list[str], *, context: str = "record"
 ) -> float | None:
@@ -81,6 +84,9 @@ def _timestamp(
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         oddities.append(f"{context} timestamp is {_type_name(value)}, not a number")
+        return None
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:  # JSON from SQL: no float holds it
+        oddities.append(f"{context} timestamp is out of range")
         return None
     if not math.isfinite(value):
         oddities.append(f"{context} timestamp is not finite")
