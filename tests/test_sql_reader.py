@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prosody_lastlog.database import DatabaseError, SqlSettings, parse_sql_url
+from prosody_lastlog.readers import sql_queries as queries
 from prosody_lastlog.readers.sql import SqlReader
 from prosody_lastlog.records import Store
 from prosody_lastlog.windows import DEFAULT_WINDOWS, parse_windows
@@ -62,10 +63,11 @@ def server_dsn(server: SqlServer) -> str:
 
 
 def lastlog2(host: str, user: str, key: str, timestamp: float, ip: str | None = None) -> Row:
+    """A lastlog2 row; with an integer timestamp, in the canonical text Prosody's util.json writes."""
     value: dict[str, object] = {"timestamp": timestamp}
     if ip:
         value["ip"] = ip
-    return (host, user, "lastlog2", key, "json", json.dumps(value))
+    return (host, user, "lastlog2", key, "json", json.dumps(value, separators=(",", ":")))
 
 
 BASIC_ROWS: list[Row] = [
@@ -124,7 +126,9 @@ def test_odd_rows_fall_back_to_streaming_and_are_named(engine: str, request: pyt
 # Rows as Prosody writes them, with the real-world oddities: duplicates, `1.0` numbers, "" keyval rows,
 # component rows, disabled accounts, and sometimes a row no engine can check.
 hosts = st.sampled_from(["a.example", "b.example"])
-users = st.sampled_from(["u1", "u2", "u3", "Ü4", "u5"])
+# Over 64 bytes: MariaDB/MySQL cannot key such a user exactly and must leave its host to the stream.
+LONG_USER = "l" * 40 + "ö" * 20
+users = st.sampled_from(["u1", "u2", "u3", "Ü4", "u5", LONG_USER])
 stamps = st.one_of(st.integers(NOW - 60 * DAY, NOW + DAY), st.floats(NOW - 60 * DAY, NOW, allow_nan=False))
 
 
@@ -136,6 +140,51 @@ def lua_tostring(value: float) -> str:
     return text + ".0" if text.lstrip("-").isdigit() else text
 
 
+def prosody_json(timestamp: int, ip: str | None, ip_first: bool) -> str:
+    """A lastlog2 value as Prosody's util.json writes it: no spaces, keys in hash order."""
+    members = [f'"timestamp":{timestamp}'] + ([f'"ip":"{ip}"'] if ip is not None else [])
+    return "{" + ",".join(reversed(members) if ip_first else members) + "}"
+
+
+# The edges of Prosody's canonical form (MariaDB/MySQL read it with string functions), then text close to
+# it that is not it: every engine must read that as Python's json does, or leave the host to the stream.
+CANONICAL_EDGES = [
+    '{"timestamp":999999999999999}',
+    '{"timestamp":0}',
+    '{"timestamp":1763890000.25}',
+    '{"ip":"::1","timestamp":17,"ip":"::2"}',
+]
+NEAR_CANONICAL_JSON = [
+    '{"timestamp":0123}',  # a leading zero: not JSON
+    '{"timestamp":1234567890123456}',  # 16 digits: 1e15 or more
+    '{"timestamp":-5}',
+    '{"timestamp":1.}',
+    '{"timestamp":.5}',
+    '{"timestamp":1e9}',
+    '{"timestamp":"1700000000"}',
+    '{"TIMESTAMP":1763890000}',
+    '{"Timestamp":1763890000}',
+    '{"timestamp":1763890000,"timestamp":1}',
+    '{"timestamp": 1763890000}',
+    '{"timestamp":1763890000}\n',
+    ' {"timestamp":1763890000}',
+    '{"timestamp":1763890000,"ip":"a\\"b"}',
+    '{"timestamp":1763890000,"ip":"a\\u0041"}',
+    '{"timestamp":1763890000,"ip":"ä"}',
+    '{"timestamp":1763890000,"ip":1}',
+    '{"timestamp":1763890000,"ipx":"1"}',
+    '{"timestamp":1763890000,}',
+    '{"timestamp":[1763890000]}',
+    '{"timestamp":1763890000',
+    # MariaDB's JSON functions get these wrong: it accepts the first two and reads the first of duplicate keys.
+    '{"timestamp":1763890000,"ip":"\\x41"}',
+    '{"timestamp":1763890000,"a":5.}',
+    '{"timestamp":1763890000, "timestamp":1}',
+    '{"timestamp":1,"time\\u0073tamp":1763890000}',
+]
+CANONICAL_NUMBERS = ["1763890000", "1763890000.0", "0", "999999999999999.5"]
+NEAR_CANONICAL_NUMBER = ["01", "1e3", "-5", " 5", "5 ", "1.", ".5", "0x10", "1234567890123456", ""]
+
 row_strategy = st.one_of(
     st.builds(
         lastlog2,
@@ -144,7 +193,29 @@ row_strategy = st.one_of(
         st.sampled_from(["login", "logout", "registered"]),
         stamps,
     ),
+    st.builds(
+        lambda h, u, k, t, ip, first: (h, u, "lastlog2", k, "json", prosody_json(t, ip, first)),
+        hosts,
+        users,
+        st.sampled_from(["login", "logout", "registered"]),
+        st.integers(NOW - 60 * DAY, NOW + DAY),
+        st.sampled_from([None, "192.0.2.1", "2001:db8::1", ""]),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda h, u, k, v: (h, u, "lastlog2", k, "json", v),
+        hosts,
+        users,
+        st.sampled_from(["login", "logout", "registered"]),
+        st.sampled_from(CANONICAL_EDGES + NEAR_CANONICAL_JSON),
+    ),
     st.builds(lambda h, u, t: (h, u, "account_activity", "timestamp", "number", lua_tostring(t)), hosts, users, stamps),
+    st.builds(
+        lambda h, u, v: (h, u, "account_activity", "timestamp", "number", v),
+        hosts,
+        users,
+        st.sampled_from(NEAR_CANONICAL_NUMBER),
+    ),
     st.builds(lambda h, u, t: (h, u, "lastlog", "timestamp", "number", lua_tostring(t)), hosts, users, stamps),
     st.builds(
         lambda h, u, e: (h, u, "lastlog", "event", "string", e),
@@ -160,12 +231,15 @@ row_strategy = st.one_of(
 window_sets = st.lists(st.sampled_from(["1h", "1d", "2d", "7d", "30d", "90d"]), min_size=1, max_size=4)
 
 
+parts = st.integers(1, 3)  # accounts counted in this many partitions at once (PostgreSQL, MariaDB)
+
+
 def _assert_pushdown_equals_stream(
-    settings_: SqlSettings, connection: Any, rows: list[Row], windows: list[str]
+    settings_: SqlSettings, connection: Any, rows: list[Row], windows: list[str], parts: int
 ) -> None:
     prosody_table.replace_rows(connection, settings_.driver, rows)
     parsed = parse_windows(windows)
-    pushed = SqlReader(settings_, method="auto").count(now=NOW, windows=parsed)
+    pushed = SqlReader(settings_, method="auto", parts=parts).count(now=NOW, windows=parsed)
     streamed = SqlReader(settings_, method="stream").count(now=NOW, windows=parsed)
     assert pushed.counts == streamed.counts
 
@@ -175,23 +249,75 @@ def _assert_pushdown_equals_stream(
 def test_pushdown_equals_streaming_sqlite(
     sqlite_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str]
 ) -> None:
-    _assert_pushdown_equals_stream(*sqlite_db, rows, windows)
+    _assert_pushdown_equals_stream(*sqlite_db, rows, windows, 1)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets)
+@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets, parts=parts)
 def test_pushdown_equals_streaming_postgres(
-    postgres_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str]
+    postgres_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str], parts: int
 ) -> None:
-    _assert_pushdown_equals_stream(*postgres_db, rows, windows)
+    _assert_pushdown_equals_stream(*postgres_db, rows, windows, parts)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets)
+@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets, parts=parts)
 def test_pushdown_equals_streaming_mysql(
-    mysql_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str]
+    mysql_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str], parts: int
 ) -> None:
-    _assert_pushdown_equals_stream(*mysql_db, rows, windows)
+    _assert_pushdown_equals_stream(*mysql_db, rows, windows, parts)
+
+
+# CANONICAL_MEMBER in Python's dialect of regular expressions (no global (?-i), \Z for \z).
+PYTHON_CANONICAL = queries.CANONICAL_MEMBER.removeprefix("(?-i)").replace("\\z", "\\Z")
+
+
+@given(st.from_regex(PYTHON_CANONICAL, fullmatch=True))
+def test_canonical_text_is_json_holding_the_timestamp_it_shows(text: str) -> None:
+    """What MariaDB/MySQL read with string functions is exactly what a JSON parser reads."""
+    value = json.loads(text)
+    assert set(value) <= {"timestamp", "ip"} and type(value["timestamp"]) in (int, float)
+    assert 0 <= value["timestamp"] < 1e15
+    shown = text.rsplit('"timestamp":', 1)[1].split(",", 1)[0].split("}", 1)[0]  # the three SUBSTRING_INDEX
+    assert float(shown) == value["timestamp"]
+
+
+def test_mysql_reads_prosody_canonical_text_with_string_functions(mysql_db: tuple[SqlSettings, Any]) -> None:
+    _, connection = mysql_db
+    canonical = [prosody_json(1763890000, ip, bool(f)) for ip in (None, "192.0.2.1", "2001:db8::1") for f in (0, 1)]
+    canonical += CANONICAL_EDGES
+    with connection.cursor() as cursor:
+        for text, expected in [*((t, 1) for t in canonical), *((t, 0) for t in NEAR_CANONICAL_JSON)]:
+            cursor.execute("SELECT CAST(%s AS CHAR CHARACTER SET utf8mb4) REGEXP %s", (text, queries.CANONICAL_MEMBER))
+            assert cursor.fetchone() == (expected,), text
+        for text, expected in [*((t, 1) for t in CANONICAL_NUMBERS), *((t, 0) for t in NEAR_CANONICAL_NUMBER)]:
+            cursor.execute("SELECT CAST(%s AS CHAR CHARACTER SET utf8mb4) REGEXP %s", (text, queries.CANONICAL_NUMBER))
+            assert cursor.fetchone() == (expected,), text
+
+
+@pytest.mark.parametrize("engine", ["sqlite_db", "postgres_db", "mysql_db"])
+def test_text_near_the_canonical_form_counts_as_streamed(engine: str, request: pytest.FixtureRequest) -> None:
+    settings_, connection = request.getfixturevalue(engine)
+    cases = [[lastlog2("a.example", "u", "registered", NOW - DAY)]]
+    cases += [[("a.example", "u", "lastlog2", "login", "json", text)] for text in CANONICAL_EDGES + NEAR_CANONICAL_JSON]
+    numbers = CANONICAL_NUMBERS + NEAR_CANONICAL_NUMBER
+    cases += [[("a.example", "u", "account_activity", "timestamp", "number", text)] for text in numbers]
+    for rows in cases:
+        prosody_table.replace_rows(connection, settings_.driver, rows)
+        pushed = SqlReader(settings_).count(now=NOW, windows=DEFAULT_WINDOWS)
+        streamed = SqlReader(settings_, method="stream").count(now=NOW, windows=DEFAULT_WINDOWS)
+        assert pushed.counts == streamed.counts, rows
+
+
+def test_a_host_name_too_long_to_key_streams_every_host_on_mysql(mysql_db: tuple[SqlSettings, Any]) -> None:
+    settings_, connection = mysql_db
+    long_host = "h" * 60 + ".example"
+    rows = [*BASIC_ROWS, lastlog2(long_host, "ann", "login", NOW - 60)]
+    prosody_table.replace_rows(connection, settings_.driver, rows)
+    pushed = SqlReader(settings_).count(now=NOW, windows=DEFAULT_WINDOWS)
+    assert set(pushed.methods.values()) == {"stream"}
+    assert pushed.counts[long_host].active["1d"] == 1
+    assert pushed.counts == SqlReader(settings_, method="stream").count(now=NOW, windows=DEFAULT_WINDOWS).counts
 
 
 def test_unreachable_server_is_named_without_password() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import replace
-from itertools import groupby
+from dataclasses import dataclass, replace
+from functools import partial
+from itertools import chain, groupby
 from typing import Any
 
 from prosody_lastlog.counting import HostCounts, count_hosts
@@ -22,6 +24,9 @@ from prosody_lastlog.windows import Window
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "pushdown", "stream")
+# PostgreSQL and MariaDB count the accounts in this many hash partitions at once, each on its own connection
+# (a server process each); the per-account grouping, most of the work, is then spread over the server's cores.
+PARTS = 2
 
 
 class SqlReader:
@@ -35,6 +40,7 @@ class SqlReader:
         store: Store | None = None,
         count_disabled: bool = False,
         method: str = "auto",
+        parts: int = PARTS,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown SQL counting method {method!r}")
@@ -43,6 +49,7 @@ class SqlReader:
         self._forced_store = store
         self._count_disabled = count_disabled
         self._method = method
+        self._parts = max(1, parts)
 
     def read(self) -> ReadResult:
         """Streams every row of the chosen store per host into activity records."""
@@ -68,14 +75,15 @@ class SqlReader:
     def _supports_pushdown(self, connection: Connection) -> bool:
         dialect = queries.DIALECTS[connection.settings.driver]
         try:
-            connection.query(dialect.probe)
+            connection.query(dialect.probe, dialect.patterns)
         except connection.errors as exc:
             if self._method == "pushdown":
                 raise DatabaseError(
-                    f"{connection.settings.describe()} has no JSON functions: {first_line(exc)}"
+                    f"{connection.settings.describe()} lacks the JSON or regular expression functions counting "
+                    f"needs: {first_line(exc)}"
                 ) from exc
             log.info(
-                "%s has no JSON functions (%s); counting by streaming rows",
+                "%s lacks the JSON or regular expression functions counting needs (%s); counting by streaming rows",
                 connection.settings.describe(),
                 first_line(exc),
             )
@@ -86,16 +94,25 @@ class SqlReader:
         self, connection: Connection, result: SourceCount, *, now: int, windows: Sequence[Window]
     ) -> list[str] | None:
         """Fills `result` from the aggregate query; returns the hosts to stream instead (None: all of them)."""
-        sql, params = queries.aggregate(
-            queries.DIALECTS[connection.settings.driver],
-            hosts=self._hosts,
-            now=now,
-            windows=[w.seconds for w in windows],
-            check_disabled=not self._count_disabled,
-        )
+        seconds = sorted({w.seconds for w in windows})
+        dialect = queries.DIALECTS[connection.settings.driver]
+        parts = self._parts if dialect.partition else 1
+        statements = [
+            queries.aggregate(
+                dialect,
+                hosts=self._hosts,
+                now=now,
+                windows=seconds,
+                check_disabled=not self._count_disabled,
+                part=(index, parts),
+            )
+            for index in range(parts)
+        ]
+        failures: tuple[type[Exception], ...] = (DatabaseError, *connection.errors)
         try:
-            rows = connection.query(sql, params)
-        except connection.errors as exc:
+            with ThreadPoolExecutor(max_workers=parts) as pool:
+                answers = list(pool.map(partial(self._aggregate, dialect), statements))
+        except failures as exc:
             # E.g. PostgreSQL meeting text that is not JSON: the stream reports the rows at fault.
             log.warning(
                 "%s: counting in the database failed (%s); streaming rows instead, -v names bad rows",
@@ -103,28 +120,46 @@ class SqlReader:
                 first_line(exc),
             )
             return None
-        by_host: dict[str, dict[Store, tuple[Any, ...]]] = {}
-        for row in rows:
-            by_host.setdefault(row[0], {})[Store(row[1])] = row[2:]
+        positions = [seconds.index(w.seconds) for w in windows]
+        tallies = _tally(chain.from_iterable(answers), len(dialect.host_key), positions)
+        if tallies is None:
+            log.info(
+                "%s has a host name too long to key in the database; streaming rows", connection.settings.describe()
+            )
+            return None
         fallback = []
-        for host, per_store in by_host.items():
+        for host, per_store in tallies.items():
             store = self._choose(per_store.keys())
             if store is None:
                 continue
-            accounts, suspect, disabled, never, future, *rest = (int(n or 0) for n in per_store[store])
-            if suspect:
+            tally = per_store[store]
+            if tally.suspect:
                 fallback.append(host)
                 continue
             labels = [w.label for w in windows]
-            active, registered = (
-                dict(zip(labels, rest[: len(windows)], strict=True)),
-                dict(zip(labels, rest[len(windows) :], strict=True)),
+            result.counts[host] = HostCounts(
+                store,
+                tally.accounts,
+                tally.never,
+                tally.disabled,
+                tally.future,
+                dict(zip(labels, tally.active, strict=True)),
+                dict(zip(labels, tally.registered, strict=True)),
             )
-            result.counts[host] = HostCounts(store, accounts, never, disabled, future, active, registered)
             result.methods[host] = "pushdown"
         if fallback:
             log.info("%d host(s) have rows the database cannot check; streaming those", len(fallback))
         return fallback
+
+    def _aggregate(self, dialect: queries.Dialect, statement: tuple[str, tuple[object, ...]]) -> list[tuple[Any, ...]]:
+        """One part of the aggregate, on a connection of its own whose session settings die with it."""
+        connection = connect(self._settings)
+        try:
+            for setting in dialect.session:
+                connection.query(setting)
+            return connection.query(*statement)
+        finally:
+            connection.close()
 
     def _choose(self, present: Iterable[Store]) -> Store | None:
         available = set(present)
@@ -214,6 +249,57 @@ def _rank(value: PlainValue) -> tuple[int, float, str]:
     if isinstance(value, str):
         return (1, 0.0, value)
     return (0, 0.0, "")
+
+
+@dataclass
+class _Tally:
+    """One host's store, summed from the aggregate's rows; `active`/`registered` per window."""
+
+    active: list[int]
+    registered: list[int]
+    accounts: int = 0
+    suspect: int = 0
+    disabled: int = 0
+    never: int = 0
+    future: int = 0
+
+
+def _tally(
+    rows: Iterable[Sequence[Any]], host_columns: int, positions: Sequence[int]
+) -> dict[str, dict[Store, _Tally]] | None:
+    """Sums `sql_queries.aggregate`'s rows per host and store; `positions[i]` is window i's index among the
+    query's ascending windows. None when a host name could not be keyed."""
+    tallies: dict[str, dict[Store, _Tally]] = {}
+    for row in rows:
+        host = _host_name(row[:host_columns])
+        if host is None:
+            return None
+        code, suspect, disabled, last_class, future, registered_class, count = (int(n) for n in row[host_columns:])
+        per_store = tallies.setdefault(host, {})
+        store = Store(queries.STORES[code - 1])
+        tally = per_store.setdefault(store, _Tally([0] * len(positions), [0] * len(positions)))
+        tally.accounts += count
+        tally.suspect += count if suspect else 0
+        for i, position in enumerate(positions):
+            # A class is the shortest window the time is within; -1 is no time at all.
+            tally.registered[i] += count if 0 <= registered_class <= position else 0
+        if disabled:
+            tally.disabled += count
+        elif last_class < 0:
+            tally.never += count
+        else:
+            tally.future += count if future else 0
+            for i, position in enumerate(positions):
+                tally.active[i] += count if last_class <= position else 0
+    return tallies
+
+
+def _host_name(key: Sequence[Any]) -> str | None:
+    """A host from its key: the name itself, or (MariaDB/MySQL) a zero-padded binary copy and its length."""
+    if len(key) == 1:
+        return str(key[0])
+    padded, length = bytes(key[0]), int(key[1])
+    return padded[:length].decode() if length <= len(padded) else None
 
 
 @contextmanager

@@ -13,53 +13,109 @@ from dataclasses import dataclass
 from prosody_lastlog.records import Store
 
 STORES = tuple(store.value for store in Store)
+# A per-user maximum at or above this marks a suspect row: real timestamps are below 1e15.
+SUSPECT = "1e300"
+# Session memory for a count's per-account grouping, about 210 bytes per account (spread over the parts) on
+# PostgreSQL and MariaDB; the engines take it as the accounts need it, and spill to disk beyond it.
+PG_WORK_MEM = "256MB"
+MYSQL_TMP_TABLE = 1 << 30
+
+# The canonical text Prosody writes (util.json for a lastlog2 value, Lua's tostring for a number), matched
+# whole and case-sensitively: whatever matches is valid JSON holding that timestamp, a number below 1e15.
+_IP = '"ip":"[0-9A-Za-z.:_-]*"'
+_NUMBER = "(0|[1-9][0-9]{0,14})([.][0-9]+)?"
+CANONICAL_MEMBER = f'(?-i)^[{{]({_IP},)?"timestamp":{_NUMBER}(,{_IP})?[}}]\\z'
+CANONICAL_NUMBER = f"(?-i)^{_NUMBER}\\z"
 
 
 @dataclass(frozen=True)
 class Dialect:
-    """How one engine reads a JSON number out of a text column: parse once, then test and convert."""
+    """How one engine reads a JSON number out of a text column, and keys rows by account."""
 
     name: str
-    field: str  # {v}: the column; its JSON object's "timestamp" member, NULL if the text is not JSON
-    whole: str  # {v}: the column; the whole text as a JSON value, NULL if it is not JSON
-    is_number: str  # {x}: a value from `field`/`whole`; true when it is a JSON number
-    is_small: str  # {x}: a JSON number; true when below 1e15 in magnitude
-    to_double: str  # {x}: a JSON number as a double
-    fence: str  # keeps the engine from merging the parsing sub-query into its users (parsing each row again)
-    probe: str  # a query that fails where the JSON functions are missing
+    member: str  # {v}: the column; its JSON object's "timestamp" member, as parsed by `number`
+    whole: str  # {v}: the column; the whole text as a JSON value, as parsed by `number`
+    patterns: tuple[str, ...]  # the parameters of `member`, then of `whole`
+    number: str  # {x}: a value from `member`/`whole`; a double if it is a JSON number below 1e15, else NULL
+    fence: str  # keeps the engine from merging a parsing sub-query into its users (parsing each row again)
+    store_code: str  # {c}: the store column; its position in STORES, from 1
+    host_key: tuple[str, ...]  # {c}: the host column; expressions grouping rows by host, exactly
+    user_key: tuple[str, ...]  # {c}: the user column; expressions grouping rows by account, exactly
+    unkeyed: str  # {c}: the user column; true where `user_key` cannot tell accounts apart (suspect)
+    unordered: str  # after a GROUP BY: no implicit sorting of the groups
+    partition: str  # {c}: the user column; true for the accounts in part i of n (parameters n, i); "" for none
+    session: tuple[str, ...]  # statements preparing a counting connection (its own, closed after the count)
+    probe: str  # a query, given `patterns`, that fails where the functions the aggregate uses are missing
 
 
 SQLITE = Dialect(
     "SQLite3",
-    field="CASE WHEN json_valid({v}) THEN json_extract({v}, '$.timestamp') END",
+    # SQLite reads the first of duplicate keys, and not escaped ones, where Python's json reads the last.
+    member="CASE WHEN json_valid({v}) AND instr({v}, '\\') = 0 AND instr(substr({v}, instr({v}, '\"timestamp\"') + 1), "
+    "'\"timestamp\"') = 0 THEN json_extract({v}, '$.timestamp') END",
     whole="CASE WHEN json_valid({v}) THEN json_extract({v}, '$') END",
-    is_number="typeof({x}) IN ('integer', 'real')",
-    is_small="abs({x}) < 1e15",
-    to_double="{x}",
+    patterns=(),
+    number="CASE WHEN typeof({x}) IN ('integer', 'real') AND abs({x}) < 1e15 THEN {x} END",
     fence=" LIMIT -1 OFFSET 0",
+    store_code="CASE {c} " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STORES, 1)) + " END",
+    host_key=("{c}",),
+    user_key=("{c}",),
+    unkeyed="0 = 1",
+    unordered="",
+    partition="",
+    session=(),
     probe="SELECT json_valid('{}'), json_extract('1', '$')",
 )
 # PostgreSQL has no "is this valid JSON" test before 16: invalid JSON makes the cast fail the whole query,
 # which the reader also answers by falling back to the row stream.
 POSTGRESQL = Dialect(
     "PostgreSQL",
-    field="(({v})::jsonb -> 'timestamp')",
-    whole="({v})::jsonb",
-    is_number="jsonb_typeof({x}) = 'number'",
-    is_small="abs(({x})::numeric) < 1e15",
-    to_double="(({x})::numeric)::double precision",
+    member="(({v})::json -> 'timestamp')",
+    whole="({v})::json",
+    patterns=(),
+    number="CASE WHEN json_typeof({x}) = 'number' THEN CASE WHEN abs(({x})::text::numeric) < 1e15 "
+    "THEN ({x})::text::double precision END END",
     fence=" OFFSET 0",
+    store_code="CASE {c} " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STORES, 1)) + " END",
+    host_key=("{c}",),
+    user_key=("{c}",),
+    unkeyed="false",
+    unordered="",
+    partition="mod(hashtext({c}) & 2147483647, ?) = ?",
+    # Room for the per-account hash table (up to twice work_mem), never less than the role has; no sorting,
+    # which the planner would otherwise pick for a part whose size it cannot estimate.
+    session=(
+        f"SELECT set_config('work_mem', '{PG_WORK_MEM}', false) "
+        f"WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{PG_WORK_MEM}')",
+        "SELECT set_config('enable_sort', 'off', false)",
+    ),
     probe="SELECT jsonb_typeof('1'::jsonb)",
 )
+# MariaDB/MySQL group TEXT columns in on-disk temporary tables, so rows are keyed by fixed-size binary
+# copies of host and user (zero-padded, hence with their byte lengths): longer users are suspect, a longer
+# host name makes the reader stream every host. (Any arithmetic or CASE in a grouping key makes MariaDB's
+# grouping twice as slow.) Only Prosody's canonical text is read, with string functions: MariaDB's JSON
+# functions accept text Python's json.loads refuses (`5.`, `"\x41"`) and take the first of duplicate keys
+# where it takes the last, so any other text is suspect.
 MYSQL = Dialect(
     "MySQL",
-    field="CASE WHEN JSON_VALID({v}) THEN JSON_EXTRACT({v}, '$.timestamp') END",
-    whole="CASE WHEN JSON_VALID({v}) THEN JSON_EXTRACT({v}, '$') END",
-    is_number="JSON_TYPE({x}) IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL')",
-    is_small="ABS(CAST({x} AS DOUBLE)) < 1e15",
-    to_double="CAST({x} AS DOUBLE)",
-    fence=" LIMIT 18446744073709551615",
-    probe="SELECT JSON_VALID('{}'), JSON_TYPE('1')",
+    member="CASE WHEN {v} REGEXP ? THEN CAST(SUBSTRING_INDEX(SUBSTRING_INDEX(SUBSTRING_INDEX({v}, "
+    "'\"timestamp\":', -1), ',', 1), '}}', 1) AS DOUBLE) END",
+    whole="CASE WHEN {v} REGEXP ? THEN CAST({v} AS DOUBLE) END",
+    patterns=(CANONICAL_MEMBER, CANONICAL_NUMBER),
+    number="{x}",
+    fence="",
+    store_code="FIELD({c}, " + ", ".join(f"'{s}'" for s in STORES) + ")",
+    host_key=("CAST({c} AS BINARY(64))", "LENGTH({c})"),
+    user_key=("CAST({c} AS BINARY(64))", "LENGTH({c})"),
+    unkeyed="LENGTH({c}) > 64",
+    unordered=" ORDER BY NULL",
+    partition="MOD(CRC32({c}), ?) = ?",
+    session=(
+        f"SET SESSION max_heap_table_size = GREATEST(@@max_heap_table_size, {MYSQL_TMP_TABLE}), "
+        f"tmp_table_size = GREATEST(@@tmp_table_size, {MYSQL_TMP_TABLE})",
+    ),
+    probe="SELECT '1' REGEXP ?, '1' REGEXP ?",  # PCRE or ICU: MariaDB 10.0.5+, MySQL 8.0.4+
 )
 DIALECTS = {d.name: d for d in (SQLITE, POSTGRESQL, MYSQL)}
 
@@ -103,91 +159,107 @@ def disabled_accounts(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     return sql, params
 
 
-def aggregate(
-    dialect: Dialect, *, hosts: Sequence[str], now: int, windows: Sequence[int], check_disabled: bool
-) -> tuple[str, tuple[object, ...]]:
-    """One query: per (host, store), accounts, suspect rows, disabled, never active, future, active and
-    registered per window, with mod_measure_active_users' arithmetic (active iff now - last < window)."""
-    where, host_params = host_filter(hosts, 'p."host"')
+def _keys(templates: tuple[str, ...], column: str, prefix: str) -> list[tuple[str, str]]:
+    """(expression, alias) pairs of a row key."""
+    return [(t.format(c=column), f"{prefix}{i}") for i, t in enumerate(templates)]
 
-    # Each row is classified and its JSON parsed once, in fenced sub-queries. kind: 1 lastlog2 login/logout,
-    # 2 lastlog2 registered, 3 a number `timestamp` (lastlog, account_activity), 4 a lastlog event, 5 a ""
-    # keyval row. `ts` is NULL where the row should hold a timestamp but holds no clean number.
+
+_EVENT = """CASE q."value" WHEN 'login' THEN 1 WHEN 'logout' THEN 2 WHEN 'registered' THEN 3 ELSE 4 END"""
+
+
+def _window_class(value: str, windows: Sequence[int]) -> str:
+    """The index of the first (shortest) window `value` is within, len(windows) for none, -1 for NULL."""
+    cases = "".join(f" WHEN ? - {value} < ? THEN {i}" for i in range(len(windows)))
+    return f"CASE WHEN {value} IS NULL THEN -1{cases} ELSE {len(windows)} END"
+
+
+def aggregate(
+    dialect: Dialect,
+    *,
+    hosts: Sequence[str],
+    now: int,
+    windows: Sequence[int],
+    check_disabled: bool,
+    part: tuple[int, int] = (0, 1),
+) -> tuple[str, tuple[object, ...]]:
+    """One query over every account (of one part), with mod_measure_active_users' arithmetic: active iff
+    now - last < window.
+
+    It returns few rows: the number of accounts per host key, store code (position in `STORES`, from 1),
+    suspect, disabled, class of the last activity, whether that is in the future, and class of the
+    registration, a class being `_window_class` over the ascending, distinct `windows`; see `sql._tally`.
+    """
+    where, host_params = host_filter(hosts, 'p."host"')
+    index, parts = part
+    part_params: tuple[int, ...] = ()
+    if parts > 1:  # the accounts of one part, for counting the parts at once on several connections
+        where += " AND " + dialect.partition.format(c='p."user"')
+        part_params = (parts, index)
+    host_key = _keys(dialect.host_key, 'p."host"', "h")
+    user_key = _keys(dialect.user_key, 'p."user"', "u")
+    keys = [alias for _, alias in host_key + user_key]
+    store_code = dialect.store_code.format(c='p."store"')
+
+    # Each row's JSON is parsed once, in a fenced sub-query; `odd` marks rows only the stream can read.
+    lastlog2_time = """q."store" = 'lastlog2' AND q."key" IN ('login', 'logout')"""
+    other_time = """q."store" <> 'lastlog2' AND q."key" = 'timestamp'"""
     parsed_rows = f"""
-        SELECT p."host", p."store", p."user", p."type",
-          CASE
-            WHEN p."key" = '' THEN 5
-            WHEN p."store" = 'lastlog2' AND p."key" IN ('login', 'logout') THEN 1
-            WHEN p."store" = 'lastlog2' AND p."key" = 'registered' THEN 2
-            WHEN p."store" <> 'lastlog2' AND p."key" = 'timestamp' THEN 3
-            WHEN p."store" = 'lastlog' AND p."key" = 'event' THEN 4
-            ELSE 0
-          END AS kind,
-          CASE WHEN p."store" = 'lastlog' AND p."key" = 'event' THEN p."value" END AS event,
-          CASE
-            WHEN p."store" = 'lastlog2' AND p."key" IN ('login', 'logout', 'registered') AND p."type" = 'json'
-              THEN {dialect.field.format(v='p."value"')}
-            WHEN p."store" <> 'lastlog2' AND p."key" = 'timestamp' AND p."type" = 'number'
-              THEN {dialect.whole.format(v='p."value"')}
-          END AS j
+        SELECT {", ".join(f"{expr} AS {alias}" for expr, alias in host_key + user_key)}, {store_code} AS sc,
+          p."store", p."key", p."type", p."value",
+          CASE WHEN p."key" = '' OR {dialect.unkeyed.format(c='p."user"')} THEN 1 ELSE 0 END AS odd,
+          CASE WHEN p."store" = 'lastlog2' AND p."key" IN ('login', 'logout', 'registered') AND p."type" = 'json'
+            THEN {dialect.member.format(v='p."value"')} END AS jm,
+          CASE WHEN p."store" <> 'lastlog2' AND p."key" = 'timestamp' AND p."type" = 'number'
+            THEN {dialect.whole.format(v='p."value"')} END AS jw
         FROM "prosody" p
         WHERE p."store" IN {_in_list(len(STORES))}{where}{dialect.fence}
     """
-    number = dialect.to_double.format(x="q.j")
-    timed_rows = f"""
-        SELECT q."host", q."store", q."user", q."type", q.kind, q.event,
-          CASE WHEN {dialect.is_number.format(x="q.j")} THEN
-            CASE WHEN {dialect.is_small.format(x="q.j")} THEN {number} END END AS ts
-        FROM ({parsed_rows}) q{dialect.fence}
-    """
+    # Per account: the latest activity and registration, SUSPECT if a row should hold a time and doesn't,
+    # or is odd, or is a lastlog event that is no string; lastlog events coded 1 login, 2 logout,
+    # 3 registered, 4 any other.
     per_user = f"""
-        SELECT r."host", r."store", r."user",
-          MAX(CASE WHEN r.kind = 1 THEN r.ts END) AS l2_active,
-          MAX(CASE WHEN r.kind = 2 THEN r.ts END) AS l2_registered,
-          MAX(CASE WHEN r.kind = 3 THEN r.ts END) AS stamp,
-          MAX(CASE WHEN r.kind = 4 AND r."type" = 'string' THEN r.event END) AS event,
-          SUM(CASE
-              WHEN r.kind IN (1, 2, 3) AND r.ts IS NULL THEN 1
-              WHEN r.kind = 5 THEN 1
-              WHEN r.kind = 4 AND r."type" <> 'string' THEN 1
-              ELSE 0 END) AS suspect_rows,
-          SUM(CASE WHEN r.kind = 4 THEN 1 ELSE 0 END) AS events
-        FROM ({timed_rows}) r
-        GROUP BY r."host", r."store", r."user"
+        SELECT {", ".join(f"q.{k}" for k in keys)}, q.sc,
+          MAX(CASE
+            WHEN q.odd = 1 THEN {SUSPECT}
+            WHEN {lastlog2_time} THEN COALESCE({dialect.number.format(x="q.jm")}, {SUSPECT})
+            WHEN {other_time} THEN COALESCE({dialect.number.format(x="q.jw")}, {SUSPECT})
+            WHEN q."store" = 'lastlog' AND q."key" = 'event' AND q."type" <> 'string' THEN {SUSPECT}
+          END) AS act,
+          MAX(CASE WHEN q."store" = 'lastlog2' AND q."key" = 'registered'
+            THEN COALESCE({dialect.number.format(x="q.jm")}, {SUSPECT}) END) AS reg,
+          MIN(CASE WHEN q."store" = 'lastlog' AND q."key" = 'event' AND q."type" = 'string' THEN {_EVENT} END) AS ev_lo,
+          MAX(CASE WHEN q."store" = 'lastlog' AND q."key" = 'event' AND q."type" = 'string' THEN {_EVENT} END) AS ev_hi
+        FROM ({parsed_rows}) q
+        GROUP BY {", ".join(f"q.{k}" for k in keys)}, q.sc{dialect.unordered}
     """
+    lastlog, lastlog2 = STORES.index(Store.LASTLOG.value) + 1, STORES.index(Store.LASTLOG2.value) + 1
     if check_disabled:
-        disabled_join = """
-        LEFT JOIN (SELECT DISTINCT a."host", a."user" FROM "prosody" a WHERE a."store" = 'accounts'
-                   AND a."key" = 'disabled' AND NOT (a."type" = 'boolean' AND a."value" = 'false')) d
-          ON d."host" = u."host" AND d."user" = u."user"
-        """
-        disabled = 'CASE WHEN d."user" IS NULL THEN 0 ELSE 1 END'
+        disabled_keys = _keys(dialect.host_key, 'a."host"', "h") + _keys(dialect.user_key, 'a."user"', "u")
+        disabled = (
+            f"CASE WHEN ({', '.join(f'u.{k}' for k in keys)}) IN (SELECT {', '.join(e for e, _ in disabled_keys)} "
+            'FROM "prosody" a WHERE a."store" = \'accounts\' AND a."key" = \'disabled\' '
+            "AND NOT (a.\"type\" = 'boolean' AND a.\"value\" = 'false')) THEN 1 ELSE 0 END"
+        )
     else:
-        disabled_join, disabled = "", "0"
+        disabled = "0"
+    # A lastlog record is one event, named in `event`, at its `timestamp`; two different events are suspect.
     per_user_final = f"""
-        SELECT u."host", u."store",
-          CASE WHEN u.suspect_rows > 0 OR u.events > 1 THEN 1 ELSE 0 END AS suspect,
-          CASE u."store"
-            WHEN 'lastlog2' THEN u.l2_active
-            WHEN 'account_activity' THEN u.stamp
-            ELSE CASE WHEN u.event IS NULL OR u.event IN ('login', 'logout') THEN u.stamp END
-          END AS last_active,
-          CASE u."store"
-            WHEN 'lastlog2' THEN u.l2_registered
-            WHEN 'lastlog' THEN CASE WHEN u.event = 'registered' THEN u.stamp END
-          END AS registered,
-          {disabled} AS disabled
-        FROM ({per_user}) u{disabled_join}
+        SELECT {", ".join(f"u.{k}" for k in keys[: len(host_key)])}, u.sc,
+          CASE WHEN u.act >= {SUSPECT} OR u.reg >= {SUSPECT} OR u.ev_lo <> u.ev_hi THEN 1 ELSE 0 END AS suspect,
+          {disabled} AS disabled,
+          CASE WHEN u.sc <> {lastlog} OR u.ev_hi IS NULL OR u.ev_hi IN (1, 2) THEN u.act END AS last,
+          CASE u.sc WHEN {lastlog2} THEN u.reg WHEN {lastlog} THEN CASE WHEN u.ev_hi = 3 THEN u.act END
+          END AS registered
+        FROM ({per_user}) u
     """
-    active = "".join(",\n SUM(CASE WHEN v.disabled = 0 AND ? - v.last_active < ? THEN 1 ELSE 0 END)" for _ in windows)
-    new = "".join(",\n SUM(CASE WHEN ? - v.registered < ? THEN 1 ELSE 0 END)" for _ in windows)
+    host_columns = ", ".join(f"v.{k}" for k in keys[: len(host_key)])
     sql = f"""
-        SELECT v."host", v."store", COUNT(*), SUM(v.suspect), SUM(v.disabled),
-          SUM(CASE WHEN v.disabled = 0 AND v.last_active IS NULL THEN 1 ELSE 0 END),
-          SUM(CASE WHEN v.disabled = 0 AND v.last_active > ? THEN 1 ELSE 0 END){active}{new}
+        SELECT {host_columns}, v.sc, v.suspect, v.disabled,
+          {_window_class("v.last", windows)}, CASE WHEN v.last > ? THEN 1 ELSE 0 END,
+          {_window_class("v.registered", windows)}, COUNT(*)
         FROM ({per_user_final}) v
-        GROUP BY v."host", v."store"
+        GROUP BY {", ".join(str(i) for i in range(1, len(host_key) + 7))}
     """
     window_params = tuple(p for w in windows for p in (now, w))
     # Placeholders in text order: the outer select list comes before the sub-queries.
-    return sql, (now, *window_params, *window_params, *STORES, *host_params)
+    return sql, (*window_params, now, *window_params, *dialect.patterns, *STORES, *host_params, *part_params)
