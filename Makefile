@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := fixtures/cases/sample
 
-.PHONY: run test lint bench bench-sql bench-daemon fixtures clean
+.PHONY: run test lint bench bench-1m bench-sql bench-daemon fixtures clean
 
 $(BIN)/prosody-lastlog: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,14 @@ test: $(BIN)/prosody-lastlog lint
 	tools/install-debian-packages.sh
 	$(BIN)/python -m pytest
 
+# The benchmark suite (benchmarks/suite.py): seed, I/O floor and cold scan; SQL seed pattern and pushdown; the daemon.
 bench: $(BIN)/prosody-lastlog
 	tools/install-debian-packages.sh
-	$(BIN)/python benchmarks/scan.py --users 100000 --repeat 5
+	$(BIN)/python benchmarks/suite.py --sizes 10000,100000
+
+bench-1m: $(BIN)/prosody-lastlog
+	tools/install-debian-packages.sh
+	$(BIN)/python benchmarks/suite.py --sizes 10000,100000 --million
 
 bench-sql: $(BIN)/prosody-lastlog
 	$(BIN)/python benchmarks/sql_count.py --users 1000000 --repeat 3

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 from prometheus_client.parser import text_string_to_metric_families
-from scan import HOSTS, NOW, WINDOWS, generate, warm_page_cache
+from scan import HOSTS, NOW, WINDOWS, generate, generator_version, warm_page_cache
 
 from prosody_lastlog.pathnames import encode_name
 
@@ -154,15 +154,18 @@ def scrape(conn: HTTPConnection) -> Scrape:
 
 
 def dataset(cache_dir: Path, users: int) -> Path:
-    """The data directory of `users` generated users, generated on first use and cached."""
+    """The data directory of `users` generated users, generated on first use (and when the generator changed) and
+    cached."""
     root = cache_dir / f"users-{users}"
     data_dir, marker = root / "data", root / "generated.json"
-    if not marker.exists():
-        shutil.rmtree(root, ignore_errors=True)  # an interrupted generation
+    version = generator_version()
+    if not marker.exists() or json.loads(marker.read_text()).get("generator") != version:
+        shutil.rmtree(root, ignore_errors=True)  # an interrupted generation, or another generator's
         data_dir.mkdir(parents=True)
         print(f"generating {users:,} users in {data_dir} (cached for later runs)", flush=True)
         seconds = generate(data_dir, users)
-        marker.write_text(json.dumps({"users": users, "now": NOW, "hosts": HOSTS, "seconds": seconds}) + "\n")
+        document = {"users": users, "now": NOW, "hosts": HOSTS, "generator": version, "seconds": seconds}
+        marker.write_text(json.dumps(document) + "\n")
         print(f"generated in {seconds:.1f} s", flush=True)
     _rename_user_file(data_dir).unlink(missing_ok=True)  # left by an interrupted run
     return data_dir
@@ -341,7 +344,8 @@ def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs."""
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
@@ -426,7 +430,7 @@ def main() -> int:
                     flush=True,
                 )
     empty_rss = statistics.median(baseline_rss)
-    sizes = {users: _medians(runs) for users, runs in per_size.items()}
+    sizes = {users: medians(runs) for users, runs in per_size.items()}
     ratio = sizes[args.users]["p99_ms"] / sizes[args.small_users]["p99_ms"]
     _print_table(sizes, empty_rss, args)
     print(f"p99 ratio {args.users:,} / {args.small_users:,} users: {ratio:.2f}")

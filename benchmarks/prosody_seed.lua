@@ -15,17 +15,23 @@ datamanager.set_data_path(data_path)
 local DAY = 86400
 local NAME_SHAPES = { "user%d", "first.last%d", "dash-%d", "plus+%d", "under_%d", "j\195\188rgen%d" }
 
+-- Users spread over the hosts, most names needing percent-encoding. 90% logged in within the last ACTIVITY_DAYS,
+-- 70% of those logged out again (up to 8 h later, not after now); the rest only registered. Registered up to a
+-- year before the login.
+local ACTIVITY_DAYS = 120
+
 local function write(users, now, seed, hosts)
   math.randomseed(seed)
   for i = 1, users do
     local host = hosts[(i % #hosts) + 1]
-    local username = NAME_SHAPES[(i % #NAME_SHAPES) + 1]:format(i)
-    local record = { registered = { timestamp = now - math.random(0, 400 * DAY) } }
+    local username = NAME_SHAPES[(i // #hosts) % #NAME_SHAPES + 1]:format(i)  -- every shape on every host
+    local record = {}
     if math.random() < 0.9 then
-      local login = now - math.random(0, 90 * DAY)
+      local login = now - math.random(0, ACTIVITY_DAYS * DAY)
       record.login = { timestamp = login }
-      if math.random() < 0.7 then record.logout = { timestamp = login + math.random(0, 8 * 3600) } end
+      if math.random() < 0.7 then record.logout = { timestamp = math.min(now, login + math.random(0, 8 * 3600)) } end
     end
+    record.registered = { timestamp = (record.login and record.login.timestamp or now) - math.random(0, 365 * DAY) }
     assert(datamanager.store(username, host, "lastlog2", record))
   end
 end

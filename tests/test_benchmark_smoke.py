@@ -48,3 +48,29 @@ def test_daemon_benchmark_smoke(tmp_path: Path) -> None:
         assert figures["requests_per_s"] > 0 and 0 < figures["p50_ms"] <= figures["p99_ms"]
         assert 0 < figures["rename_median_ms"] <= figures["rename_p99_ms"] <= figures["rename_max_ms"] < 10_000
     assert document["medians"]["2000"]["rss_bytes_per_user"] > 0
+
+
+def test_benchmark_suite_smoke(tmp_path: Path) -> None:
+    """`make bench` at 10k users, each part once: the table, the JSON, and counts that agree."""
+    results = tmp_path / "suite.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARK.with_name("suite.py")), "--sizes", "10000", "--repeat", "1",
+         "--load-seconds", "1", "--renames", "3", "--cache-dir", str(tmp_path / "cache"), "--json", str(results)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "files: ours / floor" in completed.stdout and "daemon: /metrics p99 (ms)" in completed.stdout
+    assert "≤ 10 at 10,000: pass" in completed.stdout or "≤ 10 at 10,000: MISS" in completed.stdout
+    document = json.loads(results.read_text(encoding="utf-8"))
+    assert document["counts_agree"] is True and document["errors"] == []
+    assert len(document["load_average"]["start"]) == len(document["load_average"]["end"]) == 3
+    figures = document["figures"]["10000"]
+    assert figures["files.files"] == 10000 and figures["files.counts_agree"] is True
+    for figure in ("files.seed_s", "files.floor_s", "files.ours_s", "daemon.p99_ms", "daemon.rename_median_ms"):
+        assert figures[figure] > 0
+    for engine in ("PostgreSQL", "MySQL"):
+        assert figures[f"sql.{engine}.pushdown_s"] > 0 and figures[f"sql.{engine}.seed_s"] > 0
+        assert figures[f"sql.{engine}.counts_agree"] is True
+    judged = {verdict["figure"]: verdict for verdict in document["targets"]}
+    assert judged["files.ours_over_floor"]["met"] is not None and judged["daemon.p99_ms"]["users"] == 10000
+    assert judged["daemon.rss_bytes_per_user"]["met"] is None  # judged at 1M users only

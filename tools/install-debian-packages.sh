@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite runs for real, without starting their services.
+# Installs the Debian packages the test suite runs for real, without starting their services, and the C compiler
+# `make bench` builds its I/O floor (benchmarks/io_floor.c) with.
 set -euo pipefail
 
 packages=(
     prosody prosody-modules lua5.4 lua-dbi-sqlite3 lua-dbi-postgresql lua-dbi-mysql
     prometheus prometheus-node-exporter
     graphite-carbon influxdb prometheus-pushgateway
+    gcc libc6-dev
 )
 missing=()
 for package in "${packages[@]}"; do
