@@ -223,6 +223,7 @@ def _parser_without_defaults() -> argparse.ArgumentParser:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
+                command._defaults.clear()  # set_defaults(exporters={}) and the like
                 for option in command._actions:
                     option.default = argparse.SUPPRESS
     return parser

@@ -116,7 +116,11 @@ def test_sighup_reloads_and_a_bad_reload_keeps_running(sample_tree: Path, tmp_pa
 
 def test_a_flag_given_its_default_value_still_wins(tmp_path: Path) -> None:
     path = tmp_path / "settings.toml"
-    path.write_text(f'data_dir = "{case_data("sample")}"\nsql_method = "stream"\nwindows = ["1d"]\n')
+    path.write_text(
+        f'data_dir = "{case_data("sample")}"\nsql_method = "stream"\nwindows = ["1d"]\n'
+        '[exporters.graphite]\nhost = "graphite.example"\n'
+    )
     argv = ["serve", "--config-file", str(path), "--sql-method", "auto"]  # auto: the default
     merged = _with_settings_file(build_parser().parse_args(argv), argv)
     assert merged.sql_method == "auto" and merged.data_dir == case_data("sample") and merged.window == ["1d"]
+    assert merged.exporters == {"graphite": {"host": "graphite.example"}}
