@@ -53,15 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="prosody-lastlog",
         description="Count daily, weekly and monthly active users per Prosody host from last-activity data.",
+        epilog="Exit codes: 0 counted or served, 1 the data cannot be read or serve cannot start, 2 bad arguments "
+        "or settings. Reference: docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     count = commands.add_parser("count", help="count active users once and print them")
-    serve = commands.add_parser("serve", help="keep counts fresh and serve them to Prometheus")
+    serve = commands.add_parser(
+        "serve",
+        help="keep counts fresh and serve them to Prometheus",
+        description="Count once, keep the counts fresh (file watcher, periodic rescan) and serve /metrics and "
+        "/healthz. Push exporters (Graphite, InfluxDB, Pushgateway) are [exporters.<name>] tables in --config-file.",
+    )
     for command in (count, serve):
         _add_source_options(command)
         _add_counting_options(command)
-    count.add_argument("--now", type=int, help="count as of this Unix time instead of the clock (reproducible runs)")
+    count.add_argument(
+        "--now", type=int, metavar="EPOCH", help="count as of this Unix time instead of the clock (reproducible runs)"
+    )
     count.add_argument(
         "--format",
         choices=("table", "json", "prom", "influx", "graphite"),
@@ -70,24 +79,40 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol, e.g. for Telegraf's inputs.exec) or graphite (carbon plaintext)",
     )
     count.add_argument(
-        "--output", type=Path, help="write to this file, replaced atomically (e.g. a textfile collector's *.prom)"
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write to this file, replaced atomically (e.g. a textfile collector's *.prom)",
     )
     serve.add_argument(
         "--listen",
         default=f"127.0.0.1:{DEFAULT_PORT}",
+        metavar="ADDR:PORT",
         help=f"address:port for /metrics (default 127.0.0.1:{DEFAULT_PORT})",
     )
-    serve.add_argument("--textfile", type=Path, help="also write this *.prom file for node_exporter, atomically")
     serve.add_argument(
-        "--resync-interval", default="1h", help="full rescan of the file store (default 1h, +0-5m jitter)"
+        "--textfile", type=Path, metavar="FILE", help="also write this *.prom file for node_exporter, atomically"
     )
-    serve.add_argument("--sql-interval", default="60s", help="how often SQL sources are counted again (default 60s)")
-    serve.add_argument("--polling", action="store_true", help="poll the data directory instead of using inotify")
-    serve.add_argument("--connected-interval", default="5m", help="how often connected users are found (default 5m)")
-    serve.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate (chain)")
-    serve.add_argument("--tls-key", type=Path, help="the PEM private key for --tls-cert")
     serve.add_argument(
-        "--basic-auth-file", type=Path, help="require HTTP basic auth: a file of user:password lines (keep it 0600)"
+        "--resync-interval",
+        default="1h",
+        metavar="DURATION",
+        help="full rescan of the file store (default 1h, +0-5m jitter; durations: a number and s, m, h, d or w)",
+    )
+    serve.add_argument(
+        "--sql-interval", default="60s", metavar="DURATION", help="how often SQL sources are counted (default 60s)"
+    )
+    serve.add_argument("--polling", action="store_true", help="poll the data directory instead of using inotify")
+    serve.add_argument(
+        "--connected-interval", default="5m", metavar="DURATION", help="how often connected users are found (5m)"
+    )
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this PEM certificate (chain)")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="the PEM private key for --tls-cert")
+    serve.add_argument(
+        "--basic-auth-file",
+        type=Path,
+        metavar="FILE",
+        help="require HTTP basic auth: a file of user:password lines (keep it 0600)",
     )
     serve.set_defaults(exporters={})  # only from the settings file: [exporters.<name>] tables
     serve.add_argument(
@@ -98,23 +123,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_source_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
-        "--config-file", type=Path, help="a TOML file of these options (keys as the long options, with _); flags win"
+        "--config-file",
+        type=Path,
+        metavar="FILE",
+        help="a TOML settings file: keys are the long options with _ (hosts and windows as lists); options given "
+        "here win",
     )
     source = command.add_argument_group(
         "where the data is",
         "By default the Prosody config ($PROSODY_CONFIG, else /etc/prosody/prosody.cfg.lua) says where each host's "
         "data lives; --data-dir or --sql read one place directly instead.",
     )
-    source.add_argument("--config", type=Path, help="Prosody's config file, e.g. /etc/prosody/prosody.cfg.lua")
     source.add_argument(
-        "--data-dir", type=Path, help=f"Prosody's data_path, with <host>/lastlog2/*.dat (e.g. {DEFAULT_DATA_DIR})"
+        "--config", type=Path, metavar="FILE", help="Prosody's config file, e.g. /etc/prosody/prosody.cfg.lua"
+    )
+    source.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"Prosody's data_path, with <host>/lastlog2/*.dat (e.g. {DEFAULT_DATA_DIR})",
     )
     source.add_argument(
         "--sql",
         metavar="URL",
         help="Prosody's SQL database: sqlite:///path, postgresql://user@host:5432/db or mysql://user@host:3306/db",
     )
-    source.add_argument("--sql-password-file", type=Path, help="read the SQL password from this file (first line)")
+    source.add_argument(
+        "--sql-password-file", type=Path, metavar="FILE", help="read the SQL password from this file (first line)"
+    )
     source.add_argument(
         "--sql-method",
         choices=METHODS,
@@ -136,9 +172,13 @@ def _positive_int(text: str) -> int:
 
 
 def _add_counting_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--host", action="append", default=[], help="count only this host (repeatable)")
+    command.add_argument("--host", action="append", default=[], help="count only this host (repeatable; default: all)")
     command.add_argument(
-        "--window", action="append", default=[], help="activity window such as 1h, 1d, 7d, 30d, 90d (repeatable)"
+        "--window",
+        action="append",
+        default=[],
+        metavar="DURATION",
+        help="activity window such as 1h, 1d, 7d, 30d, 90d (repeatable; default 1d 7d 30d)",
     )
     command.add_argument(
         "--store",
@@ -158,16 +198,25 @@ def _add_counting_options(command: argparse.ArgumentParser) -> None:
         "connected users",
         "mod_measure_active_users counts connected users active in every window. auto asks Prosody's admin socket "
         "(exact), else uses the heuristic: a login with no later logout since Prosody started (its pidfile). "
-        "Off with --now/--as-of. File-store sources only.",
+        "Off with --now (count) or --as-of (serve). File-store sources only.",
     )
     connected.add_argument(
-        "--connected", choices=[d.value for d in Detection], default=Detection.AUTO.value, help="default: auto"
+        "--connected",
+        choices=[d.value for d in Detection],
+        default=Detection.AUTO.value,
+        help="how connected users are found (default auto)",
     )
     connected.add_argument(
-        "--admin-socket", type=Path, help="mod_admin_socket's socket (default: from the config, else data_dir)"
+        "--admin-socket",
+        type=Path,
+        metavar="FILE",
+        help="mod_admin_socket's socket (default: from the config, else prosody.sock in the data directory)",
     )
     connected.add_argument(
-        "--pidfile", type=Path, help="Prosody's pidfile (default: from the config, else /run/prosody/prosody.pid)"
+        "--pidfile",
+        type=Path,
+        metavar="FILE",
+        help="Prosody's pidfile (default: from the config, else /run/prosody/prosody.pid or /var/run/prosody/...)",
     )
     command.add_argument(
         "-v", "--verbose", action="store_true", help="say what is read and list every unreadable file or row"
@@ -210,11 +259,18 @@ def _with_settings_file(args: argparse.Namespace, argv: Sequence[str] | None) ->
     if args.config_file is None:
         return args
     given = vars(_parser_without_defaults().parse_args(argv))
+    if given.keys() & _WHERE_THE_DATA_IS:  # then the file's say on where the data is does not count
+        given.update(
+            dict.fromkeys(_WHERE_THE_DATA_IS if "sql" in given else {*_WHERE_THE_DATA_IS, "sql_password_file"})
+        )
     merged = vars(args).copy()
     for destination, value in read_settings_file(args.config_file).items():
         if destination in merged and destination not in given:
             merged[destination] = value
     return argparse.Namespace(**merged)
+
+
+_WHERE_THE_DATA_IS = {"config", "data_dir", "sql"}
 
 
 def _parser_without_defaults() -> argparse.ArgumentParser:
@@ -239,8 +295,23 @@ def _usage_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--config, --data-dir and --sql each say where the data is: give at most one")
     if args.sql_password_file and not args.sql:
         problems.append("--sql-password-file goes with --sql")
-    if args.command == "serve" and bool(args.tls_cert) != bool(args.tls_key):
+    if args.command == "serve":
+        problems.extend(_serve_problems(args))
+    return problems
+
+
+def _serve_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if bool(args.tls_cert) != bool(args.tls_key):
         problems.append("--tls-cert and --tls-key go together")
+    _, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        problems.append(f"--listen wants address:port, e.g. 127.0.0.1:{DEFAULT_PORT}, not {args.listen!r}")
+    for option in ("resync_interval", "sql_interval", "connected_interval"):
+        try:
+            parse_window(getattr(args, option))
+        except ValueError as exc:
+            problems.append(f"--{option.replace('_', '-')}: {exc}")
     return problems
 
 
@@ -367,9 +438,7 @@ def _reload(running: Daemon, old_args: argparse.Namespace, argv: Sequence[str] |
 
 
 def _serve_options(args: argparse.Namespace) -> ServeOptions:
-    host, _, port = args.listen.rpartition(":")
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--listen wants address:port, e.g. 127.0.0.1:{DEFAULT_PORT}, not {args.listen!r}")
+    host, _, port = args.listen.rpartition(":")  # checked by _serve_problems
     return ServeOptions(
         listen_host=host.strip("[]") or "127.0.0.1",
         port=int(port),

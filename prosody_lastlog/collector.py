@@ -104,7 +104,7 @@ class ActiveUsersCollector(Collector):
         )  # fmt: skip
         dropped = CounterMetricFamily(
             "prosody_lastlog_export_dropped_points",
-            "Points dropped because the exporter's queue was full (oldest first).",
+            "Points dropped: the oldest when the exporter's queue was full, or a batch the target refused.",
             labels=["exporter"],
         )
         for name, status in statuses.items():

@@ -176,3 +176,20 @@ def test_count_counts_users_connected_since_prosody_started(capsys: pytest.Captu
         assert document["hosts"]["example.com"]["active"]["1d"] == 0
         document = json.loads(run(capsys, *args, "--now", str(now))[1])  # a replayed moment: nobody is connected
         assert document["connected_detection"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--listen", "localhost", "--listen wants address:port"),
+        ("--resync-interval", "soon", "--resync-interval: invalid window"),
+        ("--sql-interval", "1x", "--sql-interval: invalid window"),
+        ("--connected-interval", "5 minutes", "--connected-interval: invalid window"),
+    ],
+)
+def test_bad_serve_options_are_usage_errors(
+    option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--data-dir", str(case_data("sample")), option, value])
+    assert exited.value.code == 2 and message in capsys.readouterr().err

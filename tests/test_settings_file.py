@@ -124,3 +124,15 @@ def test_a_flag_given_its_default_value_still_wins(tmp_path: Path) -> None:
     merged = _with_settings_file(build_parser().parse_args(argv), argv)
     assert merged.sql_method == "auto" and merged.data_dir == case_data("sample") and merged.window == ["1d"]
     assert merged.exporters == {"graphite": {"host": "graphite.example"}}
+
+
+def test_where_the_data_is_on_the_command_line_replaces_the_files(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('config = "/etc/prosody/prosody.cfg.lua"\nsql_password_file = "/etc/pw"\nwindows = ["1d"]\n')
+    argv = ["count", "--config-file", str(path), "--data-dir", str(case_data("sample"))]
+    merged = _with_settings_file(build_parser().parse_args(argv), argv)
+    assert merged.data_dir == case_data("sample") and merged.config is None and merged.sql_password_file is None
+    assert merged.window == ["1d"]
+    argv = ["count", "--config-file", str(path), "--sql", "postgresql://prosody@db/prosody"]
+    merged = _with_settings_file(build_parser().parse_args(argv), argv)
+    assert merged.config is None and merged.sql_password_file == Path("/etc/pw")
