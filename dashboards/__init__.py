@@ -1,0 +1,1 @@
+"""Grafana dashboards for prosody-lastlog's metrics, written by generate.py."""
