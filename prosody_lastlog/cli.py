@@ -469,10 +469,11 @@ def _read_password(path: Path | None) -> str | None:
 def _setup_logging(*, verbose: bool, daemon: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("prosody-lastlog: %(levelname)s: %(message)s"))
-    log.handlers[:] = [handler]
-    # A daemon says what it does (info); a one-shot count only warns. -v adds file/row details (user names).
-    log.setLevel(logging.DEBUG if verbose else logging.INFO if daemon else logging.WARNING)
-    log.propagate = False
+    for logger in (log, logging.getLogger("exporters")):  # this package's, and the push exporters'
+        logger.handlers[:] = [handler]
+        # A daemon says what it does (info); a one-shot count only warns. -v adds file/row details (user names).
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO if daemon else logging.WARNING)
+        logger.propagate = False
 
 
 def _report_problems(problems: Sequence[ReadProblem]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from unittest import mock
 
 import pytest
 
-from prosody_lastlog.cli import main
+from prosody_lastlog.cli import _setup_logging, main
 from prosody_lastlog.pathnames import encode_name
 from tests.conftest import case_data
 from tests.test_daemon import prosody_writes
@@ -193,3 +194,14 @@ def test_bad_serve_options_are_usage_errors(
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--data-dir", str(case_data("sample")), option, value])
     assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_push_exporters_log_like_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
+    exporters_log = logging.getLogger("exporters")
+    saved = (exporters_log.handlers[:], exporters_log.level, exporters_log.propagate)
+    try:
+        _setup_logging(verbose=False, daemon=True)
+        logging.getLogger("exporters.runner").info("influxdb: push failed")
+        assert capsys.readouterr().err == "prosody-lastlog: INFO: influxdb: push failed\n"
+    finally:
+        exporters_log.handlers[:], exporters_log.level, exporters_log.propagate = saved
