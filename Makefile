@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := fixtures/cases/sample
 
-.PHONY: run test lint bench bench-1m bench-sql bench-daemon dashboards fixtures clean
+.PHONY: run test lint bench bench-1m bench-sql bench-daemon dashboards fuzz fixtures clean
 
 $(BIN)/prosody-lastlog: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(BIN)/prosody-lastlog
 bench-1m: $(BIN)/prosody-lastlog
 	tools/install-debian-packages.sh
 	$(BIN)/python benchmarks/suite.py --sizes 10000,100000 --million
+
+# Coverage-guided fuzzing (fuzz/README.md): 100,000 inputs per target; exits non-zero on a crash.
+fuzz: $(BIN)/prosody-lastlog
+	$(BIN)/python fuzz/run.py --runs 100000 --max-total-time 900
 
 # The Grafana dashboards are generated: edit dashboards/generate.py, then run this.
 dashboards: $(BIN)/prosody-lastlog
