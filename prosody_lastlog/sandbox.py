@@ -35,8 +35,8 @@ _LIMIT_MESSAGES = (
 # walking Lua tables: per chunk a status (_VALUE then the value, _NO_VALUE, or _ERROR then a message); a
 # table is `nil, <pair count>, k1, v1, ...` (nil never occurs inside a Lua table).
 _LOADER = b"""
-local load, pcall, sethook, error, type, next, unpack, tostring, gsub, clock =
-  load, pcall, debug.sethook, error, type, next, table.unpack, tostring, string.gsub, os.clock
+local load, pcall, sethook, error, type, next, unpack, tostring, gsub, match, clock =
+  load, pcall, debug.sethook, error, type, next, table.unpack, tostring, string.gsub, string.match, os.clock
 debug.setmetatable("", nil)
 local max_depth, hook_every, VALUE, NO_VALUE, ERROR = ...
 
@@ -97,7 +97,9 @@ return function(texts, names, max_instructions, max_seconds, max_values, max_str
       if ok then
         out[mark] = VALUE; n = value
       else
-        out[mark] = ERROR; out[mark + 1] = gsub(tostring(value), "[\\128-\\255]", "?"); n = mark + 1
+        -- One line of printable ASCII: a message may quote the file, and goes to a log line. (A parser error
+        -- past the C stack limit also carries the runtime's traceback.)
+        out[mark] = ERROR; out[mark + 1] = gsub(match(tostring(value), "^[^\\n]*"), "[^ -~]", "?"); n = mark + 1
       end
     end
   end

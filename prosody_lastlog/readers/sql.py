@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,6 +29,14 @@ METHODS = ("auto", "pushdown", "stream")
 # PostgreSQL and MariaDB count the accounts in this many hash partitions at once, each on its own connection
 # (a server process each); the per-account grouping, most of the work, is then spread over the server's cores.
 PARTS = 2
+# What Lua's tonumber reads as a decimal number, which is how Prosody reads a `number` row back; Python's float()
+# also takes `1_000`, `inf` and non-ASCII digits.
+_NUMBER = re.compile(r"[ \t\n\v\f\r]*[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?[ \t\n\v\f\r]*")
+_NOT_UTF8 = "Could not decode to UTF-8"  # how sqlite3 refuses text that is not UTF-8 (SQLite stores any bytes)
+
+
+class _NotUtf8Error(Exception):
+    """SQLite holds text that is not UTF-8 (it stores any bytes), which sqlite3 refuses to read by default."""
 
 
 class SqlReader:
@@ -124,7 +134,8 @@ class SqlReader:
         tallies = _tally(chain.from_iterable(answers), len(dialect.host_key), positions)
         if tallies is None:
             log.info(
-                "%s has a host name too long to key in the database; streaming rows", connection.settings.describe()
+                "%s has a host name the database cannot key (too long, or not text); streaming rows",
+                connection.settings.describe(),
             )
             return None
         fallback = []
@@ -168,11 +179,23 @@ class SqlReader:
         return next((store for store in Store if store in available), None)
 
     def _read(self, connection: Connection, hosts: Sequence[str]) -> ReadResult:
+        try:
+            return self._read_once(connection, hosts)
+        except _NotUtf8Error:
+            # Read again, slower, with such bytes kept as surrogates: the rows at fault are then reported.
+            connection.raw.text_factory = _lenient_text
+            return self._read_once(connection, hosts)
+
+    def _read_once(self, connection: Connection, hosts: Sequence[str]) -> ReadResult:
         result = ReadResult()
         try:
             present: dict[str, set[Store]] = {}
             for host, store in connection.query(*queries.stores_present(hosts)):
-                present.setdefault(host, set()).add(Store(store))
+                if _is_text(host):
+                    present.setdefault(host, set()).add(Store(store))
+                else:  # rows of no host Prosody serves
+                    where = f"{self._settings.describe()} host={_printable(host)} store={store}"
+                    result.problems.append(ReadProblem(where, "invalid", f"the host is {_odd_text(host)}"))
             chosen = {host: store for host, stores in present.items() if (store := self._choose(stores))}
             for store in Store:
                 store_hosts = sorted(host for host, s in chosen.items() if s is store)
@@ -181,6 +204,8 @@ class SqlReader:
                     rows = connection.stream(*queries.rows_of(store, store_hosts))
                     self._collect(rows, store, disabled, result)
         except connection.errors as exc:
+            if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(_NOT_UTF8):
+                raise _NotUtf8Error from None  # the message quotes the text, maybe a user name
             raise DatabaseError(f"cannot read {connection.settings.describe()}: {first_line(exc)}") from exc
         result.hosts = dict(sorted(result.hosts.items()))
         return result
@@ -194,7 +219,12 @@ class SqlReader:
         self, rows: Iterator[tuple[Any, ...]], store: Store, disabled: set[tuple[str, str]], result: ReadResult
     ) -> None:
         for (host, user), user_rows in groupby(rows, key=lambda row: (row[0], row[1])):
-            where = f"{self._settings.describe()} host={host} store={store.value} user={user}"
+            where = f"{self._settings.describe()} host={host} store={store.value} user={_printable(user)}"
+            if not isinstance(user, str):  # NULL or (SQLite) a blob: no account Prosody can name
+                result.problems.append(ReadProblem(where, "invalid", f"the user is {_odd_text(user)}"))
+                continue
+            if not _is_text(user):  # Lua strings are bytes: Prosody counts it all the same
+                result.problems.append(ReadProblem(where, "unexpected", "the user name is not valid UTF-8"))
             record = _record(((key, kind, value) for _, _, key, kind, value in user_rows), where, result.problems)
             interpreted = interpret(store, user, record)
             result.problems.extend(ReadProblem(where, "unexpected", odd) for odd in interpreted.oddities)
@@ -205,14 +235,17 @@ class SqlReader:
                 result.hosts.setdefault(host, HostData(host, store)).users.append(activity)
 
 
-def _record(rows: Iterable[tuple[str, str, str]], where: str, problems: list[ReadProblem]) -> dict[Any, PlainValue]:
+def _record(rows: Iterable[tuple[Any, Any, Any]], where: str, problems: list[ReadProblem]) -> dict[Any, PlainValue]:
     """Rebuilds one user's record from keyval/map rows, as mod_storage_sql's get does."""
     record: dict[Any, PlainValue] = {}
     spill: dict[Any, PlainValue] = {}
     for key, kind, text in rows:
+        if not isinstance(text, str):
+            problems.append(ReadProblem(f"{where} key={key}", "invalid", f"the value is {_odd_text(text)}"))
+            continue
         try:
             value = _decode(kind, text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
             problems.append(ReadProblem(f"{where} key={key}", "invalid", f"{kind} value does not parse: {exc}"))
             continue
         if value is None:
@@ -230,10 +263,44 @@ def _decode(kind: str, text: str) -> PlainValue | None:
     if kind == "json":
         return json.loads(text)  # type: ignore[no-any-return]
     if kind == "number":
+        if _NUMBER.fullmatch(text) is None:
+            raise ValueError("not a decimal number")
         return float(text)
     if kind == "boolean":
         return text == "true"
     return text
+
+
+def _is_text(value: object) -> bool:
+    """Whether a column holds text, and valid UTF-8 (see `_lenient_text`)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _odd_text(value: object) -> str:
+    """What a column that is not valid text holds, for a problem's reason."""
+    if value is None:
+        return "NULL"
+    return "not valid UTF-8" if isinstance(value, str) else "not text"
+
+
+def _printable(value: object) -> str:
+    """A column's value for a problem's `where`: bytes that are not UTF-8 escaped, NULL named."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        value = value.encode(errors="surrogateescape")
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def _lenient_text(data: bytes) -> str:
+    """SQLite text as str, bytes that are not UTF-8 kept as lone surrogates (PEP 383)."""
+    return data.decode(errors="surrogateescape")
 
 
 def _later(old: PlainValue, new: PlainValue) -> PlainValue:
@@ -297,7 +364,9 @@ def _tally(
 def _host_name(key: Sequence[Any]) -> str | None:
     """A host from its key: the name itself, or (MariaDB/MySQL) a zero-padded binary copy and its length."""
     if len(key) == 1:
-        return str(key[0])
+        return key[0] if _is_text(key[0]) else None
+    if key[0] is None:
+        return None
     padded, length = bytes(key[0]), int(key[1])
     return padded[:length].decode() if length <= len(padded) else None
 

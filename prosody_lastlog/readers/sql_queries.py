@@ -41,7 +41,7 @@ class Dialect:
     store_code: str  # {c}: the store column; its position in STORES, from 1
     host_key: tuple[str, ...]  # {c}: the host column; expressions grouping rows by host, exactly
     user_key: tuple[str, ...]  # {c}: the user column; expressions grouping rows by account, exactly
-    unkeyed: str  # {c}: the user column; true where `user_key` cannot tell accounts apart (suspect)
+    unkeyed: str  # {c}: the user column; true where `user_key` cannot tell accounts apart, or no user (suspect)
     unordered: str  # after a GROUP BY: no implicit sorting of the groups
     partition: str  # {c}: the user column; true for the accounts in part i of n (parameters n, i); "" for none
     session: tuple[str, ...]  # statements preparing a counting connection (its own, closed after the count)
@@ -50,17 +50,20 @@ class Dialect:
 
 SQLITE = Dialect(
     "SQLite3",
-    # SQLite reads the first of duplicate keys, and not escaped ones, where Python's json reads the last.
-    member="CASE WHEN json_valid({v}) AND instr({v}, '\\') = 0 AND instr(substr({v}, instr({v}, '\"timestamp\"') + 1), "
-    "'\"timestamp\"') = 0 THEN json_extract({v}, '$.timestamp') END",
-    whole="CASE WHEN json_valid({v}) THEN json_extract({v}, '$') END",
+    # SQLite reads the first of duplicate keys, and not escaped ones, where Python's json reads the last; it also
+    # reads JSON in a blob, and stops at a NUL byte, where the stream finds no text or refuses the rest.
+    member="CASE WHEN typeof({v}) = 'text' AND json_valid({v}) AND instr({v}, '\\') = 0 "
+    "AND instr({v}, char(0)) = 0 AND instr(substr({v}, instr({v}, '\"timestamp\"') + 1), '\"timestamp\"') = 0 "
+    "THEN json_extract({v}, '$.timestamp') END",
+    whole="CASE WHEN typeof({v}) = 'text' AND json_valid({v}) AND instr({v}, char(0)) = 0 "
+    "THEN json_extract({v}, '$') END",
     patterns=(),
     number="CASE WHEN typeof({x}) IN ('integer', 'real') AND abs({x}) < 1e15 THEN {x} END",
     fence=" LIMIT -1 OFFSET 0",
     store_code="CASE {c} " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STORES, 1)) + " END",
     host_key=("{c}",),
     user_key=("{c}",),
-    unkeyed="0 = 1",
+    unkeyed="typeof({c}) <> 'text'",  # NULL, or a blob
     unordered="",
     partition="",
     session=(),
@@ -79,9 +82,9 @@ POSTGRESQL = Dialect(
     store_code="CASE {c} " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STORES, 1)) + " END",
     host_key=("{c}",),
     user_key=("{c}",),
-    unkeyed="false",
+    unkeyed="{c} IS NULL",
     unordered="",
-    partition="mod(hashtext({c}) & 2147483647, ?) = ?",
+    partition="mod(hashtext(COALESCE({c}, '')) & 2147483647, ?) = ?",  # a NULL user too is in a part
     # Room for the per-account hash table (up to twice work_mem), never less than the role has; no sorting,
     # which the planner would otherwise pick for a part whose size it cannot estimate.
     session=(
@@ -108,9 +111,9 @@ MYSQL = Dialect(
     store_code="FIELD({c}, " + ", ".join(f"'{s}'" for s in STORES) + ")",
     host_key=("CAST({c} AS BINARY(64))", "LENGTH({c})"),
     user_key=("CAST({c} AS BINARY(64))", "LENGTH({c})"),
-    unkeyed="LENGTH({c}) > 64",
+    unkeyed="LENGTH({c}) > 64 OR {c} IS NULL",
     unordered=" ORDER BY NULL",
-    partition="MOD(CRC32({c}), ?) = ?",
+    partition="MOD(CRC32(COALESCE({c}, '')), ?) = ?",
     session=(
         f"SET SESSION max_heap_table_size = GREATEST(@@max_heap_table_size, {MYSQL_TMP_TABLE}), "
         f"tmp_table_size = GREATEST(@@tmp_table_size, {MYSQL_TMP_TABLE})",

@@ -103,4 +103,4 @@ def _type_name(value: object) -> str:
         return "a boolean"
     if isinstance(value, str):
         return "a string"
-    return "a number"
+    return "a number" if isinstance(value, int | float) else "an array"  # an array: JSON, from SQL
