@@ -169,10 +169,20 @@ class TcpTransport:
     timeout: float
 
     def send(self, payload: bytes) -> None:
-        """Sends the payload and closes; ExportError naming host:port if that fails."""
+        """Sends the payload and waits for the receiver to close; ExportError naming host:port if that fails.
+
+        A returned sendall only means the kernel took the bytes: a carbon stopping meanwhile resets the
+        connection instead of closing it after reading, and that batch is then retried.
+        """
         try:
             with socket.create_connection((self.host, self.port), timeout=self.timeout) as connection:
                 connection.sendall(payload)  # the timeout bounds the whole sendall (Python ≥ 3.5)
+                connection.shutdown(socket.SHUT_WR)
+                try:
+                    while connection.recv(4096):
+                        pass
+                except TimeoutError:
+                    pass  # a receiver that keeps the connection open: all TCP can tell is that it was delivered
         except OSError as exc:
             raise ExportError(f"graphite {_target(self.host, self.port)} (tcp): {_reason(exc)}") from None
 

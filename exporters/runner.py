@@ -104,7 +104,7 @@ class PushExporter:
     def status(self) -> ExportStatus:
         """Errors, queue length and drops so far."""
         with self._condition:
-            return ExportStatus(self._errors, len(self._queue), self._dropped)
+            return ExportStatus(self._errors, len(self._queue) + self._sending, self._dropped)
 
     def _run(self) -> None:
         delay = self._retry_min

@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 DRIVERS = ("SQLite3", "PostgreSQL", "MySQL")  # Prosody's names for them
 CONNECT_TIMEOUT_SECONDS = 5
+QUERY_TIMEOUT_SECONDS = 600  # MariaDB/MySQL: a silent server (e.g. frozen) fails the count instead of hanging it
 SQLITE_BUSY_SECONDS = 5.0
 _URL_SCHEMES = {
     "sqlite": "SQLite3",
@@ -167,8 +168,7 @@ def _open_postgres(settings: SqlSettings) -> Connection:
             password=settings.password,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             autocommit=True,
-            # Read-only, and no JIT, which costs more than it saves on our one query. work_mem is left to the
-            # DBA (README: a bigger one for the role speeds up large servers).
+            # Read-only, and no JIT, which costs more than it saves on our one query.
             options="-c default_transaction_read_only=on -c jit=off",
         )
     except psycopg.Error as exc:
@@ -186,6 +186,10 @@ def _open_mysql(settings: SqlSettings) -> Connection:
             password=settings.password or "",
             database=settings.database,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            # connect_timeout covers the TCP connect only: without these, a server that accepts but never
+            # answers (frozen) would hang the handshake for ever.
+            read_timeout=CONNECT_TIMEOUT_SECONDS,
+            write_timeout=CONNECT_TIMEOUT_SECONDS,
             charset="utf8mb4",
             autocommit=True,
         )
@@ -193,6 +197,8 @@ def _open_mysql(settings: SqlSettings) -> Connection:
             # Standard identifier quoting, so one query text serves every engine.
             cursor.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')")
             cursor.execute("SET SESSION TRANSACTION READ ONLY")
+        # Counting may take a while on a large server; PyMySQL applies these before every read and write.
+        raw._read_timeout = raw._write_timeout = QUERY_TIMEOUT_SECONDS
     except pymysql.Error as exc:
         raise DatabaseError(f"cannot connect to {settings.describe()}: {first_line(exc)}") from exc
     return Connection(settings, raw, "%s", (pymysql.Error,))

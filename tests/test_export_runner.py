@@ -69,9 +69,11 @@ def test_publish_does_not_wait_for_a_hanging_target() -> None:
         for _ in range(5):
             exporter.publish(snapshot())
         assert time.monotonic() - started < 0.1
+        per_snapshot = len(points_of(snapshot(), timestamp=0))
+        assert exporter.status().queue_length == 5 * per_snapshot  # the batch being sent included
         target.gate.set()
         assert exporter.flush(5)
-        assert len(target.received) == 5 * len(points_of(snapshot(), timestamp=0))
+        assert len(target.received) == 5 * per_snapshot and exporter.status().queue_length == 0
     finally:
         exporter.close()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -313,6 +315,26 @@ def test_a_target_that_stops_reading_times_out() -> None:
         port = server.getsockname()[1]
         with pytest.raises(ExportError, match=rf"^graphite 127\.0\.0\.1:{port} \(tcp\): timed out$"):
             TcpTransport("127.0.0.1", port, 0.3).send(b"x 1 1\n" * 4_000_000)
+
+
+def test_a_target_that_resets_instead_of_reading_fails_the_send() -> None:
+    """As a carbon stopping while a batch is on its way: the kernel took the bytes, nobody read them."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def reset_once_the_batch_arrived() -> None:
+            victim, _ = server.accept()
+            victim.recv(1, socket.MSG_PEEK)  # the batch is there, unread
+            victim.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            victim.close()  # unread data and linger 0: the kernel answers with a reset
+
+        resetter = threading.Thread(target=reset_once_the_batch_arrived)
+        resetter.start()
+        try:
+            with pytest.raises(ExportError, match=rf"^graphite 127\.0\.0\.1:{port} \(tcp\): "):
+                TcpTransport("127.0.0.1", port, 5.0).send(PLAIN)
+        finally:
+            resetter.join()
 
 
 def test_ipv6_targets_are_named_with_brackets() -> None:
