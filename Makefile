@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := fixtures/cases/sample
 
-.PHONY: run test lint bench bench-1m bench-sql bench-daemon dashboards fuzz fixtures clean
+.PHONY: run test lint soak bench bench-1m bench-sql bench-daemon dashboards fuzz fixtures clean
 
 $(BIN)/prosody-lastlog: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ lint: $(BIN)/prosody-lastlog
 test: $(BIN)/prosody-lastlog lint
 	tools/install-debian-packages.sh
 	$(BIN)/python -m pytest
+
+# The chaos soak (soak/README.md): serve under faults for MINUTES (default 10), then checks; needs root (a tmpfs).
+MINUTES ?= 10
+soak: $(BIN)/prosody-lastlog
+	tools/install-debian-packages.sh
+	$(BIN)/python -m soak --minutes $(MINUTES)
 
 # The benchmark suite (benchmarks/suite.py): seed, I/O floor and cold scan; SQL seed pattern and pushdown; the daemon.
 bench: $(BIN)/prosody-lastlog

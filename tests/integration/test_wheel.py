@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "fixtures" / "cases" / "sample"
 SDIST_FILES = ("README.md", "pyproject.toml", "Makefile", "CHANGELOG.md", "CONTRIBUTING.md")
-SDIST_TREES = ("contrib", "dashboards", "fixtures", "fuzz", "tests", "benchmarks", "tools")  # those present
+SDIST_TREES = ("contrib", "dashboards", "fixtures", "fuzz", "soak", "tests", "benchmarks", "tools")  # those present
 WHEEL_TOP = {"prosody_lastlog", "exporters", f"prosody_lastlog-{__version__}.dist-info"}
 # Not in the copy when git is unavailable; git's own ignore rules decide otherwise.
 UNTRACKED = shutil.ignore_patterns(
