@@ -14,10 +14,12 @@ since Prosody started) are against real Unix times, below 2**53, where float64 a
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 from array import array
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from hashlib import blake2b
 from itertools import islice
 
 from prosody_lastlog.connected import NOBODY, ConnectedUsers
@@ -26,16 +28,12 @@ from prosody_lastlog.records import Store, UserActivity
 from prosody_lastlog.windows import Window
 
 _NO_TIME = math.nan  # a missing time; the readers never give NaN (non-finite timestamps are dropped)
-# Per-slot flags. A slot without _PRESENT is a removed user, reused if the name comes back; _SEEN marks the users a
-# resync has set so far.
-_PRESENT, _DISABLED, _SEEN = 1, 2, 4
-_UNSEE = bytes(flags & ~_SEEN for flags in range(256))  # a translation table
-_UNSEEN = bytes(int(flags & (_PRESENT | _SEEN) == _PRESENT) for flags in range(256))  # 1 for present, unseen
+# Per-slot flags. A slot without _PRESENT is a removed user, reused if the name comes back.
+_PRESENT, _DISABLED = 1, 2
 _NAME_END = b"\xff"  # ends each stored name: never a byte of UTF-8
 _HASH_MASK = 0xFFFFFFFF  # the table keys on 32 bits of the name's hash; names are compared in full
 _MAX_LOAD = 0.75  # the table grows past this many slots per position
 _BLOCK = 2048  # times per block of a SortedTimes once built; a block splits at twice this
-_RESYNC_CHUNK = 1024  # users a resync sets per hold of the lock (about a millisecond)
 
 
 class SortedTimes:
@@ -95,8 +93,8 @@ class HostIndex:
     """One host's users: sorted last-activity times of the enabled ones, registration times, connected users.
 
     Connected users count active in every window, whatever their last activity, so they are kept apart.
-    `hash_name` only needs to be consistent within the process: Python's own str hash, keyed per process, keeps
-    the table safe from names chosen to collide.
+    `hash_name` hashes a stored name (its UTF-8 and _NAME_END) and must be keyed, so names cannot be chosen to
+    collide: Python's own hash, keyed per process, or a NameHash for an index built in another process.
     """
 
     def __init__(
@@ -106,7 +104,7 @@ class HostIndex:
         connected: ConnectedUsers = NOBODY,
         users: Iterable[UserActivity] = (),
         *,
-        hash_name: Callable[[str], int] = hash,
+        hash_name: Callable[[bytes], int] = hash,
     ) -> None:
         self.host = host
         self.store = store
@@ -135,7 +133,6 @@ class HostIndex:
         slot = self._slot(activity.user)
         if self._flags[slot]:
             if self._holds(slot, activity):
-                self._flags[slot] |= _SEEN
                 return
             self._count(slot, -1, self.connected, activity.user)
         else:
@@ -148,22 +145,6 @@ class HostIndex:
         slot = self._find(user)
         if slot >= 0 and self._flags[slot]:
             self._remove(slot, user)
-
-    def start_resync(self) -> None:
-        """Starts a resync: `set` each user of a fresh scan, then `finish_resync` removes the others."""
-        self._flags = self._flags.translate(_UNSEE)
-
-    def finish_resync(self) -> None:
-        """Removes the users not set since `start_resync`."""
-        unseen = self._flags.translate(_UNSEEN)
-        slot = unseen.find(1)
-        while slot >= 0:
-            self._remove(slot, self._name(slot))
-            slot = unseen.find(1, slot + 1)
-
-    def removed(self) -> int:
-        """How many removed users still hold a slot (kept for their name, until the index is rebuilt)."""
-        return len(self._flags) - self._size
 
     def set_connected(self, connected: ConnectedUsers) -> None:
         """Applies a new answer to "who is connected", re-checking only the users it can change."""
@@ -257,7 +238,7 @@ class HostIndex:
     def _holds(self, slot: int, activity: UserActivity) -> bool:
         """Whether the slot already holds these facts."""
         return (
-            self._flags[slot] & ~_SEEN == _PRESENT | (_DISABLED if activity.disabled else 0)
+            self._flags[slot] == _PRESENT | (_DISABLED if activity.disabled else 0)
             and _same(self._last_active[slot], activity.last_active)
             and _same(self._registered_at[slot], activity.registered)
             and _same(self._session_open[slot], activity.session_open)
@@ -267,7 +248,7 @@ class HostIndex:
         return connected.includes(self.host, name, _time_or_none(self._session_open[slot]))
 
     def _store(self, slot: int, activity: UserActivity) -> None:
-        self._flags[slot] = _PRESENT | _SEEN | (_DISABLED if activity.disabled else 0)
+        self._flags[slot] = _PRESENT | (_DISABLED if activity.disabled else 0)
         self._last_active[slot] = _time(activity.last_active)
         self._registered_at[slot] = _time(activity.registered)
         self._session_open[slot] = _time(activity.session_open)
@@ -279,11 +260,13 @@ class HostIndex:
 
     def _find(self, name: str) -> int:
         """The slot of `name`, or -1."""
-        return self._probe(_key(name), self._hash_name(name) & _HASH_MASK)[1]
+        key = _key(name)
+        return self._probe(key, self._hash_name(key) & _HASH_MASK)[1]
 
     def _slot(self, name: str) -> int:
         """The slot of `name`, made (not present yet) if it has none."""
-        key, hashed = _key(name), self._hash_name(name) & _HASH_MASK
+        key = _key(name)
+        hashed = self._hash_name(key) & _HASH_MASK
         position, slot = self._probe(key, hashed)
         if slot >= 0:
             return slot
@@ -354,6 +337,23 @@ def _apply(times: SortedTimes, value: float, sign: int) -> None:
         times.remove(value)
 
 
+class NameHash:
+    """A keyed hash of stored names that every process given the same key computes alike (Python's own hash is
+    keyed per process), so an index built in a child process can be used here. The key is random by default."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self.key = secrets.token_bytes(16) if key is None else key
+        self._keyed = blake2b(digest_size=4, key=self.key)
+
+    def __call__(self, name: bytes) -> int:
+        hasher = self._keyed.copy()  # cheaper than keying anew
+        hasher.update(name)
+        return int.from_bytes(hasher.digest())
+
+    def __reduce__(self) -> tuple[type[NameHash], tuple[bytes]]:
+        return NameHash, (self.key,)
+
+
 class ActivityIndex:
     """Every host's HostIndex behind one lock: a refresh writes while scrapes read."""
 
@@ -362,36 +362,23 @@ class ActivityIndex:
         self._hosts: dict[str, HostIndex] = {}
         self._connected = NOBODY
 
+    @property
+    def connected(self) -> ConnectedUsers:
+        """The current answer to "who is connected"."""
+        with self._lock:
+            return self._connected
+
     def replace_host(self, host: str, store: Store, users: Iterable[UserActivity]) -> None:
-        """Brings a host to a fresh scan of it.
+        """Brings a host to a fresh scan of it: a new index, built outside the lock, then swapped in."""
+        self.swap_in([HostIndex(host, store, self.connected, users)])
 
-        A known host is updated in place, a few users per hold of the lock, so scrapes go on being answered and
-        no second copy of the host is held. A new host, a host whose store changed, or one whose slots are mostly
-        removed users is built anew outside the lock and swapped in.
-        """
+    def swap_in(self, indexes: Iterable[HostIndex]) -> None:
+        """Puts built indexes in place of their hosts' (the old ones are dropped)."""
         with self._lock:
-            index = self._hosts.get(host)
-            if index is not None and index.store is store and index.removed() <= len(index):
-                index.start_resync()
-                merge = index
-            else:
-                merge = None
-        if merge is None:
-            self._swap_in(HostIndex(host, store, self._connected, users))
-            return
-        scanned = iter(users)
-        while chunk := list(islice(scanned, _RESYNC_CHUNK)):
-            with self._lock:
-                for activity in chunk:
-                    merge.set(activity)
-        with self._lock:
-            merge.finish_resync()
-
-    def _swap_in(self, index: HostIndex) -> None:
-        with self._lock:
-            if index.connected is not self._connected:  # the answer changed while it was being built
-                index.set_connected(self._connected)
-            self._hosts[index.host] = index
+            for index in indexes:
+                if index.connected is not self._connected:  # the answer changed while it was being built
+                    index.set_connected(self._connected)
+                self._hosts[index.host] = index
 
     def set_connected(self, connected: ConnectedUsers) -> None:
         """Applies a new answer to "who is connected" to every host."""

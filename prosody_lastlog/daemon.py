@@ -142,14 +142,15 @@ class Daemon:
 
     def _make_timers(self) -> list[PeriodicTimer]:
         options, timers = self.options, []
+        # The jitter spreads servers' resyncs apart; a short interval stays short.
+        jitter = min(options.resync_jitter_seconds, options.resync_seconds / 12)
         for source in self.refresher.sources:
             if isinstance(source, FileSource):
-                interval, jitter = options.resync_seconds, options.resync_jitter_seconds
+                resync = partial(self._resync, source)
+                timers.append(PeriodicTimer(resync, interval=options.resync_seconds, jitter=jitter))
             elif isinstance(source, SqlSource):
-                interval, jitter = options.sql_interval_seconds, 0.0
-            else:
-                continue
-            timers.append(PeriodicTimer(partial(self.refresher.refresh, source), interval=interval, jitter=jitter))
+                count = partial(self.refresher.refresh, source)
+                timers.append(PeriodicTimer(count, interval=options.sql_interval_seconds))
         if options.textfile is not None:
             timers.append(PeriodicTimer(self._write_textfile, interval=options.textfile_interval_seconds))
         for exporter in self.exporters:
@@ -157,6 +158,12 @@ class Daemon:
         if self.connected_probe.detection is not Detection.OFF:
             timers.append(PeriodicTimer(self._probe_connected, interval=options.connected_interval_seconds))
         return timers
+
+    def _resync(self, source: FileSource) -> None:
+        log.info("%s: full resync", source.name)
+        started = time.monotonic()
+        self.refresher.refresh(source)
+        log.info("%s: full resync ended after %.1f s", source.name, time.monotonic() - started)
 
     def _publish(self, only: Exporter | None = None) -> None:
         """Hands the counts as of now to the push exporters (each queues them and sends on its own thread)."""

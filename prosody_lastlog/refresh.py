@@ -12,12 +12,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from prosody_lastlog.database import DatabaseError
+from prosody_lastlog.index_build import release_free_memory, scan_indexes
 from prosody_lastlog.readers.files import DataDirError
 from prosody_lastlog.records import ReadProblem, Store
 from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.sources import FileSource, Source, SqlSource
 
 log = logging.getLogger(__name__)
+
+RESYNC_NICE = 10  # added to the niceness of a resync's processes
 
 
 class Refresher:
@@ -120,23 +123,26 @@ class Refresher:
             raise TypeError(f"unknown source {source!r}")
         with self._locks[source.name]:
             self._changed_during_scan[source.name] = set()
+        # A resync is not urgent: its processes yield the CPUs to scrapes (and to Prosody); the first count is.
+        nice = RESYNC_NICE if source.name in self._file_hosts else 0
         try:
-            read = source.reader.read(self.progress)
+            scanned = scan_indexes(source.reader, self.live.index.connected, progress=self.progress, nice=nice)
         except BaseException:
             with self._locks[source.name]:
                 self._changed_during_scan.pop(source.name)
             raise
         with self._locks[source.name]:
             changed = self._changed_during_scan.pop(source.name)
-            for host, data in read.hosts.items():
-                self.live.index.replace_host(host, data.store, data.users)
-            gone = self._file_hosts.get(source.name, set()) - set(read.hosts)
+            self.live.index.swap_in(scanned.hosts.values())
+            gone = self._file_hosts.get(source.name, set()) - set(scanned.hosts)
             self.live.index.remove_hosts(gone)
-            self._file_hosts[source.name] = set(read.hosts)
+            self._file_hosts[source.name] = set(scanned.hosts)
             for host, store, user in changed:  # newer than what the scan read: read again
                 if self.live.index.store_of(host) is store:
-                    self.live.index.update(host, store, user, source.reader.read_user(host, store, user, read.problems))
-        return read.problems
+                    activity = source.reader.read_user(host, store, user, scanned.problems)
+                    self.live.index.update(host, store, user, activity)
+        release_free_memory()  # the swapped-out indexes'
+        return scanned.problems
 
 
 def _log_problems(source: str, problems: Sequence[ReadProblem]) -> None:

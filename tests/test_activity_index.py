@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prosody_lastlog.activity_index import ActivityIndex, HostIndex, SortedTimes
+from prosody_lastlog.activity_index import ActivityIndex, HostIndex, NameHash, SortedTimes
 from prosody_lastlog.connected import NOBODY, ConnectedMode, ConnectedUsers
 from prosody_lastlog.counting import count_host
 from prosody_lastlog.records import HostData, Store, UserActivity
@@ -41,7 +44,9 @@ connected_answers = st.one_of(
     ),
 )
 # Python's hash, and ones that make every name (or many) collide in the table: lookups must stay exact.
-hashes: st.SearchStrategy[Callable[[str], int]] = st.sampled_from([hash, len, lambda name: 0, lambda name: -1])
+hashes: st.SearchStrategy[Callable[[bytes], int]] = st.sampled_from(
+    [hash, len, lambda name: 0, lambda name: -1, NameHash()]
+)
 
 
 def activities(when: st.SearchStrategy[float | None]) -> st.SearchStrategy[UserActivity]:
@@ -56,12 +61,19 @@ def updates(when: st.SearchStrategy[float | None]) -> st.SearchStrategy[list[Upd
     return st.lists(st.one_of(activities(when), st.sampled_from(USERS), connected_answers, resyncs), max_size=60)
 
 
+def rebuilt(host: str, store: Store, connected: ConnectedUsers, users: list[UserActivity]) -> HostIndex:
+    """An index as a resync builds it: in another process, sent here (pickled), counting the same `connected`."""
+    index: HostIndex = pickle.loads(pickle.dumps(HostIndex(host, store, connected, users, hash_name=NameHash())))
+    index.connected = connected
+    return index
+
+
 def check(
     initial: list[UserActivity],
     connected: ConnectedUsers,
     updates: list[Update],
     *,
-    hash_name: Callable[[str], int],
+    hash_name: Callable[[bytes], int],
     now: float,
     windows: tuple[Window, ...],
 ) -> None:
@@ -76,10 +88,7 @@ def check(
             index.set_connected(update)
             connected = update
         elif isinstance(update, list):
-            index.start_resync()
-            for activity in update:
-                index.set(activity)
-            index.finish_resync()
+            index = rebuilt("h", Store.LASTLOG2, connected, update)
             current = {activity.user: activity for activity in update}
         elif update is not None:
             index.set(update)
@@ -100,7 +109,7 @@ def test_index_equals_the_counting_core(
     initial: list[UserActivity],
     connected: ConnectedUsers,
     updates: list[Update],
-    hash_name: Callable[[str], int],
+    hash_name: Callable[[bytes], int],
     now_offset: float,
 ) -> None:
     check(initial, connected, updates, hash_name=hash_name, now=NOW + now_offset, windows=DEFAULT_WINDOWS)
@@ -215,20 +224,41 @@ def test_a_host_grows_from_nothing_one_change_at_a_time() -> None:
     assert (counts.accounts, counts.active) == (1000, {"1d": 24, "7d": 168, "30d": 720})
 
 
-def test_a_resync_updates_a_host_in_place_or_rebuilds_it() -> None:
+def test_a_resync_rebuilds_a_host() -> None:
     index = ActivityIndex()
     scan = [UserActivity(f"u{number}", NOW - number * 60, registered=NOW - DAY) for number in range(3000)]
     index.replace_host("example.com", Store.LASTLOG2, scan)
-    rescan = [UserActivity(f"u{number}", NOW - number) for number in range(1000, 4000)]  # more than a chunk
-    index.replace_host("example.com", Store.LASTLOG2, rescan)
+    rescan = [UserActivity(f"u{number}", NOW - number) for number in range(1000, 4000)]
+    index.swap_in([rebuilt("example.com", Store.LASTLOG2, index.connected, rescan)])
     expected = count_host(HostData("example.com", Store.LASTLOG2, rescan), now=NOW, windows=DEFAULT_WINDOWS)
     assert index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"] == expected
-    expected = count_host(HostData("example.com", Store.LASTLOG2, rescan[:10]), now=NOW, windows=DEFAULT_WINDOWS)
-    for _ in range(2):  # most users gone, then slots mostly of removed users: rebuilt
-        index.replace_host("example.com", Store.LASTLOG2, rescan[:10])
-        assert index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"] == expected
-    index.replace_host("example.com", Store.ACCOUNT_ACTIVITY, rescan[:10])  # another store: rebuilt
+    index.update("example.com", Store.LASTLOG2, "u3999", None)  # names are found with the index's own hash
+    index.update("example.com", Store.LASTLOG2, "u1000", UserActivity("u1000", NOW - 2 * DAY))
+    expected = count_host(
+        HostData("example.com", Store.LASTLOG2, [UserActivity("u1000", NOW - 2 * DAY), *rescan[1:-1]]),
+        now=NOW,
+        windows=DEFAULT_WINDOWS,
+    )
+    assert index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"] == expected
+    index.replace_host("example.com", Store.ACCOUNT_ACTIVITY, rescan[:10])  # another store
     assert index.store_of("example.com") is Store.ACCOUNT_ACTIVITY
+
+
+def test_a_built_index_counts_the_connected_users_of_when_it_is_swapped_in() -> None:
+    index = ActivityIndex()
+    users = [UserActivity("alice", NOW - 10 * DAY), UserActivity("bob", NOW - 10 * DAY)]
+    built = rebuilt("example.com", Store.LASTLOG2, index.connected, users)
+    index.set_connected(ConnectedUsers(ConnectedMode.ADMIN_SOCKET, {"example.com": frozenset({"bob"})}))
+    index.swap_in([built])
+    assert index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"].connected == 1
+
+
+def test_a_name_hash_is_the_same_in_another_process_for_the_same_key_only() -> None:
+    name_hash = NameHash()
+    code = "import sys, prosody_lastlog.activity_index as a; print(a.NameHash(bytes.fromhex(sys.argv[1]))(b'a'))"
+    elsewhere = subprocess.run([sys.executable, "-c", code, name_hash.key.hex()], capture_output=True, check=True)
+    assert int(elsewhere.stdout) == name_hash(b"a") == pickle.loads(pickle.dumps(name_hash))(b"a")
+    assert len({NameHash()(b"a") for _ in range(4)}) > 1  # a new key each time
 
 
 def test_updates_hosts_and_tracked_users() -> None:

@@ -33,7 +33,8 @@ def test_daemon_benchmark_smoke(tmp_path: Path) -> None:
     results = tmp_path / "daemon.json"
     completed = subprocess.run(
         [sys.executable, str(BENCHMARK.with_name("daemon.py")), "--users", "2000", "--small-users", "500",
-         "--repeat", "1", "--load-seconds", "1", "--renames", "3", "--cache-dir", str(tmp_path / "cache"),
+         "--repeat", "1", "--load-seconds", "1", "--renames", "3", "--resync-interval", "8",
+         "--cache-dir", str(tmp_path / "cache"),
          "--json", str(results)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -47,7 +48,10 @@ def test_daemon_benchmark_smoke(tmp_path: Path) -> None:
         assert 0 < figures["startup_s"] < 60 and figures["rss_bytes"] > document["empty_rss_bytes"] / 2
         assert figures["requests_per_s"] > 0 and 0 < figures["p50_ms"] <= figures["p99_ms"]
         assert 0 < figures["rename_median_ms"] <= figures["rename_p99_ms"] <= figures["rename_max_ms"] < 10_000
-    assert document["medians"]["2000"]["rss_bytes_per_user"] > 0
+    large = document["medians"]["2000"]
+    assert large["rss_bytes_per_user"] > 0 and "resync_s" not in document["medians"]["500"]
+    assert large["resync_s"] > 0 and large["resync_load_errors"] == 0 and large["resync_requests_per_s"] > 0
+    assert large["resync_peak_tree_rss_bytes"] > large["rss_bytes"] and document["resync_p99_ratio"] > 0
 
 
 def test_benchmark_suite_smoke(tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from prosody_lastlog import refresh
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.readers import ReadResult
+from prosody_lastlog.index_build import ScannedIndexes, scan_indexes
 from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.sources import FileSource
 from prosody_lastlog.windows import DEFAULT_WINDOWS
@@ -245,18 +246,20 @@ def test_an_unwritable_textfile_is_logged_once_and_recovers(
         running.stop()
 
 
-def test_a_change_during_a_slow_full_scan_is_applied_at_once_and_kept(daemon: Daemon, sample_tree: Path) -> None:
+def test_a_change_during_a_slow_full_scan_is_applied_at_once_and_kept(
+    daemon: Daemon, sample_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = daemon.refresher.sources[0]
     assert isinstance(source, FileSource)
-    original_read, scanned, release = source.reader.read, threading.Event(), threading.Event()
+    scanned, release = threading.Event(), threading.Event()
 
-    def slow_read(*args: Any) -> ReadResult:
-        result = original_read(*args)  # the scan has read the old data, and is still busy
+    def slow_scan(*args: Any, **options: Any) -> ScannedIndexes:
+        result = scan_indexes(*args, **options)  # the scan has read the old data, and is still busy
         scanned.set()
         release.wait(10)
         return result
 
-    source.reader.read = slow_read  # type: ignore[method-assign, assignment]
+    monkeypatch.setattr(refresh, "scan_indexes", slow_scan)
     scan = threading.Thread(target=daemon.refresher.refresh, args=(source,))
     scan.start()
     try:
@@ -269,3 +272,24 @@ def test_a_change_during_a_slow_full_scan_is_applied_at_once_and_kept(daemon: Da
         release.set()
         scan.join(10)
     assert active(daemon, "example.com") == before + 1  # the scan's older data did not overwrite it
+    daemon.refresher.refresh(source)  # and the next resync reads it too
+    assert active(daemon, "example.com") == before + 1
+
+
+def test_a_resync_runs_at_a_lower_priority(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    nice: list[int] = []
+
+    def scan(*args: Any, **options: Any) -> ScannedIndexes:
+        nice.append(options["nice"])
+        return scan_indexes(*args, **options)
+
+    monkeypatch.setattr(refresh, "scan_indexes", scan)
+    daemon.refresher.refresh_all()
+    assert nice == [refresh.RESYNC_NICE]  # the first count (at start) ran at 0
+
+
+def test_short_resync_intervals_get_a_proportional_jitter(sample_tree: Path) -> None:
+    plan = plan_sources(SourceOptions(data_dir=sample_tree), environ={})
+    running = Daemon(plan, windows=DEFAULT_WINDOWS, options=ServeOptions(port=0, resync_seconds=60))
+    assert running._make_timers()[0]._jitter == 5.0  # the file source's resync: 60 s / 12, not 5 minutes
+    running.stop()

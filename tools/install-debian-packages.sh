@@ -7,7 +7,7 @@ packages=(
     prosody prosody-modules lua5.4 lua-dbi-sqlite3 lua-dbi-postgresql lua-dbi-mysql
     prometheus prometheus-node-exporter
     graphite-carbon influxdb prometheus-pushgateway
-    gcc libc6-dev
+    gcc libc6-dev wrk
 )
 missing=()
 for package in "${packages[@]}"; do

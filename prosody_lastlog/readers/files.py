@@ -67,6 +67,16 @@ class _Files:
         return replace(self, names=self.names[start:stop], first=self.first + start)
 
 
+def process_context(preload: str = __name__) -> ForkContext | ForkServerContext:
+    """How to start processes: `fork` is cheapest but only safe with no other thread; else a clean server process
+    (which imports `preload` once) forks them."""
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([preload])
+    return context
+
+
 def default_workers() -> int:
     """The CPUs this process may run on, at most MAX_WORKERS."""
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
@@ -255,6 +265,9 @@ class _Loader:
 
     def __init__(self) -> None:
         self._sandbox: LuaSandbox | None = None
+
+    def __reduce__(self) -> tuple[type[_Loader], tuple[()]]:
+        return _Loader, ()  # a fresh one in another process: a sandbox does not travel
 
     def load(self, text: bytes, name: str) -> Loaded:
         """One file's value, as the sandbox gives it."""
@@ -469,12 +482,7 @@ class _Parallel:
         self._progress = progress
 
     def run(self) -> list[_Records]:
-        # `fork` is cheapest but only safe with no other thread; else a clean server process forks the children.
-        if threading.active_count() == 1:
-            context: ForkContext | ForkServerContext = multiprocessing.get_context("fork")
-        else:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([__name__])
+        context = process_context()
         try:
             for child in self._children:
                 self._start(child, context)

@@ -1,0 +1,140 @@
+"""A full scan of the file store, made into HostIndexes in a child process.
+
+The daemon's scrapes and file events run on threads of one interpreter: Python work of a scan there (reading files,
+making a million records, indexing them) would hold the GIL for seconds, and a scrape would wait for it. So the
+scan runs in a child process, which sends each host's built index; this process only takes them in and swaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from prosody_lastlog.activity_index import HostIndex, NameHash
+from prosody_lastlog.connected import ConnectedUsers
+from prosody_lastlog.readers import ReadResult
+from prosody_lastlog.readers.files import FileStoreReader, Progress, process_context
+from prosody_lastlog.records import ReadProblem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScannedIndexes:
+    """Every host's index from one full scan, and the problems met."""
+
+    hosts: dict[str, HostIndex] = field(default_factory=dict)
+    problems: list[ReadProblem] = field(default_factory=list)
+
+
+class ScanProcessError(OSError):
+    """The scan's process ended without sending its result."""
+
+
+def scan_indexes(
+    reader: FileStoreReader, connected: ConnectedUsers, *, progress: Progress | None = None, nice: int = 0
+) -> ScannedIndexes:
+    """Reads every file and indexes each host, in a child process run at `nice` (added to this one's niceness).
+
+    The indexes count `connected` as connected (an index tells it apart from a newer answer by identity). Where no
+    process can be started, it is all done here. Raises what the reader raises (DataDirError).
+    """
+    name_hash = NameHash()  # a fresh key: this process must hash names as the child did
+    context = process_context(__name__)
+    receiver, sender = context.Pipe(duplex=False)
+    try:
+        job = _Job(reader, connected, name_hash, progress is not None, nice)
+        process = context.Process(target=_child, args=(job, sender), name="prosody-lastlog-scan")
+        process.start()
+    except OSError as exc:  # no process to be had (a limit, a sandbox)
+        log.debug("scanning in this process: %s", exc)
+        receiver.close()
+        return ScannedIndexes(*_scan(reader, connected, name_hash, progress))
+    finally:
+        sender.close()
+    try:
+        return _receive(receiver, connected, progress)
+    finally:
+        receiver.close()
+        process.kill()  # done already, unless this process is leaving on an error
+        process.join()
+
+
+def release_free_memory() -> None:
+    """Gives memory freed since (an index swapped out) back to the system: glibc's malloc keeps much of it, as its
+    threshold for mapping large blocks apart rises once one is freed. Elsewhere, nothing happens."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def _receive(receiver: Connection, connected: ConnectedUsers, progress: Progress | None) -> ScannedIndexes:
+    scanned = ScannedIndexes()
+    while True:
+        try:
+            kind, value = receiver.recv()
+        except EOFError:
+            raise ScanProcessError("the scan process ended without a result") from None
+        if kind == "progress" and progress is not None:
+            progress(value)
+        elif kind == "host":
+            value.connected = connected  # the child's equal copy of it
+            scanned.hosts[value.host] = value
+        elif kind == "failed":
+            raise value
+        elif kind == "done":
+            scanned.problems = value
+            return scanned
+
+
+def _scan(
+    reader: FileStoreReader, connected: ConnectedUsers, name_hash: NameHash, progress: Progress | None
+) -> tuple[dict[str, HostIndex], list[ReadProblem]]:
+    read = reader.read(progress)
+    return {index.host: index for index in _indexes(read, connected, name_hash)}, read.problems
+
+
+def _indexes(read: ReadResult, connected: ConnectedUsers, name_hash: NameHash) -> Iterator[HostIndex]:
+    """Each host's index, its records let go once indexed."""
+    while read.hosts:
+        host, data = read.hosts.popitem()
+        yield HostIndex(host, data.store, connected, data.users, hash_name=name_hash)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the child is to do."""
+
+    reader: FileStoreReader
+    connected: ConnectedUsers
+    name_hash: NameHash
+    with_progress: bool
+    nice: int
+
+
+def _child(job: _Job, sender: Connection) -> None:
+    """Runs in the child: scans, sends ("progress", files read) if asked, ("host", index) per host, then ("done",
+    problems); or ("failed", the exception)."""
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)  # not the parent's handlers: a signal just ends the child
+    gc.disable()  # millions of objects, none in a cycle, and the process ends soon
+    if job.nice:
+        os.nice(job.nice)  # its reading processes inherit it
+    try:
+        try:
+            read = job.reader.read((lambda files: sender.send(("progress", files))) if job.with_progress else None)
+            for index in _indexes(read, job.connected, job.name_hash):
+                sender.send(("host", index))
+            sender.send(("done", read.problems))
+        except Exception as exc:  # the parent raises it
+            sender.send(("failed", exc))
+    except BrokenPipeError:
+        pass  # the parent stopped waiting
+    finally:
+        sender.close()

@@ -1,0 +1,106 @@
+"""A full scan indexed in a child process gives the counting core's numbers, and fails as the reader does."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prosody_lastlog import activity_index, index_build
+from prosody_lastlog.connected import ConnectedMode, ConnectedUsers
+from prosody_lastlog.counting import count_host
+from prosody_lastlog.index_build import ScanProcessError, scan_indexes
+from prosody_lastlog.readers import files
+from prosody_lastlog.readers.files import DataDirError, FileStoreReader
+from prosody_lastlog.windows import DEFAULT_WINDOWS
+from tests.test_files_reader import mixed_tree  # noqa: F401 (a fixture)
+
+NOW = 1_763_900_000
+CONNECTED = ConnectedUsers(ConnectedMode.HEURISTIC, prosody_started=0)
+
+
+def same_as_in_process(tree: Path) -> None:
+    """scan_indexes gives, host by host, what the core counts from an in-process read, and the same problems."""
+    reader = FileStoreReader(tree, workers=2)
+    read_here: list[int] = []
+    read = reader.read(read_here.append)
+    progress: list[int] = []
+    scanned = scan_indexes(reader, CONNECTED, progress=progress.append)
+    assert sorted(scanned.hosts) == sorted(read.hosts)
+    for host, data in read.hosts.items():
+        expected = count_host(data, now=NOW, windows=DEFAULT_WINDOWS, connected=CONNECTED)
+        index = scanned.hosts[host]
+        assert index.counts(now=NOW, windows=DEFAULT_WINDOWS) == expected
+        assert index.connected is CONNECTED
+        for user in data.users[:5]:  # names are found with the hash the child used
+            index.remove(user.user)
+        assert len(index) == len({user.user for user in data.users}) - min(5, len(data.users))
+    assert scanned.problems == read.problems
+    assert progress == sorted(progress) and progress[-1] == read_here[-1] > 0
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even a small tree is read by several processes (where this process's settings reach: forked children)."""
+    monkeypatch.setattr(files, "MIN_FILES_PER_WORKER", 1)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_an_index_built_in_a_forked_child_equals_the_core(mixed_tree: Path) -> None:  # noqa: F811
+    same_as_in_process(mixed_tree)
+
+
+@pytest.fixture
+def another_thread() -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+
+
+@pytest.mark.usefixtures("another_thread")
+def test_with_threads_running_the_index_is_built_by_a_clean_process_not_here(
+    mixed_tree: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader = FileStoreReader(mixed_tree)
+    expected = {host: index.counts(now=NOW, windows=DEFAULT_WINDOWS) for host, index in _in_process(reader).items()}
+    monkeypatch.setattr(activity_index.HostIndex, "_load", _not_here)  # this process's only: the child is fresh
+    scanned = scan_indexes(reader, CONNECTED)
+    assert {host: index.counts(now=NOW, windows=DEFAULT_WINDOWS) for host, index in scanned.hosts.items()} == expected
+
+
+def _in_process(reader: FileStoreReader) -> dict[str, activity_index.HostIndex]:
+    read = reader.read()
+    return {
+        host: activity_index.HostIndex(host, data.store, CONNECTED, data.users) for host, data in read.hosts.items()
+    }
+
+
+def _not_here(*args: object) -> None:
+    raise AssertionError("indexed in the daemon's own process")
+
+
+def test_without_processes_it_is_all_done_here(mixed_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    def refuse(process: multiprocessing.process.BaseProcess) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    same_as_in_process(mixed_tree)
+
+
+def test_a_missing_data_dir_fails_as_the_reader_does(tmp_path: Path) -> None:
+    with pytest.raises(DataDirError, match="cannot read data directory"):
+        scan_indexes(FileStoreReader(tmp_path / "missing"), CONNECTED)
+
+
+def test_a_child_that_dies_is_an_error(mixed_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setattr(index_build, "_child", lambda job, sender: os._exit(1))
+    with pytest.raises(ScanProcessError):
+        scan_indexes(FileStoreReader(mixed_tree), CONNECTED)
