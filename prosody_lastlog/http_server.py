@@ -264,6 +264,9 @@ def _handler_class(
         disable_nagle_algorithm = True
         wbufsize = _WRITE_BUFFER
 
+        def version_string(self) -> str:
+            return self.server_version  # not the standard library's "... Python/3.x.y"
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:

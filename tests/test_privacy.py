@@ -733,7 +733,6 @@ def test_the_server_header_names_the_tool(hostile_daemon: Daemon) -> None:
     assert server.startswith("prosody-lastlog/")
 
 
-@pytest.mark.xfail(reason="BaseHTTPRequestHandler adds sys_version (`prosody-lastlog/0.1.0 Python/3.11.7`); strict")
 def test_the_server_header_does_not_tell_the_python_version(hostile_daemon: Daemon) -> None:
     for method, path in [("GET", "/metrics"), ("GET", "/nope"), ("POST", "/metrics")]:
         server = raw_request(hostile_daemon, method, path)[1]["Server"]
