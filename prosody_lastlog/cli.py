@@ -402,37 +402,58 @@ def _next_signal(signals: queue.SimpleQueue[int]) -> int:
             continue
 
 
-def _start_daemon(args: argparse.Namespace, plan: Plan | None = None) -> Daemon:
-    if plan is None:
-        plan = plan_sources(_source_options(args), environ=os.environ)
-    windows = parse_windows(args.window)
-    daemon = Daemon(plan, windows=windows, options=_serve_options(args))
-    daemon.start()
-    sys.stdout.write(render_table(daemon.live.counts(now=daemon.clock()), windows=windows))
-    sys.stdout.write(f"serving {daemon.server.url} (Ctrl-C stops, SIGHUP reloads)\n")
-    sys.stdout.flush()
+def _start_daemon(args: argparse.Namespace) -> Daemon:
+    plan = plan_sources(_source_options(args), environ=os.environ)
+    daemon = Daemon(plan, windows=parse_windows(args.window), options=_serve_options(args))
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.stop()
+        raise
+    _announce(daemon)
     return daemon
 
 
+def _announce(daemon: Daemon) -> None:
+    sys.stdout.write(render_table(daemon.live.counts(now=daemon.clock()), windows=daemon.windows))
+    sys.stdout.write(f"serving {daemon.server.url} (Ctrl-C stops, SIGHUP reloads)\n")
+    sys.stdout.flush()
+
+
 def _reload(running: Daemon, old_args: argparse.Namespace, argv: Sequence[str] | None) -> Daemon:
-    """SIGHUP: re-reads the settings file and the Prosody config; a bad new config leaves the old one running."""
+    """SIGHUP: re-reads the settings file and the Prosody config; a bad new config leaves the old one running.
+
+    The new configuration counts while the old one still serves; push exporters with unchanged settings keep
+    running (and their queues), and an SQL source whose database is down keeps its last counts.
+    """
     try:
         args = _with_settings_file(build_parser().parse_args(argv), argv)
         problems = _usage_problems(args)
         if problems:
             raise ValueError("; ".join(problems))
         plan = plan_sources(_source_options(args), environ=os.environ)  # fails here, before anything stops
-        _serve_options(args)
+        options = _serve_options(args)
         validate_exporters(args.exporters)
     except (SettingsError, ExporterConfigError, *_FATAL) as exc:
         log.error("reload refused, the running configuration stays: %s", exc)
         return running
-    running.stop()
+    shared = running.exporters if args.exporters == old_args.exporters else None
+    daemon = Daemon(plan, windows=parse_windows(args.window), options=options, exporters=shared)
     try:
-        daemon = _start_daemon(args, plan)
+        daemon.count()
     except _FATAL as exc:
+        daemon.stop(close_exporters=shared is None)
+        log.error("the new configuration did not start (%s); the running one stays", exc)
+        return running
+    daemon.live.keep_sql_counts_of(running.live)
+    running.stop(close_exporters=shared is None)
+    try:
+        daemon.serve()
+    except _FATAL as exc:
+        daemon.stop()
         log.error("the new configuration did not start (%s); back to the previous one", exc)
         return _start_daemon(old_args)
+    _announce(daemon)
     log.info("reloaded")
     return daemon
 

@@ -55,9 +55,20 @@ class ServeOptions:
 
 
 class Daemon:
-    """Starts and stops every part in order: count, HTTP, watchers, timers, textfile."""
+    """Starts and stops every part in order: watchers, count, HTTP, timers, textfile.
 
-    def __init__(self, plan: Plan, *, windows: Sequence[Window], options: ServeOptions) -> None:
+    `exporters`, if given, are running push exporters to take over (a reload with the same settings keeps their
+    queues); else they are made from the options.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        windows: Sequence[Window],
+        options: ServeOptions,
+        exporters: Sequence[Exporter] | None = None,
+    ) -> None:
         self.options = options
         self.clock = _clock(options.as_of)
         file_sources = [s.name for s in plan.sources if isinstance(s, FileSource)]
@@ -79,29 +90,37 @@ class Daemon:
                 exports=lambda: {exporter.name: exporter.status() for exporter in self.exporters},
             )
         )
-        self.server = MetricsServer(
-            self.registry,
-            self.live,
-            host=options.listen_host,
-            port=options.port,
-            max_age_seconds=2 * (options.resync_seconds + options.resync_jitter_seconds),
-            clock=self.clock,
-            tls=options.tls,
-            credentials=options.credentials,
-        )
+        self._server: MetricsServer | None = None  # bound by serve(): a reload counts while the old one serves
         self._textfile_lock = threading.Lock()
         self._textfile_failing = False
         self._watchers: list[DataDirWatcher] = []
         self._timers: list[PeriodicTimer] = []
-        self.exporters = build_exporters(options.exporters)  # last: their threads start here
+        # Last: their threads start here.
+        self.exporters = list(exporters) if exporters is not None else build_exporters(options.exporters)
+
+    @property
+    def server(self) -> MetricsServer:
+        """The HTTP server, once serve() has started it."""
+        if self._server is None:
+            raise RuntimeError("not serving yet")
+        return self._server
 
     def start(self) -> None:
         """Counts everything once, then serves and keeps counting."""
+        self.count()
+        self.serve()
+
+    def count(self) -> None:
+        """Watches the data directories, then counts everything once (changes met meanwhile are read again)."""
         started = time.monotonic()
         self.refresher.progress = _progress_bar() if sys.stderr.isatty() else None
         self._probe_connected()
         try:
+            self._watchers = watch_file_sources(self.refresher, polling=self.options.polling)
             self.refresher.refresh_all()
+        except BaseException:
+            self.stop(close_exporters=False)
+            raise
         finally:
             if self.refresher.progress is not None:
                 sys.stderr.write("\n")
@@ -113,27 +132,43 @@ class Daemon:
             len(counts),
             time.monotonic() - started,
         )
-        self.server.start()
-        self._publish()
+
+    def serve(self) -> None:
+        """Serves /metrics and keeps counting: timers, push exporters, textfile."""
+        options = self.options
         try:
-            self._watchers = watch_file_sources(self.refresher, polling=self.options.polling)
+            self._server = MetricsServer(
+                self.registry,
+                self.live,
+                host=options.listen_host,
+                port=options.port,
+                max_age_seconds=2 * (options.resync_seconds + options.resync_jitter_seconds),
+                clock=self.clock,
+                tls=options.tls,
+                credentials=options.credentials,
+            )
+            self._server.start()
+            self._publish()
             self._timers = self._make_timers()
             for timer in self._timers:
                 timer.start()
         except BaseException:
-            self.stop()
+            self.stop(close_exporters=False)
             raise
 
-    def stop(self) -> None:
-        """Stops timers, watchers and the server, joining their threads."""
+    def stop(self, *, close_exporters: bool = True) -> None:
+        """Stops timers, watchers and the server, joining their threads; the push exporters too, unless a reload
+        hands them to the next daemon."""
         for timer in self._timers:
             timer.stop()
         for watcher in self._watchers:
             watcher.stop()
         self._timers, self._watchers = [], []
-        for exporter in self.exporters:
-            exporter.close()
-        self.server.stop()
+        if close_exporters:
+            for exporter in self.exporters:
+                exporter.close()
+        if self._server is not None:
+            self._server.stop()
 
     def _declare_hosts(self, plan: Plan) -> None:
         for source in plan.sources:

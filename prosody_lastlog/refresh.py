@@ -47,7 +47,7 @@ class Refresher:
         # noted and re-read as the scan is swapped in, so the scan never overwrites a newer change.
         self._refreshing = {source.name: threading.Lock() for source in self.sources}
         self._locks = {source.name: threading.Lock() for source in self.sources}
-        self._changed_during_scan: dict[str, set[tuple[str, Store, str]]] = {}
+        self._changed_during_scan: dict[str, set[tuple[str, str]]] = {}  # (host, user) per scanning source
         self._file_hosts: dict[str, set[str]] = {}
         self._failing: set[str] = set()
 
@@ -95,11 +95,24 @@ class Refresher:
             self.live.index.update(host, store, user, activity)
             changed = self._changed_during_scan.get(source.name)
             if changed is not None:
-                changed.add((host, store, user))
+                changed.add((host, user))
         if problems:
             self.live.add_problems(source.name, Counter(problem.kind for problem in problems))
             _log_problems(source.name, problems)
         return True
+
+    def note_change(self, host: str, user: str) -> bool:
+        """While a full scan of the host's source runs: notes a user to re-read as the scan is swapped in (the
+        scan may have read the file before it changed) and returns True; else False."""
+        source = self.file_source_for_host(host)
+        if source is None:
+            return False
+        with self._locks[source.name]:
+            changed = self._changed_during_scan.get(source.name)
+            if changed is None:
+                return False
+            changed.add((host, user))
+            return True
 
     def changed(self) -> None:
         """Tells the push exporters that a batch of single-user changes has been applied."""
@@ -137,8 +150,8 @@ class Refresher:
             gone = self._file_hosts.get(source.name, set()) - set(scanned.hosts)
             self.live.index.remove_hosts(gone)
             self._file_hosts[source.name] = set(scanned.hosts)
-            for host, store, user in changed:  # newer than what the scan read: read again
-                if self.live.index.store_of(host) is store:
+            for host, user in changed:  # newer than what the scan read: read again
+                if (store := self.live.index.store_of(host)) is not None:
                     activity = source.reader.read_user(host, store, user, scanned.problems)
                     self.live.index.update(host, store, user, activity)
         release_free_memory()  # the swapped-out indexes'

@@ -85,6 +85,17 @@ class LiveCounts:
                     counts[host] = zero_counts(store, self.windows)
         return dict(sorted(counts.items()))
 
+    def keep_sql_counts_of(self, previous: LiveCounts) -> None:
+        """After a reload: an SQL source that has not counted here yet (its database is down) keeps serving what
+        it last counted under the previous configuration; its health still says it is down."""
+        with previous._lock:
+            kept = {name: dict(counts) for name, counts in previous._sql_counts.items() if name in previous._counted}
+        with self._lock:
+            for name, counts in kept.items():
+                if name in self._health and name not in self._counted and name not in self._file_sources:
+                    self._sql_counts[name] = counts
+                    self._counted.add(name)
+
     def health(self) -> Sequence[SourceHealth]:
         """One entry per source, in the order they were configured."""
         with self._lock:

@@ -140,6 +140,8 @@ class DataDirWatcher:
                 continue  # a host this daemon does not count (--host, or the config skips it)
             store = self._refresher.live.index.store_of(change.host)
             if store is None:
+                if self._refresher.note_change(change.host, change.user):
+                    continue  # a full scan is reading this host now, and reads this user again at its end
                 if change.store_dir != _ACCOUNTS:  # an account change alone brings no activity data
                     self._rescan()  # a host with its first data
                     return

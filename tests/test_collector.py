@@ -11,6 +11,7 @@ from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.connected import ConnectedMode, ConnectedUsers
 from prosody_lastlog.records import Store, UserActivity
 from prosody_lastlog.snapshot import LiveCounts
+from prosody_lastlog.sources import zero_counts
 from prosody_lastlog.timer import PeriodicTimer
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 
@@ -74,3 +75,17 @@ def test_connected_users_and_how_they_are_found() -> None:
     assert 'prosody_lastlog_connected_detection_info{mode="admin_socket",source="files"} 1.0' in text
     assert 'prosody_lastlog_connected_detection_info{mode="none",source="sql"} 1.0' in text
     assert "alice" not in text
+
+
+def test_a_reload_keeps_the_last_counts_of_an_sql_source_that_is_down() -> None:
+    counted = zero_counts(Store.LASTLOG2, DEFAULT_WINDOWS)
+    old = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files", "db", "gone"], file_sources=["files"])
+    old.set_sql_counts("db", {"sql.example": counted})
+    old.succeeded("db", at=NOW, duration=0.1, problems={})
+    old.set_sql_counts("gone", {"gone.example": counted})
+    old.succeeded("gone", at=NOW, duration=0.1, problems={})
+    new = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files", "db"], file_sources=["files"])
+    new.failed("db", "cannot connect to postgresql://prosody@db/prosody: timeout")
+    new.keep_sql_counts_of(old)
+    assert new.counts(now=NOW) == {"sql.example": counted}  # a source the new configuration dropped stays dropped
+    assert [(h.name, h.up) for h in new.health()] == [("files", False), ("db", False)]

@@ -293,3 +293,34 @@ def test_short_resync_intervals_get_a_proportional_jitter(sample_tree: Path) -> 
     running = Daemon(plan, windows=DEFAULT_WINDOWS, options=ServeOptions(port=0, resync_seconds=60))
     assert running._make_timers()[0]._jitter == 5.0  # the file source's resync: 60 s / 12, not 5 minutes
     running.stop()
+
+
+def test_a_change_during_the_first_count_is_not_lost(sample_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watcher runs before the first count: a login written after the scan read the files still shows."""
+    scanned, release = threading.Event(), threading.Event()
+
+    def slow_scan(*args: Any, **options: Any) -> ScannedIndexes:
+        result = scan_indexes(*args, **options)
+        scanned.set()
+        release.wait(10)
+        return result
+
+    monkeypatch.setattr(refresh, "scan_indexes", slow_scan)
+    plan = plan_sources(SourceOptions(data_dir=sample_tree), environ={})
+    running = Daemon(plan, windows=DEFAULT_WINDOWS, options=ServeOptions(port=0, as_of=SAMPLE_NOW))
+    rescans = spy(running, "refresh")
+    starting = threading.Thread(target=running.start)
+    starting.start()
+    try:
+        assert scanned.wait(10)
+        prosody_writes(sample_tree, "newcomer", "example.com", f"{{ login = {{ timestamp = {SAMPLE_NOW - 5} }} }}")
+        time.sleep(0.5)  # the watcher's debounce, and its batch: noted, not a rescan
+    finally:
+        release.set()
+        starting.join(10)
+    try:
+        expected = json.loads((case_data("sample").parent / "expected.json").read_text())["active_users"]
+        assert active(running, "example.com") == expected["example.com"]["1d"] + 1
+        assert len(rescans) == 1  # the first count only
+    finally:
+        running.stop()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog.cli import _with_settings_file, build_parser, main
+from prosody_lastlog.cli import _reload, _start_daemon, _with_settings_file, build_parser, main
+from prosody_lastlog.daemon import Daemon
 from prosody_lastlog.settings_file import SettingsError, read_settings_file
 from tests.conftest import case_data
 from tests.integration.servers import free_port
@@ -136,3 +137,41 @@ def test_where_the_data_is_on_the_command_line_replaces_the_files(tmp_path: Path
     argv = ["count", "--config-file", str(path), "--sql", "postgresql://prosody@db/prosody"]
     merged = _with_settings_file(build_parser().parse_args(argv), argv)
     assert merged.config is None and merged.sql_password_file == Path("/etc/pw")
+
+
+def test_a_reload_counts_while_the_old_configuration_serves_and_keeps_push_queues(
+    sample_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = free_port()  # nobody listens: points stay queued
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        f'data_dir = "{sample_tree}"\nlisten = "127.0.0.1:{free_port()}"\n'
+        f"[exporters.graphite]\nport = {closed}\ninterval = 1\n"
+    )
+    argv = ["serve", "--config-file", str(path), "--as-of", str(SAMPLE_NOW)]
+    args = _with_settings_file(build_parser().parse_args(argv), argv)
+    running = _start_daemon(args)
+    reloaded = running
+    try:
+        (exporter,) = running.exporters
+        deadline = time.monotonic() + 10
+        while exporter.status().queue_length == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        queued = exporter.status().queue_length
+        assert queued > 0
+        answered: list[int] = []
+        count = Daemon.count
+
+        def count_while_the_old_one_serves(daemon: Daemon) -> None:
+            with urllib.request.urlopen(running.server.url, timeout=5) as response:
+                answered.append(response.status)
+            count(daemon)
+
+        monkeypatch.setattr(Daemon, "count", count_while_the_old_one_serves)
+        reloaded = _reload(running, args, argv)
+        assert reloaded is not running and answered == [200]
+        assert reloaded.exporters == [exporter] and exporter.status().queue_length >= queued
+        with urllib.request.urlopen(reloaded.server.url, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        reloaded.stop()

@@ -21,7 +21,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_SECONDS = 90.0
 KNOWN_BUGS = {  # check name prefix -> the daemon bug behind its failure (soak/README.md, "Findings")
-    "counts equal a fresh count": "changes made while a SIGHUP reload rescans are missed until the next resync",
     "no graphite point lost": "a batch sent as carbon stops can still be lost, though one carbon did not read is now "
     "retried (cause not pinned down: carbon's own cache at shutdown?)",
 }
