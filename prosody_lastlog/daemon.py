@@ -19,6 +19,7 @@ from exporters.points import Snapshot
 from prosody_lastlog.atomic_write import write_atomically
 from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.counting import total_counts
+from prosody_lastlog.database import CONNECT_TIMEOUT_SECONDS
 from prosody_lastlog.discovery import Plan
 from prosody_lastlog.http_server import DEFAULT_PORT, MetricsServer
 from prosody_lastlog.prosody_server import ConnectedProbe, Detection
@@ -142,7 +143,7 @@ class Daemon:
                 self.live,
                 host=options.listen_host,
                 port=options.port,
-                max_age_seconds=2 * (options.resync_seconds + options.resync_jitter_seconds),
+                max_age_seconds=self._max_ages(),
                 clock=self.clock,
                 tls=options.tls,
                 credentials=options.credentials,
@@ -174,6 +175,17 @@ class Daemon:
         for source in plan.sources:
             hosts = set(source.hosts)
             self.live.declare_hosts(source.name, [(h, s) for h, s in plan.known_hosts if h in hosts])
+
+    def _max_ages(self) -> dict[str, float]:
+        """Per source, how old its last successful refresh may be before /healthz fails: two refreshes missed
+        (an SQL count that cannot connect fails within the connect timeout; one that hangs is caught here)."""
+        options, ages = self.options, {}
+        for source in self.refresher.sources:
+            if isinstance(source, SqlSource):
+                ages[source.name] = 2 * options.sql_interval_seconds + CONNECT_TIMEOUT_SECONDS + 60
+            else:
+                ages[source.name] = 2 * (options.resync_seconds + options.resync_jitter_seconds)
+        return ages
 
     def _make_timers(self) -> list[PeriodicTimer]:
         options, timers = self.options, []

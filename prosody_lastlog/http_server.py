@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ class MetricsServer:
         *,
         host: str,
         port: int,
-        max_age_seconds: float,
+        max_age_seconds: Mapping[str, float],
         clock: Callable[[], float] = time.time,
         tls: ssl.SSLContext | None = None,
         credentials: Mapping[str, str] | None = None,
@@ -202,13 +203,13 @@ def _rendering_key(families: Iterable[Metric]) -> list[tuple[object, ...]] | Non
     return key
 
 
-def health_problems(live: LiveCounts, *, now: float, max_age_seconds: float) -> list[str]:
-    """Why /healthz should fail: sources whose last refresh failed or is older than `max_age_seconds`."""
+def health_problems(live: LiveCounts, *, now: float, max_age_seconds: Mapping[str, float]) -> list[str]:
+    """Why /healthz should fail: sources whose last refresh failed or is older than their `max_age_seconds`."""
     problems = []
     for source in live.health():
         if not source.up:
             problems.append(f"{source.name}: {source.error or 'not refreshed yet'}")
-        elif source.last_success is not None and now - source.last_success > max_age_seconds:
+        elif source.last_success is not None and now - source.last_success > max_age_seconds.get(source.name, inf):
             problems.append(f"{source.name}: last successful refresh {now - source.last_success:.0f} s ago")
     return problems
 
@@ -253,7 +254,7 @@ def _authorized(header: str | None, credentials: Mapping[str, str]) -> bool:
 def _handler_class(
     exposition: Exposition,
     live: LiveCounts,
-    max_age_seconds: float,
+    max_age_seconds: Mapping[str, float],
     clock: Callable[[], float],
     credentials: Mapping[str, str],
 ) -> type[BaseHTTPRequestHandler]:

@@ -25,7 +25,14 @@ from prometheus_client.registry import Collector
 
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.http_server import SWITCH_INTERVAL, Exposition, MetricsServer, load_credentials, load_tls
+from prosody_lastlog.http_server import (
+    SWITCH_INTERVAL,
+    Exposition,
+    MetricsServer,
+    health_problems,
+    load_credentials,
+    load_tls,
+)
 from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 
@@ -178,7 +185,7 @@ def test_served_metrics_are_the_registrys(sample_tree: Path) -> None:
 @pytest.fixture
 def plain_server() -> Iterator[MetricsServer]:
     live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=[])
-    server = MetricsServer(Values(), live, host="127.0.0.1", port=0, max_age_seconds=60)
+    server = MetricsServer(Values(), live, host="127.0.0.1", port=0, max_age_seconds={})
     server.start()
     yield server
     server.stop()
@@ -228,7 +235,7 @@ def test_http_1_0_and_requests_with_a_body_get_their_reply_then_the_connection_c
 
 def test_the_switch_interval_is_lowered_while_any_server_serves() -> None:
     live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=[])
-    first, second = (MetricsServer(Values(), live, host="127.0.0.1", port=0, max_age_seconds=60) for _ in range(2))
+    first, second = (MetricsServer(Values(), live, host="127.0.0.1", port=0, max_age_seconds={}) for _ in range(2))
     before = sys.getswitchinterval()
     first.start()
     second.start()
@@ -261,3 +268,15 @@ def test_stop_ends_idle_keep_alive_tls_connections_at_once(secured: tuple[Daemon
     daemon.server.stop()
     assert time.monotonic() - started < 2
     conn.close()
+
+
+def test_each_source_goes_stale_after_its_own_refresh_interval(tmp_path: Path) -> None:
+    live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files", "db"], file_sources=["files"])
+    for source in ("files", "db"):
+        live.succeeded(source, at=1000.0, duration=0.1, problems={})
+    ages = {"files": 7800.0, "db": 185.0}
+    assert health_problems(live, now=1300.0, max_age_seconds=ages) == ["db: last successful refresh 300 s ago"]
+    assert health_problems(live, now=1100.0, max_age_seconds=ages) == []
+    plan = plan_sources(SourceOptions(sql_url=f"sqlite:///{tmp_path / 'prosody.sqlite'}"), environ={})
+    daemon = Daemon(plan, windows=DEFAULT_WINDOWS, options=ServeOptions(port=0, sql_interval_seconds=60))
+    assert list(daemon._max_ages().values()) == [185.0]  # two SQL counts missed, plus a connect timeout and a minute
