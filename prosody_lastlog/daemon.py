@@ -160,6 +160,7 @@ class Daemon:
     def stop(self, *, close_exporters: bool = True) -> None:
         """Stops timers, watchers and the server, joining their threads; the push exporters too, unless a reload
         hands them to the next daemon."""
+        self.refresher.stop_scans()  # a resync would hold up the timer's thread for up to minutes
         for timer in self._timers:
             timer.stop()
         for watcher in self._watchers:

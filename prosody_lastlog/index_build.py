@@ -13,9 +13,11 @@ import gc
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 from prosody_lastlog.activity_index import HostIndex, NameHash
 from prosody_lastlog.connected import ConnectedUsers
@@ -38,10 +40,44 @@ class ScanProcessError(OSError):
     """The scan's process ended without sending its result."""
 
 
+class ScanProcesses:
+    """The scan processes running, so that stopping the daemon ends them at once instead of waiting a resync out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[BaseProcess] = set()
+        self.stopped = False
+
+    def add(self, process: BaseProcess) -> None:
+        """A process just started (ended at once if stop_all came first)."""
+        with self._lock:
+            self._running.add(process)
+            if self.stopped:
+                process.kill()
+
+    def discard(self, process: BaseProcess) -> None:
+        """A process done with."""
+        with self._lock:
+            self._running.discard(process)
+
+    def stop_all(self) -> None:
+        """Ends every running scan process, and any started later."""
+        with self._lock:
+            self.stopped = True
+            for process in self._running:
+                process.kill()
+
+
 def scan_indexes(
-    reader: FileStoreReader, connected: ConnectedUsers, *, progress: Progress | None = None, nice: int = 0
+    reader: FileStoreReader,
+    connected: ConnectedUsers,
+    *,
+    progress: Progress | None = None,
+    nice: int = 0,
+    processes: ScanProcesses | None = None,
 ) -> ScannedIndexes:
-    """Reads every file and indexes each host, in a child process run at `nice` (added to this one's niceness).
+    """Reads every file and indexes each host, in a child process run at `nice` (added to this one's niceness),
+    registered in `processes` while it runs.
 
     The indexes count `connected` as connected (an index tells it apart from a newer answer by identity). Where no
     process can be started, it is all done here. Raises what the reader raises (DataDirError).
@@ -53,6 +89,8 @@ def scan_indexes(
         job = _Job(reader, connected, name_hash, progress is not None, nice)
         process = context.Process(target=_child, args=(job, sender), name="prosody-lastlog-scan")
         process.start()
+        if processes is not None:
+            processes.add(process)
     except OSError as exc:  # no process to be had (a limit, a sandbox)
         log.debug("scanning in this process: %s", exc)
         receiver.close()
@@ -65,6 +103,8 @@ def scan_indexes(
         receiver.close()
         process.kill()  # done already, unless this process is leaving on an error
         process.join()
+        if processes is not None:
+            processes.discard(process)
 
 
 def release_free_memory() -> None:

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from prosody_lastlog.database import DatabaseError
-from prosody_lastlog.index_build import release_free_memory, scan_indexes
+from prosody_lastlog.index_build import ScanProcesses, release_free_memory, scan_indexes
 from prosody_lastlog.readers.files import DataDirError
 from prosody_lastlog.records import ReadProblem, Store
 from prosody_lastlog.snapshot import LiveCounts
@@ -50,6 +50,11 @@ class Refresher:
         self._changed_during_scan: dict[str, set[tuple[str, str]]] = {}  # (host, user) per scanning source
         self._file_hosts: dict[str, set[str]] = {}
         self._failing: set[str] = set()
+        self._scans = ScanProcesses()
+
+    def stop_scans(self) -> None:
+        """Ends the full scans running (their refreshes end without changing anything), and refuses new ones."""
+        self._scans.stop_all()
 
     def refresh_all(self) -> None:
         """Refreshes every source."""
@@ -63,6 +68,8 @@ class Refresher:
             try:
                 problems = self._read(source)
             except Exception as exc:  # any failure: keep the last counts, mark the source down
+                if self._scans.stopped:
+                    return  # stopping: the scan was ended on purpose
                 if not isinstance(exc, DataDirError | DatabaseError | OSError):
                     log.debug("refresh failure", exc_info=True)
                     exc = RuntimeError(f"unexpected {type(exc).__name__} while reading")
@@ -139,7 +146,9 @@ class Refresher:
         # A resync is not urgent: its processes yield the CPUs to scrapes (and to Prosody); the first count is.
         nice = RESYNC_NICE if source.name in self._file_hosts else 0
         try:
-            scanned = scan_indexes(source.reader, self.live.index.connected, progress=self.progress, nice=nice)
+            scanned = scan_indexes(
+                source.reader, self.live.index.connected, progress=self.progress, nice=nice, processes=self._scans
+            )
         except BaseException:
             with self._locks[source.name]:
                 self._changed_during_scan.pop(source.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from prosody_lastlog import activity_index, index_build
 from prosody_lastlog.connected import ConnectedMode, ConnectedUsers
 from prosody_lastlog.counting import count_host
 from prosody_lastlog.index_build import ScanProcessError, scan_indexes
-from prosody_lastlog.readers import files
+from prosody_lastlog.readers import ReadResult, files
 from prosody_lastlog.readers.files import DataDirError, FileStoreReader
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.test_files_reader import mixed_tree  # noqa: F401 (a fixture)
@@ -104,3 +105,29 @@ def test_a_child_that_dies_is_an_error(mixed_tree: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(index_build, "_child", lambda job, sender: os._exit(1))
     with pytest.raises(ScanProcessError):
         scan_indexes(FileStoreReader(mixed_tree), CONNECTED)
+
+
+class SlowReader(FileStoreReader):
+    """A reader that takes far longer than any test: only ending its process ends the scan."""
+
+    def read(self, progress: files.Progress | None = None) -> ReadResult:
+        time.sleep(60)
+        return super().read(progress)
+
+
+def test_stopping_ends_a_running_scan_at_once(sample_tree: Path) -> None:
+    processes = index_build.ScanProcesses()
+    outcome: list[BaseException] = []
+
+    def scan() -> None:
+        try:
+            scan_indexes(SlowReader(sample_tree), CONNECTED, processes=processes)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    scanning = threading.Thread(target=scan)
+    scanning.start()
+    threading.Event().wait(1.0)  # the child is started and reading
+    processes.stop_all()
+    scanning.join(10)
+    assert not scanning.is_alive() and isinstance(outcome[0], ScanProcessError)
