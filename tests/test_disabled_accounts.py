@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -58,3 +59,15 @@ def test_account_files_are_evaluated_only_if_they_mention_disabled(sample_tree: 
     (accounts / "loud.dat").write_bytes(b"while true do end -- disabled")
     problems = FileStoreReader(sample_tree).read().problems
     assert [(p.where, p.kind) for p in problems] == [("example%2ecom/accounts/loud.dat", "limit")]
+
+
+def test_odd_entries_in_an_accounts_directory_are_reported(sample_tree: Path) -> None:
+    accounts = sample_tree / "example%2ecom" / "accounts"
+    accounts.mkdir(exist_ok=True)
+    os.mkfifo(accounts / "fifo.dat")
+    (accounts / "link.dat").symlink_to("/etc/passwd")
+    problems = FileStoreReader(sample_tree).read().problems
+    assert sorted((p.where, p.kind) for p in problems) == [
+        ("example%2ecom/accounts/fifo.dat", "not_a_file"),
+        ("example%2ecom/accounts/link.dat", "not_a_file"),
+    ]

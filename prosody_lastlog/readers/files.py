@@ -123,7 +123,7 @@ class FileStoreReader:
                 continue
             if _ACCOUNTS in subdirs and not self._count_disabled:
                 accounts = os.path.join(host_dir, _ACCOUNTS)
-                names = self._account_files(accounts, result.problems)
+                names = self._user_files(accounts, result.problems)
                 listed.append(_Files(host, store, accounts, self._where(accounts), names, accounts=True))
             directory = os.path.join(host_dir, encode_store(store.value))
             names = self._user_files(directory, result.problems)
@@ -208,7 +208,8 @@ class FileStoreReader:
         return next((store for store in candidates if encode_store(store.value) in subdirs), None)
 
     def _user_files(self, store_dir: str, problems: list[ReadProblem]) -> list[str]:
-        """The names of the store's regular `<user>.dat` files; other entries so named become problems.
+        """The names of the regular `<user>.dat` files of a store (or `accounts`) directory; other entries so named
+        become problems.
 
         Names are decoded as the files are read (where a name Prosody cannot write becomes a problem).
         """
@@ -246,15 +247,6 @@ class FileStoreReader:
             problems.append(ReadProblem(self._where(path), *why))
             return None
         return text
-
-    def _account_files(self, accounts_dir: str, problems: list[ReadProblem]) -> list[str]:
-        """The names of the regular `<user>.dat` files of an `accounts` directory."""
-        try:
-            entries = list(self._scandir(accounts_dir))
-        except OSError as exc:
-            problems.append(ReadProblem(self._where(accounts_dir), "unreadable", exc.strerror or str(exc)))
-            return []
-        return [entry.name for entry in entries if entry.name.endswith(_DAT) and _is_regular_file(entry)]
 
     def _where(self, path: str) -> str:
         return path[len(self._prefix) :] if path.startswith(self._prefix) else path
