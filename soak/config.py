@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from soak.prosody import lua_string
+from tests.integration.live_prosody import lua_string
 
 BAD_RELOADS = ("unknown-setting", "broken-prosody-config", "bad-exporter-port")
 

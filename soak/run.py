@@ -22,9 +22,9 @@ from soak.config import ServeConfig, SqlHosts
 from soak.faults import DiskLane, Lane, Schedule, ServerLane, SighupLane, SqlLane
 from soak.generator import FileGenerator, SqlGenerator
 from soak.observe import LogTail, Poller, ProcSample, Scrape, proc_sample, scrape
-from soak.prosody import Prosody, running_prosody
 from soak.setup import schedules, serve, small_filesystem, snapshot_code, wait_for
 from soak.xmpp_load import XmppLoad
+from tests.integration.live_prosody import LiveProsody, running_prosody
 from tests.integration.private_sql import PrivateServer, private_mariadb, private_postgres
 from tests.integration.push_servers import CarbonServer, InfluxServer, carbon_cache, influxd
 from tests.integration.servers import free_port
@@ -73,7 +73,7 @@ class Rig:
 
     args: argparse.Namespace
     work: Path
-    prosody: Prosody
+    prosody: LiveProsody
     postgres: PrivateServer
     mariadb: PrivateServer
     carbon: ServerLane[CarbonServer]

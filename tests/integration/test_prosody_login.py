@@ -8,17 +8,10 @@ mod_lastlog2 stamp chosen times; it sets that clock through the admin socket. A 
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,8 +23,8 @@ from prosody_lastlog.prosody_server import Detection, ProsodyServer
 from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.records import Store, UserActivity
 from prosody_lastlog.windows import DEFAULT_WINDOWS
-from tests.integration.servers import free_port
-from tests.integration.xmpp_client import XmppClient, XmppError, admin_shell
+from tests.integration.live_prosody import LiveProsody, running_prosody
+from tests.integration.xmpp_client import XmppClient
 
 pytestmark = pytest.mark.integration
 
@@ -41,104 +34,22 @@ PASSWORD = "correct horse"
 DAY = 86400
 FRESH = 2.0  # seconds within which a change in Prosody must show in /metrics
 
-CONFIG = """\
--- Throwaway config written by tests/integration/test_prosody_login.py.
+# Before any module loads, os.time() is replaced, as in fixtures/make_fixtures.py, so the test can make mod_lastlog2
+# stamp chosen times (set_clock).
+CLOCK = """\
 local real_time = os.time
-local clock = {{}}
+local clock = {}
 package.loaded["test_clock"] = clock
 os.time = function(t)
 	if t == nil and clock.now ~= nil then return clock.now end
 	return real_time(t)
 end
-
-data_path = {data}
-pidfile = {pidfile}
-certificates = {certs}
-log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = {log} }} }}
-interfaces = {{ "127.0.0.1" }}
-local_interfaces = {{ "127.0.0.1" }}
-c2s_ports = {{ {c2s} }}
-c2s_direct_tls_ports = {{}}
-legacy_ssl_ports = {{}}
-modules_disabled = {{ "s2s", "s2s_auth_certs" }}
-authentication = "internal_plain"
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true
-modules_enabled = {{ "saslauth", "lastlog2", "admin_shell", "admin_socket", "posix" }}
-run_as_root = {as_root}
-
-VirtualHost "{host}"
-VirtualHost "{new_host}"
 """
 
 
-def lua_string(value: str) -> str:
-    """A Lua string literal for a plain path."""
-    assert value.isprintable(), f"unexpected character in {value!r}"
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@dataclass
-class LiveProsody:
-    """A running Prosody in `root`, with helpers that act through Prosody's own tools."""
-
-    root: Path
-    process: subprocess.Popen[bytes]
-    c2s_port: int
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def admin_socket(self) -> Path:
-        return self.data / "prosody.sock"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.root / "prosody.pid"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "prosody.cfg.lua"
-
-    def log_text(self) -> str:
-        """Prosody's log so far."""
-        path = self.root / "prosody.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        parts = []
-        for name in ("prosody.log", "console.txt"):
-            path = self.root / name
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {name} ---\n" + "\n".join(tail))
-        return "\n".join(parts)
-
-    def shell(self, line: str) -> str:
-        """Runs one line in Prosody's admin shell."""
-        return admin_shell(self.admin_socket, line)
-
-    def set_clock(self, when: int | None) -> None:
-        """Makes os.time() in Prosody (and so mod_lastlog2's stamps) read `when`; None restores the real clock."""
-        self.shell(f">package.loaded.test_clock.now = {'nil' if when is None else int(when)}")
-
-    def c2s_sessions(self) -> int:
-        """How many client connections Prosody holds (bound or not), from its shell's `c2s:count()`."""
-        answer = self.shell("c2s:count()")
-        match = re.fullmatch(r"OK: Total: (\d+) clients", answer)
-        assert match, f"unexpected answer to c2s:count(): {answer!r}"
-        return int(match[1])
-
-    def prosodyctl(self, *args: str) -> None:
-        """Runs `prosodyctl --config <ours> ARGS` (it works on the data files, as on a live server)."""
-        binary = shutil.which("prosodyctl")
-        assert binary, "prosodyctl is missing: run `make test`, which installs Debian's prosody"
-        done = subprocess.run(
-            [binary, "--config", str(self.config), *args], capture_output=True, timeout=20, check=False, cwd=self.root
-        )
-        assert done.returncode == 0, f"prosodyctl {args[0]} failed: {done.stdout!r} {done.stderr!r}"
+def set_clock(prosody: LiveProsody, when: int | None) -> None:
+    """Makes os.time() in Prosody (and so mod_lastlog2's stamps) read `when`; None restores the real clock."""
+    prosody.shell(f">package.loaded.test_clock.now = {'nil' if when is None else int(when)}")
 
 
 def read_log_entries(prosody: LiveProsody, host: str) -> dict[str, UserActivity]:
@@ -160,82 +71,9 @@ def wait_until(condition: Callable[[], bool], seconds: float, what: str, *, sinc
         time.sleep(0.02)
 
 
-@contextmanager
-def running_prosody(root: Path) -> Iterator[LiveProsody]:
-    """Starts Prosody on a free loopback port; always stops it (SIGTERM, then SIGKILL)."""
-    binary = shutil.which("prosody")
-    assert binary, "prosody is missing: run `make test`, which installs Debian's prosody and prosody-modules"
-    assert Path("/usr/lib/prosody/modules/mod_lastlog2/mod_lastlog2.lua").exists(), "prosody-modules is missing"
-    for _ in range(3):  # a free port can be taken between choosing and binding it
-        for name in ("prosody.log", "console.txt", "prosody.pid"):
-            (root / name).unlink(missing_ok=True)
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        (root / "certs").mkdir(exist_ok=True)
-        port = free_port()
-        (root / "prosody.cfg.lua").write_text(
-            CONFIG.format(
-                data=lua_string(str(root / "data")),
-                pidfile=lua_string(str(root / "prosody.pid")),
-                certs=lua_string(str(root / "certs")),
-                log=lua_string(str(root / "prosody.log")),
-                c2s=port,
-                as_root="true" if os.geteuid() == 0 else "false",
-                host=HOST,
-                new_host=NEW_HOST,
-            ),
-            encoding="utf-8",
-        )
-        with (root / "console.txt").open("wb") as console:
-            process = subprocess.Popen(
-                [binary, "-F", "--config", str(root / "prosody.cfg.lua")],
-                cwd=root,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-            )
-        prosody = LiveProsody(root, process, port)
-        try:
-            if wait_for_start(prosody):
-                yield prosody
-                return
-        finally:
-            stop(process)
-    raise AssertionError(f"prosody could not listen on a free port in three tries\n{prosody.log_tail()}")
-
-
-def wait_for_start(prosody: LiveProsody, seconds: float = 15.0) -> bool:
-    """True once Prosody answers on its admin socket and c2s port; False if its port was taken; else fails."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if "portmanager\terror" in prosody.log_text():
-            return False
-        if prosody.process.poll() is not None:
-            raise AssertionError(f"prosody exited with {prosody.process.returncode}\n{prosody.log_tail()}")
-        if prosody.admin_socket.exists() and prosody.pidfile.exists():
-            try:
-                if prosody.shell(f'>return prosody.hosts["{NEW_HOST}"] ~= nil') == "Result: true":
-                    socket.create_connection(("127.0.0.1", prosody.c2s_port), timeout=1).close()
-                    return True
-            except (OSError, XmppError):
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"prosody did not start within {seconds} s\n{prosody.log_tail()}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
 def prosody(tmp_path: Path) -> Iterator[LiveProsody]:
-    with running_prosody(tmp_path / "prosody") as live:
+    with running_prosody(tmp_path / "prosody", [HOST, NEW_HOST], preamble=CLOCK) as live:
         yield live
 
 
@@ -311,7 +149,7 @@ def test_admin_socket_counts_a_connected_user_whose_login_is_old(prosody: LivePr
     ten_days_ago = int(time.time()) - 10 * DAY
     with serving(file_plan(prosody)) as daemon:
         wait_until(lambda: detection_modes(daemon) == {"admin_socket"}, FRESH, "admin socket mode")
-        prosody.set_clock(ten_days_ago)  # mod_lastlog2 stamps this login 10 days back
+        set_clock(prosody, ten_days_ago)  # mod_lastlog2 stamps this login 10 days back
         try:
             client = XmppClient(prosody.c2s_port, HOST)
             try:
@@ -321,11 +159,11 @@ def test_admin_socket_counts_a_connected_user_whose_login_is_old(prosody: LivePr
                 # Active in 1d only because the admin socket lists his session, as mod_measure_active_users counts.
                 assert active(daemon, HOST, "1d") == 1 and active(daemon, HOST, "7d") == 1
                 assert detection_modes(daemon) == {"admin_socket"}
-                prosody.set_clock(ten_days_ago + 60)  # the logout, a minute later, is just as old
+                set_clock(prosody, ten_days_ago + 60)  # the logout, a minute later, is just as old
             finally:
                 client.close()
         finally:
-            prosody.set_clock(None)
+            set_clock(prosody, None)
         started = time.monotonic()
         wait_until(lambda: connected(daemon, HOST) == 0 and active(daemon, HOST, "1d") == 0, FRESH, "logged out")
         print(f"logout -> /metrics: {time.monotonic() - started:.3f} s")
@@ -354,16 +192,16 @@ def test_heuristic_counts_a_login_since_prosody_started(prosody: LiveProsody) ->
         assert active(daemon, HOST) == 1  # her login is recent
         # A login stamped before Prosody started looks like a leftover of an earlier run: not connected.
         old = int(time.time()) - 10 * DAY
-        prosody.set_clock(old)
+        set_clock(prosody, old)
         try:
             with XmppClient(prosody.c2s_port, HOST) as client:
                 client.login("dave", PASSWORD)
                 wait_until(lambda: active(daemon, HOST, "30d") == 2, FRESH, "dave's login read")
                 assert read_log_entries(prosody, HOST)["dave"].session_open == old
                 assert connected(daemon, HOST) == 0 and active(daemon, HOST, "1d") == 1
-                prosody.set_clock(old + 60)
+                set_clock(prosody, old + 60)
         finally:
-            prosody.set_clock(None)
+            set_clock(prosody, None)
         # Its known limit: Prosody fires resource-unbind (so mod_lastlog2 logs a logout) only for a session that
         # bound a resource. A connection that authenticates and goes away before binding leaves an open login,
         # which the heuristic counts as connected until Prosody restarts; the admin socket would count 0.
