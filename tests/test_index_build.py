@@ -6,7 +6,6 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from prosody_lastlog.index_build import ScanProcessError, scan_indexes
 from prosody_lastlog.readers import ReadResult, files
 from prosody_lastlog.readers.files import DataDirError, FileStoreReader
 from prosody_lastlog.windows import DEFAULT_WINDOWS
-from tests.test_files_reader import mixed_tree  # noqa: F401 (a fixture)
+from tests.test_files_reader import another_thread, mixed_tree  # noqa: F401 (fixtures)
 
 NOW = 1_763_900_000
 CONNECTED = ConnectedUsers(ConnectedMode.HEURISTIC, prosody_started=0)
@@ -53,16 +52,6 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("small_parts")
 def test_an_index_built_in_a_forked_child_equals_the_core(mixed_tree: Path) -> None:  # noqa: F811
     same_as_in_process(mixed_tree)
-
-
-@pytest.fixture
-def another_thread() -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=stop.wait)
-    thread.start()
-    yield
-    stop.set()
-    thread.join()
 
 
 @pytest.mark.usefixtures("another_thread")
