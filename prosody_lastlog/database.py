@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -13,7 +17,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 DRIVERS = ("SQLite3", "PostgreSQL", "MySQL")  # Prosody's names for them
 CONNECT_TIMEOUT_SECONDS = 5
-QUERY_TIMEOUT_SECONDS = 600  # MariaDB/MySQL: a silent server (e.g. frozen) fails the count instead of hanging it
+QUERY_TIMEOUT_SECONDS = 600  # bound on one query, all its rows read: a frozen server fails the count, not hangs it
 SQLITE_BUSY_SECONDS = 5.0
 _URL_SCHEMES = {
     "sqlite": "SQLite3",
@@ -26,6 +30,10 @@ _URL_SCHEMES = {
 
 class DatabaseError(Exception):
     """A database could not be reached or read; the message names it (never its password)."""
+
+
+class NoAnswerError(DatabaseError):
+    """A query got no answer within its time bound: the connection was cut (the server is frozen or overloaded)."""
 
 
 class Cursor(Protocol):
@@ -98,18 +106,21 @@ class Connection:
     raw: Any
     placeholder: str
     errors: tuple[type[Exception], ...]  # the driver's exception classes
+    socket_fd: Callable[[], int] | None = None  # a network connection's socket, cut when a query takes too long
+    query_timeout: float = QUERY_TIMEOUT_SECONDS
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Runs one query (written with `?` placeholders) and returns all rows."""
-        with self._cursor() as cursor:
+        """Runs one query (written with `?` placeholders) and returns all rows; NoAnswerError past query_timeout."""
+        with self._bounded(), self._cursor() as cursor:
             cursor.execute(self._adapt(sql), params)
             return cursor.fetchall()
 
     def stream(self, sql: str, params: tuple[Any, ...] = (), *, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
-        """Runs one query and yields its rows without holding them all in memory."""
+        """Runs one query and yields its rows without holding them all in memory; NoAnswerError if they are not
+        all read within query_timeout."""
         # psycopg's server-side cursors live inside a transaction (read-only, per the session default).
         transaction = self.raw.transaction() if self.settings.driver == "PostgreSQL" else nullcontext()
-        with transaction, self._cursor(server_side=True) as cursor:
+        with self._bounded(), transaction, self._cursor(server_side=True) as cursor:
             cursor.execute(self._adapt(sql), params)
             while rows := cursor.fetchmany(batch):
                 yield from rows
@@ -117,6 +128,40 @@ class Connection:
     def close(self) -> None:
         """Closes the connection."""
         self.raw.close()
+
+    @contextmanager
+    def _bounded(self) -> Iterator[None]:
+        """Cuts the connection if the body runs past query_timeout, and then raises NoAnswerError.
+
+        A frozen server still accepts and acknowledges at the TCP level, so only the client can give up; psycopg has
+        no read timeout, so the socket is shut down under the waiting driver, which then fails at once.
+        """
+        if self.socket_fd is None:
+            yield
+            return
+        cut = threading.Event()
+        timer = threading.Timer(self.query_timeout, self._cut, args=(cut,))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except self.errors as exc:
+            if cut.is_set():
+                raise NoAnswerError(
+                    f"cannot read {self.settings.describe()}: no answer within {self.query_timeout:g} s "
+                    "(server frozen or overloaded); connection closed"
+                ) from exc
+            raise
+        finally:
+            timer.cancel()
+            timer.join()  # gone before the caller goes on, so no query leaves a thread behind
+
+    def _cut(self, cut: threading.Event) -> None:
+        cut.set()
+        assert self.socket_fd is not None
+        closed_meanwhile: tuple[type[Exception], ...] = (OSError, ValueError, *self.errors)
+        with contextlib.suppress(*closed_meanwhile), socket.socket(fileno=os.dup(self.socket_fd())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)  # shared with the driver's descriptor: its wait ends
 
     def _adapt(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
@@ -126,7 +171,17 @@ class Connection:
         cursor = _server_side_cursor(self) if server_side else self.raw.cursor()
         try:
             yield cursor
-        finally:
+        except BaseException:
+            self._abandon(cursor)
+            raise
+        cursor.close()
+
+    def _abandon(self, cursor: Cursor) -> None:
+        """Lets go of a cursor whose query failed, maybe on a lost connection, where closing it fails too."""
+        if self.settings.driver == "MySQL" and self.raw._sock is None and self.raw._result is not None:
+            # PyMySQL's unbuffered result would read the rest of its rows from the closed socket when collected.
+            self.raw._result.unbuffered_active = False
+        with contextlib.suppress(Exception):
             cursor.close()
 
 
@@ -173,7 +228,7 @@ def _open_postgres(settings: SqlSettings) -> Connection:
         )
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to {settings.describe()}: {first_line(exc)}") from exc
-    return Connection(settings, raw, "%s", (psycopg.Error,))
+    return Connection(settings, raw, "%s", (psycopg.Error,), raw.fileno)
 
 
 def _open_mysql(settings: SqlSettings) -> Connection:
@@ -201,7 +256,7 @@ def _open_mysql(settings: SqlSettings) -> Connection:
         raw._read_timeout = raw._write_timeout = QUERY_TIMEOUT_SECONDS
     except pymysql.Error as exc:
         raise DatabaseError(f"cannot connect to {settings.describe()}: {first_line(exc)}") from exc
-    return Connection(settings, raw, "%s", (pymysql.Error,))
+    return Connection(settings, raw, "%s", (pymysql.Error,), raw._sock.fileno)
 
 
 def _server_side_cursor(connection: Connection) -> Cursor:

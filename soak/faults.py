@@ -96,11 +96,10 @@ class Lane:
 
 
 class SqlLane(Lane):
-    """Stops and starts a private database server, or freezes it (SIGSTOP to its process group) and thaws it."""
+    """Stops and starts a private database server, or freezes it (SIGSTOP to it and its backends) and thaws it."""
 
     def __init__(self, kind: str, server: PrivateServer, schedule: Schedule, modes: tuple[str, ...]) -> None:
         self.kind, self.server, self.modes = kind, server, modes
-        self._frozen: int | None = None
         super().__init__(schedule)
 
     def mode(self, number: int) -> str:
@@ -109,12 +108,8 @@ class SqlLane(Lane):
     def inject(self, event: FaultEvent) -> None:
         if event.mode == "stop":
             self.server.stop()
-            return
-        process = self.server._process  # its own session: the group holds every backend too
-        if process is None:
-            raise RuntimeError("the server is not running")
-        os.killpg(process.pid, signal.SIGSTOP)
-        self._frozen = process.pid
+        else:
+            self.server.freeze()
 
     def recover(self, event: FaultEvent) -> None:
         self.close()
@@ -122,9 +117,7 @@ class SqlLane(Lane):
             self.server.start()
 
     def close(self) -> None:
-        if self._frozen is not None:
-            os.killpg(self._frozen, signal.SIGCONT)
-            self._frozen = None
+        self.server.thaw()
 
 
 class ServerLane(Lane, Generic[T]):

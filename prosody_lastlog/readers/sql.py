@@ -15,7 +15,7 @@ from itertools import chain, groupby
 from typing import Any
 
 from prosody_lastlog.counting import HostCounts, count_hosts
-from prosody_lastlog.database import Connection, DatabaseError, SqlSettings, connect, first_line
+from prosody_lastlog.database import Connection, DatabaseError, NoAnswerError, SqlSettings, connect, first_line
 from prosody_lastlog.readers import ReadResult, SourceCount
 from prosody_lastlog.readers import sql_queries as queries
 from prosody_lastlog.readers.stores import interpret
@@ -122,6 +122,8 @@ class SqlReader:
         try:
             with ThreadPoolExecutor(max_workers=parts) as pool:
                 answers = list(pool.map(partial(self._aggregate, dialect), statements))
+        except NoAnswerError:
+            raise  # streaming would wait for the same silent server again
         except failures as exc:
             # E.g. PostgreSQL meeting text that is not JSON: the stream reports the rows at fault.
             log.warning(

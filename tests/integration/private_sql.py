@@ -17,6 +17,7 @@ error, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -122,6 +123,7 @@ class PrivateServer(ABC):
         self.data_dir = base / "data"
         self.log = base / "server.log"  # every start appends here
         self._process: subprocess.Popen[bytes] | None = None
+        self._frozen: list[int] = []
 
     @abstractmethod
     def initialize(self) -> None:
@@ -181,8 +183,27 @@ class PrivateServer(ABC):
                     ) from None
             time.sleep(0.05)
 
+    def freeze(self) -> None:
+        """Stops (SIGSTOP) the server process and every descendant: TCP still accepts and acknowledges, nothing
+        answers. The server first, so it forks no new process meanwhile; PostgreSQL's backends are each in a
+        process group of their own, so signalling the server's group would miss them."""
+        if self._process is None:
+            raise PrivateServerError(f"{self.driver} on port {self.port} is not running")
+        os.kill(self._process.pid, signal.SIGSTOP)
+        self._frozen = [self._process.pid, *_descendants(self._process.pid)]
+        for pid in self._frozen[1:]:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Continues what freeze() stopped; no-op when not frozen."""
+        frozen, self._frozen = self._frozen, []
+        for pid in reversed(frozen):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """Shuts the server down cleanly (killed after STOP_SECONDS) and waits for it; no-op when stopped."""
+        self.thaw()
         process, self._process = self._process, None
         if process is None:
             return
@@ -362,6 +383,21 @@ class PrivateMariadb(PrivateServer):
                 cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
         finally:
             connection.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        below = children.get(pending.pop(), [])
+        found += below
+        pending += below
+    return found
 
 
 @contextmanager
