@@ -16,6 +16,11 @@ whitespace and line breaks (U+00A0, U+2028 would cut a path), and graphite-web's
 them is unreliable. Punycode is the DNS's own ASCII spelling of the name (Prosody's hosts are already nameprepped,
 so it equals IDNA's ToASCII), reversible, and never collides with another ASCII host.
 
+Carbon acknowledges nothing, and carbon-cache drops the points still in its cache (up to about a second of them, more
+on a busy server) when it stops: a point sent just before a restart is lost although TCP delivered it. With
+`resend = N` each push repeats the points of the previous N pushes that got through; whisper keeps one value per
+timestamp, so a repeat costs only bytes (but carbon-aggregator sums repeats, hence off by default).
+
 prometheus_client's GraphiteBridge is not used: it pushes over TCP only, stamps points with the push time instead
 of the interval they belong to, turns every `.` in label values into `_` (tags too), and its thread cannot be
 stopped.
@@ -29,6 +34,7 @@ import os
 import re
 import socket
 import string
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -227,6 +233,7 @@ def create(
     interval: float = 60,
     max_points: int = 100_000,
     timeout: float = 5.0,
+    resend: int = 0,
 ) -> PushExporter:
     """The `graphite` push exporter from its `[exporters.graphite]` settings; ValueError names a bad setting."""
     if not isinstance(host, str) or not host or any(char.isspace() for char in host):
@@ -249,10 +256,15 @@ def create(
         raise ValueError(f"max_points: expected a positive integer, got {max_points!r}")
     if not _is_number(timeout) or timeout <= 0:
         raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+    if not _is_int(resend) or not 0 <= resend <= 10:
+        raise ValueError(f"resend: expected an integer from 0 to 10, got {resend!r}")
     transport = (TcpTransport if protocol == "tcp" else UdpTransport)(host, port, float(timeout))
+    delivered: deque[Sequence[Point]] = deque(maxlen=resend)  # the last pushes that got through, repeated
 
     def send(points: Sequence[Point]) -> None:
-        transport.send(format_plaintext(points, prefix=prefix, template=template, tagged=tagged))
+        repeated = [point for batch in delivered for point in batch]
+        transport.send(format_plaintext([*repeated, *points], prefix=prefix, template=template, tagged=tagged))
+        delivered.append(points)
 
     return PushExporter("graphite", send, interval=float(interval), max_points=max_points)
 

@@ -79,7 +79,8 @@ class ServeConfig:
             lines.append("no_such_setting = 1")
         carbon_port = 70000 if bad == "bad-exporter-port" else self.carbon_port
         exporters: Mapping[str, Sequence[str]] = {
-            "graphite": [f"port = {carbon_port}", "interval = 1", "timeout = 2.0"],
+            # resend: carbon drops the last second or so of points it acknowledged when it stops (soak/README.md)
+            "graphite": [f"port = {carbon_port}", "interval = 1", "timeout = 2.0", "resend = 2"],
             "influxdb": [f"url = {_toml(self.influx_url)}", "interval = 1", "timeout = 2.0"],
         }
         for name, keys in exporters.items():

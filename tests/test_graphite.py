@@ -226,6 +226,9 @@ def test_bad_templates_are_refused_at_create_naming_template(template: str) -> N
         ("max_points", 1.5),
         ("timeout", 0),
         ("timeout", float("inf")),
+        ("resend", -1),
+        ("resend", 11),
+        ("resend", True),
     ],
 )
 def test_invalid_settings_raise_value_error_naming_the_setting(setting: str, value: object) -> None:
@@ -340,3 +343,80 @@ def test_a_target_that_resets_instead_of_reading_fails_the_send() -> None:
 def test_ipv6_targets_are_named_with_brackets() -> None:
     with pytest.raises(ExportError, match=r"^graphite \[::1\]:1 \(tcp\): "):
         TcpTransport("::1", 1, 1.0).send(PLAIN)
+
+
+class LineReceiver:
+    """A loopback line receiver that reads each connection to its end, or resets the ones numbered in `resets`."""
+
+    def __init__(self, resets: frozenset[int] = frozenset()) -> None:
+        self.batches: list[bytes] = []  # what each connection not reset delivered
+        self.resets = resets
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve)
+        self._thread.start()
+        self.port = self._server.getsockname()[1]
+
+    def _serve(self) -> None:
+        number = 0
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                if number in self.resets:
+                    connection.recv(1, socket.MSG_PEEK)  # the batch is there, unread: closing resets
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:
+                    self.batches.append(b"".join(iter(lambda: connection.recv(65536), b"")))  # noqa: B023
+            number += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._server.close()
+
+
+def snapshot_at(minute: int) -> Snapshot:
+    counts = HostCounts(Store.LASTLOG2, 18, 2, 0, 0, {"1d": minute % 1000}, {"1d": 0}, 0)
+    return Snapshot(minute, {"example.com": counts}, WINDOWS[:1])
+
+
+def lines_of(minute: int) -> bytes:
+    return format_plaintext(points_of(snapshot_at(minute), timestamp=minute))
+
+
+MINUTES = [aligned(T, 60) + 60 * i for i in range(4)]
+
+
+@pytest.mark.parametrize("resend", [0, 1, 2])
+def test_each_push_repeats_the_previous_resend_pushes(resend: int) -> None:
+    receiver = LineReceiver()
+    exporter = create(port=receiver.port, resend=resend)
+    try:
+        for minute in MINUTES:
+            exporter.publish(snapshot_at(minute))
+            assert exporter.flush(5)
+    finally:
+        exporter.close()
+        receiver.close()
+    sent = [lines_of(minute) for minute in MINUTES]
+    assert receiver.batches == [b"".join(sent[max(0, i - resend) : i + 1]) for i in range(4)]
+
+
+def test_only_pushes_that_got_through_are_repeated() -> None:
+    """The second push is reset by the receiver: it is retried from the queue, then repeated once delivered."""
+    receiver = LineReceiver(resets=frozenset({1}))
+    exporter = create(port=receiver.port, resend=1)
+    try:
+        for minute in MINUTES[:3]:
+            exporter.publish(snapshot_at(minute))
+            assert exporter.flush(10)
+        assert exporter.status().errors_total == 1
+    finally:
+        exporter.close()
+        receiver.close()
+    first, second, third = (lines_of(minute) for minute in MINUTES[:3])
+    assert receiver.batches == [first, first + second, second + third]

@@ -127,3 +127,24 @@ def test_points_queued_while_carbon_is_down_arrive_with_their_own_timestamps(tmp
         assert exporter.status().dropped_total == 0
     finally:
         exporter.close()
+
+
+def test_a_point_carbon_drops_as_it_stops_arrives_with_the_next_push_when_resent(tmp_path: Path) -> None:
+    """carbon-cache acknowledges a batch, then drops it with its cache as it stops (it writes to whisper about once
+    a second); with resend = 1 the next push, to carbon started again, repeats it."""
+    port = free_port()
+    minute = aligned(time.time(), 60)
+    exporter = create(port=port, timeout=2.0, resend=1)
+    try:
+        with carbon_cache(tmp_path, port=port):
+            exporter.publish(Snapshot(minute - 53, {"example.com": counts(7, 0, 70, 0, 0)}, WINDOWS))
+            assert exporter.flush(10)
+        # stopped at once: whether that point reached whisper is carbon's luck
+        with carbon_cache(tmp_path, port=port) as carbon:
+            exporter.publish(Snapshot(minute + 7, {"example.com": counts(8, 0, 80, 0, 0)}, WINDOWS))
+            assert exporter.flush(10)
+            active = {minute - 60: 7, minute: 8}
+            assert carbon.wait_for("prosody.example_com.active_users.1d", active) == active
+        assert exporter.status().errors_total == 0
+    finally:
+        exporter.close()
