@@ -16,7 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler, FileSystemMovedEvent
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    EventsLostEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+    FileSystemMovedEvent,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -32,6 +45,19 @@ _DAT = ".dat"
 _STORES = {store.value: store for store in Store}
 _ACCOUNTS = "accounts"
 _WATCHDOG_DOUBLE_WATCH = r"Callback with id .* already exists for watch"
+# The events that can mean a changed record or directory. Reads (opened, closed unwritten) are left out so that they
+# never enter the kernel's queue: a full scan opens every file, and would overflow it (16,384 events by default).
+_WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+    EventsLostEvent,
+]
 
 
 @dataclass(frozen=True)
@@ -85,7 +111,7 @@ class DataDirWatcher:
         for make in makers:
             observer = make()
             try:
-                observer.schedule(handler, self._root, recursive=True)
+                observer.schedule(handler, self._root, recursive=True, event_filter=_WATCHED_EVENTS)
                 observer.start()
             except OSError as exc:  # e.g. the inotify watch limit reached: fall back to polling
                 observer.unschedule_all()
@@ -96,6 +122,13 @@ class DataDirWatcher:
             log.info("watching %s with %s", self._root, type(observer).__name__)
             return observer
         raise failure
+
+    def events_lost(self) -> None:
+        """The kernel's event queue overflowed: some change is unknown, so the data directory is scanned again."""
+        log.warning("%s: file events were lost (inotify queue overflowed); scanning it again", self._root)
+        with self._wake:
+            self._pending.add(_Rescan())
+            self._wake.notify()
 
     def notice(self, path: str, *, is_directory: bool) -> None:
         """Queues what one event path means; anything unrelated is dropped here."""
@@ -160,8 +193,8 @@ class _Handler(FileSystemEventHandler):
         self._watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        # A rename into a store directory also "modifies" the directory itself: that is not a new directory.
-        if event.event_type in ("opened", "closed_no_write") or (event.is_directory and event.event_type == "modified"):
+        if isinstance(event, EventsLostEvent):
+            self._watcher.events_lost()
             return
         self._watcher.notice(os.fsdecode(event.src_path), is_directory=event.is_directory)
         if isinstance(event, FileSystemMovedEvent):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -14,8 +15,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from watchdog.events import EventsLostEvent
 
-from prosody_lastlog import refresh
+from prosody_lastlog import refresh, watcher
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
 from prosody_lastlog.index_build import ScannedIndexes, scan_indexes
@@ -324,3 +326,28 @@ def test_a_change_during_the_first_count_is_not_lost(sample_tree: Path, monkeypa
         assert len(rescans) == 1  # the first count only
     finally:
         running.stop()
+
+
+def test_reading_the_data_dir_does_not_wake_the_watcher(
+    daemon: Daemon, sample_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full scan opens every file: those reads must not even reach the kernel's event queue (16,384 events by
+    default), or a scan of a large data directory overflows it, which loses events and costs a rescan."""
+    delivered: list[str] = []
+    monkeypatch.setattr(watcher._Handler, "on_any_event", lambda self, event: delivered.append(event.event_type))
+    reader = "import pathlib, sys\nfor path in sorted(pathlib.Path(sys.argv[1]).rglob('*.dat')): path.read_bytes()"
+    subprocess.run([sys.executable, "-c", reader, str(sample_tree)], check=True)  # as the scan's child process
+    prosody_writes(sample_tree, "alice", "example.com", f"{{ login = {{ timestamp = {SAMPLE_NOW - 5} }} }}")
+    wait_for(lambda: "moved" in delivered)
+    assert "opened" not in delivered and "closed_no_write" not in delivered
+
+
+def test_lost_events_rescan_the_data_dir(daemon: Daemon, sample_tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """When the kernel's queue overflowed, some change is unknown: the data directory is scanned again, once."""
+    rescans = spy(daemon, "refresh")
+    handler = watcher._Handler(daemon._watchers[0])
+    handler.dispatch(EventsLostEvent(str(sample_tree), is_directory=True))
+    wait_for(lambda: bool(rescans))
+    time.sleep(0.3)
+    assert len(rescans) == 1
+    assert "events were lost" in caplog.text and str(sample_tree) in caplog.text
