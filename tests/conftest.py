@@ -42,9 +42,11 @@ def no_leaked_threads() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def fresh_cli_logging() -> Iterator[None]:
-    """The CLI configures the `prosody_lastlog` logger for its process; undo that between tests."""
-    logger = logging.getLogger("prosody_lastlog")
+    """The CLI configures the `prosody_lastlog` and `exporters` loggers for its process; undo that between tests
+    (a handler left behind writes to a finished test's closed stderr)."""
     yield
-    logger.handlers.clear()
-    logger.propagate = True
-    logger.setLevel(logging.NOTSET)
+    for name in ("prosody_lastlog", "exporters"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
