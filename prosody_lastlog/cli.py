@@ -372,18 +372,40 @@ def _count(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> i
     return 0
 
 
+class _StoppedWhileStarting(BaseException):
+    """SIGTERM or Ctrl-C while starting (the first count): raised where the main thread is, so every cleanup runs
+    on the way out (the scan's processes are ended). Not an Exception: no handler of failures may take it."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
+
+
 def _serve(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    # SIGHUP is caught from the start: one sent as "serving" is printed must reload, not kill. SIGTERM and
-    # Ctrl-C keep their default until serving, so they still stop a long startup scan at once.
-    previous = {signal.SIGHUP: signal.signal(signal.SIGHUP, lambda number, _: signals.put(number))}
+
+    def queue_signal(number: int, _: object) -> None:
+        signals.put(number)
+
+    def stop_starting(number: int, _: object) -> None:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, queue_signal)  # a second one must not cut the cleanup short
+        raise _StoppedWhileStarting(number)
+
+    # SIGHUP is caught from the start: one sent as "serving" is printed must reload, not kill. SIGTERM and Ctrl-C
+    # stop a long first count at once.
+    previous = {signal.SIGHUP: signal.signal(signal.SIGHUP, queue_signal)}
+    previous.update((sig, signal.signal(sig, stop_starting)) for sig in _STOP_SIGNALS)
     daemon: Daemon | None = None
     try:
         daemon = _start_daemon(args)
-        previous.update((sig, signal.signal(sig, lambda number, _: signals.put(number))) for sig in _STOP_SIGNALS)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, queue_signal)
         while (number := _next_signal(signals)) == signal.SIGHUP:
             daemon = _reload(daemon, args, argv)
         log.info("stopping on signal %d", number)
+    except _StoppedWhileStarting as stopped:
+        log.info("stopping on signal %d while starting", stopped.number)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -22,7 +22,7 @@ from multiprocessing.process import BaseProcess
 from prosody_lastlog.activity_index import HostIndex, NameHash
 from prosody_lastlog.connected import ConnectedUsers
 from prosody_lastlog.readers import ReadResult
-from prosody_lastlog.readers.files import FileStoreReader, Progress, process_context
+from prosody_lastlog.readers.files import FileStoreReader, Progress, end_with_forker, forker_of, process_context
 from prosody_lastlog.records import ReadProblem
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def scan_indexes(
     context = process_context(__name__)
     receiver, sender = context.Pipe(duplex=False)
     try:
-        job = _Job(reader, connected, name_hash, progress is not None, nice)
+        job = _Job(reader, connected, name_hash, progress is not None, nice, forker_of(context))
         process = context.Process(target=_child, args=(job, sender), name="prosody-lastlog-scan")
         process.start()
         if processes is not None:
@@ -156,11 +156,13 @@ class _Job:
     name_hash: NameHash
     with_progress: bool
     nice: int
+    forker: int | None  # this process, if it forks the child
 
 
 def _child(job: _Job, sender: Connection) -> None:
     """Runs in the child: scans, sends ("progress", files read) if asked, ("host", index) per host, then ("done",
     problems); or ("failed", the exception)."""
+    end_with_forker(job.forker)
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)  # not the parent's handlers: a signal just ends the child
     gc.disable()  # millions of objects, none in a cycle, and the process ends soon

@@ -6,6 +6,8 @@ tree is read by several processes at once, each taking a contiguous share of the
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import multiprocessing
 import os
@@ -31,6 +33,7 @@ MAX_FILE_SIZE = 256 * 1024  # a real last-activity file is a few hundred bytes
 MAX_WORKERS = 4  # the default cap on processes: beyond a few, the kernel's and the disk's share of the work dominates
 MIN_FILES_PER_WORKER = 20_000  # a process takes milliseconds to start (a hundred without `fork`): not for small trees
 PARENT_SHARE = 0.9  # this process also makes the others' records into UserActivity, so it reads fewer files
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when the one that forked it ends
 CHUNK = 32 * BATCH_SIZE  # files a child reads between two sends of what it found (a multiple of BATCH_SIZE)
 _DAT = ".dat"
 _ACCOUNTS = "accounts"
@@ -75,6 +78,22 @@ def process_context(preload: str = __name__) -> ForkContext | ForkServerContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([preload])
     return context
+
+
+def forker_of(context: ForkContext | ForkServerContext) -> int | None:
+    """This process, if a child started in `context` is forked from it (not from a fork server)."""
+    return os.getpid() if context.get_start_method() == "fork" else None
+
+
+def end_with_forker(forker: int | None) -> None:
+    """In a child: ties it to the process that forked it (Linux), so it is killed when that one ends, even by
+    SIGKILL; its pipes would otherwise keep it waiting forever. A child that a fork server started is left alone."""
+    if forker is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not Linux's C library
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != forker:  # it ended before the tie was made
+        os._exit(1)
 
 
 def default_workers() -> int:
@@ -497,7 +516,7 @@ class _Parallel:
     def _start(self, child: _Child, context: ForkContext | ForkServerContext) -> None:
         receiver, sender = context.Pipe(duplex=False)
         try:
-            process = context.Process(target=_child, args=(child.share, sender), daemon=True)
+            process = context.Process(target=_child, args=(child.share, sender, forker_of(context)), daemon=True)
             process.start()
         except OSError:  # no process to be had (a limit, a sandbox): the share is read here
             receiver.close()
@@ -536,8 +555,9 @@ class _Parallel:
             self._progress(self._own_done + sum(child.done for child in self._children))
 
 
-def _child(share: list[_Files], sender: Connection) -> None:
+def _child(share: list[_Files], sender: Connection, forker: int | None) -> None:
     """Runs in a child process: reads a share, sending (files read, records) every CHUNK files, then None."""
+    end_with_forker(forker)
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)  # not the parent's handlers: a signal just ends the child
     gc.disable()  # as in _collector_paused: this process ends soon after
