@@ -3,6 +3,10 @@
 The daemon's scrapes and file events run on threads of one interpreter: Python work of a scan there (reading files,
 making a million records, indexing them) would hold the GIL for seconds, and a scrape would wait for it. So the
 scan runs in a child process, which sends each host's built index; this process only takes them in and swaps.
+
+Taking an index in must not hold the GIL for long either: unpickled whole, a host of a million users (~25 MB of
+arrays) held it for several milliseconds at once. So an index travels as a small pickle whose arrays are left out
+of band, each array following in pieces of at most PIECE_BYTES, appended here one piece at a time.
 """
 
 from __future__ import annotations
@@ -10,14 +14,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import io
 import logging
 import os
+import pickle
 import signal
 import threading
-from collections.abc import Iterator
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any, TypeAlias
 
 from prosody_lastlog.activity_index import HostIndex, NameHash
 from prosody_lastlog.connected import ConnectedUsers
@@ -26,6 +34,9 @@ from prosody_lastlog.readers.files import FileStoreReader, Progress, end_with_fo
 from prosody_lastlog.records import ReadProblem
 
 log = logging.getLogger(__name__)
+
+PIECE_BYTES = 1 << 20  # of an array sent apart: appending one holds the GIL for well under a millisecond
+Buffer: TypeAlias = "array[Any] | bytearray"  # the kinds of array an index is made of
 
 
 @dataclass
@@ -124,8 +135,9 @@ def _receive(receiver: Connection, connected: ConnectedUsers, progress: Progress
         if kind == "progress" and progress is not None:
             progress(value)
         elif kind == "host":
-            value.connected = connected  # the child's equal copy of it
-            scanned.hosts[value.host] = value
+            index = _receive_index(receiver, *value)
+            index.connected = connected  # the child's equal copy of it
+            scanned.hosts[index.host] = index
         elif kind == "failed":
             raise value
         elif kind == "done":
@@ -172,7 +184,7 @@ def _child(job: _Job, sender: Connection) -> None:
         try:
             read = job.reader.read((lambda files: sender.send(("progress", files))) if job.with_progress else None)
             for index in _indexes(read, job.connected, job.name_hash):
-                sender.send(("host", index))
+                _send_index(sender, index)
             sender.send(("done", read.problems))
         except Exception as exc:  # the parent raises it
             sender.send(("failed", exc))
@@ -180,3 +192,69 @@ def _child(job: _Job, sender: Connection) -> None:
         pass  # the parent stopped waiting
     finally:
         sender.close()
+
+
+class _ArraysApart(pickle.Pickler):
+    """Pickles an index with its arrays and bytearrays out of band (protocol 5): the pickle holds where they go, not
+    their bytes. (A bytearray is pickled in band whatever reducer_override says, so the index's own are wrapped.)"""
+
+    def reducer_override(self, obj: object) -> Any:
+        if isinstance(obj, array):
+            return _as_received, (pickle.PickleBuffer(obj),)
+        if isinstance(obj, HostIndex):
+            state = {
+                name: pickle.PickleBuffer(value) if isinstance(value, bytearray) else value
+                for name, value in vars(obj).items()
+            }
+            return _index_with, (state,)
+        return NotImplemented
+
+
+def _as_received(buffer: Buffer) -> Buffer:
+    """Unpickling: the array received apart, as it is."""
+    return buffer
+
+
+def _index_with(state: dict[str, object]) -> HostIndex:
+    """Unpickling: the index with its state, bytearrays as received apart."""
+    index = HostIndex.__new__(HostIndex)
+    vars(index).update(state)
+    return index
+
+
+def _send_index(sender: Connection, index: HostIndex) -> None:
+    """("host", (pickle, [(typecode or "", bytes)...])), then each array in pieces (child side)."""
+    arrays: list[pickle.PickleBuffer] = []
+    pickled = io.BytesIO()
+    _ArraysApart(pickled, protocol=5, buffer_callback=arrays.append).dump(index)
+    layout = []
+    for buffer in arrays:
+        owner = buffer.raw().obj
+        layout.append((owner.typecode if isinstance(owner, array) else "", buffer.raw().nbytes))
+    sender.send(("host", (pickled.getvalue(), layout)))
+    for buffer in arrays:
+        data = buffer.raw()
+        for start in range(0, data.nbytes, PIECE_BYTES):
+            sender.send_bytes(data[start : start + PIECE_BYTES])
+
+
+def _receive_index(receiver: Connection, pickled: bytes, layout: list[tuple[str, int]]) -> HostIndex:
+    """The index _send_index sent, its arrays rebuilt piece by piece."""
+    arrays = [_receive_array(receiver.recv_bytes, typecode, size) for typecode, size in layout]
+    index = pickle.loads(pickled, buffers=arrays)
+    if not isinstance(index, HostIndex):
+        raise ScanProcessError(f"the scan process sent a {type(index).__name__} for an index")
+    return index
+
+
+def _receive_array(receive: Callable[[], bytes], typecode: str, size: int) -> Buffer:
+    buffer: Buffer = array(typecode) if typecode else bytearray()
+    received = 0
+    while received < size:
+        piece = receive()
+        if isinstance(buffer, array):
+            buffer.frombytes(piece)
+        else:
+            buffer.extend(piece)
+        received += len(piece)
+    return buffer

@@ -20,7 +20,7 @@ from prosody_lastlog.sources import FileSource, Source, SqlSource
 
 log = logging.getLogger(__name__)
 
-RESYNC_NICE = 10  # added to the niceness of a resync's processes
+RESYNC_NICE = 19  # added to the niceness of a resync's processes: the lowest priority, preempted by any other work
 
 
 class Refresher:

@@ -7,15 +7,18 @@ import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from prosody_lastlog import activity_index, index_build
+from prosody_lastlog.activity_index import NameHash
 from prosody_lastlog.connected import ConnectedMode, ConnectedUsers
 from prosody_lastlog.counting import count_host
 from prosody_lastlog.index_build import ScanProcessError, scan_indexes
 from prosody_lastlog.readers import ReadResult, files
 from prosody_lastlog.readers.files import DataDirError, FileStoreReader
+from prosody_lastlog.records import Store, UserActivity
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.test_files_reader import another_thread, mixed_tree  # noqa: F401 (fixtures)
 
@@ -120,3 +123,37 @@ def test_stopping_ends_a_running_scan_at_once(sample_tree: Path) -> None:
     processes.stop_all()
     scanning.join(10)
     assert not scanning.is_alive() and isinstance(outcome[0], ScanProcessError)
+
+
+def test_an_index_travels_in_pieces_and_arrives_equal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every array of an index is sent apart, in pieces of at most PIECE_BYTES; the index rebuilt from them counts,
+    finds and changes users as the original does."""
+    monkeypatch.setattr(index_build, "PIECE_BYTES", 4096)
+    users = [UserActivity(f"user{n}", NOW - 37 * n, registered=NOW - 400 * n if n % 3 else None) for n in range(5000)]
+    sent = activity_index.HostIndex("example.com", Store.LASTLOG2, CONNECTED, users, hash_name=NameHash())
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    pieces: list[int] = []
+
+    def receive_bytes() -> bytes:
+        piece = receiver.recv_bytes()
+        pieces.append(len(piece))
+        return piece
+
+    sending = threading.Thread(target=index_build._send_index, args=(sender, sent))
+    sending.start()
+    kind, (pickled, layout) = receiver.recv()
+    received = index_build._receive_index(SimpleNamespace(recv_bytes=receive_bytes), pickled, layout)  # type: ignore[arg-type]
+    sending.join()
+    assert kind == "host"
+    assert len(pickled) < 2_000  # the arrays' ~250 kB are not in it
+    assert sum(pieces) == sum(size for _, size in layout) > 200_000
+    assert max(pieces) == 4096
+    assert received.counts(now=NOW, windows=DEFAULT_WINDOWS) == sent.counts(now=NOW, windows=DEFAULT_WINDOWS)
+    assert {name: (type(value), getattr(value, "typecode", None)) for name, value in vars(received).items()} == {
+        name: (type(value), getattr(value, "typecode", None)) for name, value in vars(sent).items()
+    }
+    for index in (sent, received):
+        index.remove("user7")
+        index.set(UserActivity("user5000", NOW))
+    assert received.counts(now=NOW, windows=DEFAULT_WINDOWS) == sent.counts(now=NOW, windows=DEFAULT_WINDOWS)
+    assert len(received) == len(sent) == 5000
