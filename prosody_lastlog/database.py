@@ -8,7 +8,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +115,9 @@ class Connection:
             cursor.execute(self._adapt(sql), params)
             return cursor.fetchall()
 
-    def stream(self, sql: str, params: tuple[Any, ...] = (), *, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
+    def stream(
+        self, sql: str, params: tuple[Any, ...] = (), *, batch: int = 5000
+    ) -> Generator[tuple[Any, ...], None, None]:
         """Runs one query and yields its rows without holding them all in memory; NoAnswerError if they are not
         all read within query_timeout."""
         # psycopg's server-side cursors live inside a transaction (read-only, per the session default).

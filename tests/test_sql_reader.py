@@ -107,6 +107,26 @@ def test_counts_on_every_engine(engine: str, method: str, request: pytest.Fixtur
     assert with_disabled.counts["new.example"].active["1d"] == 2
 
 
+@pytest.mark.parametrize("engine", ["postgres_db", "mysql_db"])
+def test_a_stream_left_by_a_failing_count_ends_its_time_bound(
+    engine: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each network query is watched by a timer thread until its rows are read; one the count stops reading
+    must end with the count, not linger for the bound (10 minutes) and then cut a closed connection."""
+    settings_, connection = request.getfixturevalue(engine)
+    prosody_table.replace_rows(connection, settings_.driver, BASIC_ROWS)
+
+    def failing_collect(self: SqlReader, rows: Iterator[Any], *args: Any) -> None:
+        next(rows)
+        raise RuntimeError("a bug in collecting")
+
+    monkeypatch.setattr(SqlReader, "_collect", failing_collect)
+    with pytest.raises(RuntimeError, match="a bug in collecting") as failure:
+        SqlReader(settings_, method="stream").count(now=NOW, windows=DEFAULT_WINDOWS)
+    # The failure's traceback, as a caller logging it holds it, still refers to the stream.
+    assert failure.traceback and not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+
+
 @pytest.mark.parametrize("engine", ["sqlite_db", "postgres_db", "mysql_db"])
 def test_odd_rows_fall_back_to_streaming_and_are_named(engine: str, request: pytest.FixtureRequest) -> None:
     settings_, connection = request.getfixturevalue(engine)

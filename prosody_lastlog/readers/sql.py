@@ -8,7 +8,7 @@ import re
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import chain, groupby
@@ -203,8 +203,9 @@ class SqlReader:
                 store_hosts = sorted(host for host, s in chosen.items() if s is store)
                 if store_hosts:
                     disabled = self._disabled(connection, store_hosts)
-                    rows = connection.stream(*queries.rows_of(store, store_hosts))
-                    self._collect(rows, store, disabled, result)
+                    # closed here even when collecting fails, so its time bound ends with it
+                    with closing(connection.stream(*queries.rows_of(store, store_hosts))) as rows:
+                        self._collect(rows, store, disabled, result)
         except connection.errors as exc:
             if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(_NOT_UTF8):
                 raise _NotUtf8Error from None  # the message quotes the text, maybe a user name
