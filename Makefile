@@ -24,6 +24,7 @@ lint: $(BIN)/prosody-lastlog
 
 test: $(BIN)/prosody-lastlog lint
 	tools/install-debian-packages.sh
+	tools/prosody13-tree.sh
 	$(BIN)/python -m pytest
 
 # The chaos soak (soak/README.md): serve under faults for MINUTES (default 10), then checks; needs root (a tmpfs).
@@ -32,13 +33,16 @@ soak: $(BIN)/prosody-lastlog
 	tools/install-debian-packages.sh
 	$(BIN)/python -m soak --minutes $(MINUTES)
 
-# The benchmark suite (benchmarks/suite.py): seed, I/O floor and cold scan; SQL seed pattern and pushdown; the daemon.
+# The benchmark suite (benchmarks/suite.py): seed, I/O floor and cold scan (Prosody 0.12 and 13 file stores); SQL seed
+# pattern and pushdown; the daemon.
 bench: $(BIN)/prosody-lastlog
 	tools/install-debian-packages.sh
+	tools/prosody13-tree.sh
 	$(BIN)/python benchmarks/suite.py --sizes 10000,100000
 
 bench-1m: $(BIN)/prosody-lastlog
 	tools/install-debian-packages.sh
+	tools/prosody13-tree.sh
 	$(BIN)/python benchmarks/suite.py --sizes 10000,100000 --million
 
 # Coverage-guided fuzzing (fuzz/README.md): 100,000 inputs per target; exits non-zero on a crash.
@@ -58,9 +62,10 @@ bench-daemon: $(BIN)/prosody-lastlog
 
 fixtures: $(BIN)/prosody-lastlog
 	tools/install-debian-packages.sh
+	tools/prosody13-tree.sh
 	$(BIN)/python fixtures/make_fixtures.py
 	$(BIN)/python fixtures/make_fixtures.py --sql sqlite --case sample --case boundaries --case lastlog_legacy \
-		--case account_activity
+		--case account_activity --case prosody13
 	$(BIN)/python fixtures/make_hostile.py
 
 clean:

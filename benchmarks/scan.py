@@ -23,6 +23,8 @@ from pathlib import Path
 
 from prosody_lastlog.counting import count_hosts
 from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.records import Store
+from prosody_lastlog.rules import Policy
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 
 HERE = Path(__file__).resolve().parent
@@ -34,11 +36,14 @@ WINDOWS = ("1d", "7d", "30d")
 
 @dataclass(frozen=True)
 class Run:
-    """One timed scan: seconds inside the process, its peak RSS, and the counts it found."""
+    """One timed scan: seconds inside the process, its peak RSS, and the counts it found; for ours also the user
+    records read and how many of them have no account record (marked only where accounts are checked)."""
 
     seconds: float
     peak_rss_kib: int
     counts: dict[str, list[int]]
+    users: int = 0
+    no_account: int = 0
 
 
 def generator_version() -> str:
@@ -63,7 +68,13 @@ def warm_page_cache(data_dir: Path) -> None:
 
 def run_prosody(data_dir: Path) -> Run:
     """Prosody's datamanager and the seed module's arithmetic, in a fresh Lua 5.4 process."""
-    output, rss = _run_child(["lua5.4", str(SEED_SCRIPT), "count", str(data_dir), str(NOW), *HOSTS])
+    return run_seed(["lua5.4", str(SEED_SCRIPT), "count", str(data_dir), str(NOW), *HOSTS])
+
+
+def run_seed(command: list[str]) -> Run:
+    """A seed script's count (`command`), in a fresh process: one line per host "<host> <1d> <7d> <30d> <files>",
+    then "elapsed <seconds>" as timed inside."""
+    output, rss = _run_child(command)
     lines = output.splitlines()
     counts = {}
     for line in lines[:-1]:
@@ -72,21 +83,35 @@ def run_prosody(data_dir: Path) -> Run:
     return Run(float(lines[-1].split()[1]), rss, counts)
 
 
-def run_ours(data_dir: Path) -> Run:
-    """prosody-lastlog's file reader and counting core, in a fresh Python process."""
-    output, rss = _run_child([sys.executable, __file__, "--child", str(data_dir)])
+def run_ours(data_dir: Path, store: Store | None = None) -> Run:
+    """prosody-lastlog's file reader and counting core, in a fresh Python process; default settings, or every host
+    counted from `store` (the --store option)."""
+    output, rss = _run_child(
+        [sys.executable, __file__, "--child", str(data_dir), *(["--store", store.value] if store else [])]
+    )
     result = json.loads(output)
-    return Run(result["seconds"], rss, result["counts"])
+    return Run(result["seconds"], rss, result["counts"], result["users"], result["no_account"])
 
 
-def child(data_dir: Path) -> None:
+def child(data_dir: Path, store: Store | None = None) -> None:
     """Runs inside the fresh process: times read + count only."""
     started = time.perf_counter()
-    result = FileStoreReader(data_dir).read()
+    result = FileStoreReader(data_dir, policy=None if store is None else Policy(forced_store=store)).read()
     counts = count_hosts(result.hosts.values(), now=NOW, windows=DEFAULT_WINDOWS)
     seconds = time.perf_counter() - started
     by_host = {host: [c.active[w] for w in WINDOWS] for host, c in counts.items()}
-    print(json.dumps({"seconds": seconds, "counts": by_host, "problems": len(result.problems)}))
+    users = [user for host in result.hosts.values() for user in host.users]
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "counts": by_host,
+                "problems": len(result.problems),
+                "users": len(users),
+                "no_account": sum(user.no_account for user in users),
+            }
+        )
+    )
 
 
 def _run_child(command: list[str]) -> tuple[str, int]:
@@ -112,9 +137,10 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--store", type=Store, help=argparse.SUPPRESS)  # with --child
     args = parser.parse_args()
     if args.child:
-        child(args.child)
+        child(args.child, args.store)
         return 0
     with tempfile.TemporaryDirectory(prefix="prosody-lastlog-bench-") as tmp:
         data_dir = Path(tmp)

@@ -1,9 +1,9 @@
 """Benchmark suite: prosody-lastlog side by side with the seed module and an I/O floor, in one run, on the same data.
 
     make bench                     # 10k and 100k users
-    make bench-1m                  # 10k, 100k and 1M users (1M users are generated once, then cached: ≈ 4 GB)
-    .venv/bin/python benchmarks/suite.py [--sizes 10000,100000] [--million] [--repeat 3]
-        [--no-files] [--no-sql] [--no-daemon] [--renames 20] [--load-seconds 10] [--json PATH] [--cache-dir DIR]
+    make bench-1m                  # 10k, 100k and 1M users (generated once, then cached: ≈ 4 GB + 12 GB at 1M)
+    .venv/bin/python benchmarks/suite.py [--sizes 10000,100000] [--million] [--repeat 3] [--no-files]
+        [--no-prosody13] [--no-sql] [--no-daemon] [--renames 20] [--load-seconds 10] [--json PATH] [--cache-dir DIR]
 
 For each N: N users on 3 hosts, written through Prosody's own util.datamanager (Debian prosody, Lua 5.4) by
 prosody_seed.lua with a fixed random seed: 63% login and logout, 27% login only, 10% registered only, last activity
@@ -20,6 +20,24 @@ files     each side in a fresh process, timed inside it (start-up excluded), int
   ours      our cold scan: the file reader (its default worker processes) and counting core, in a fresh Python
             process (scan.py's child)
   ratios    ours / seed, ours / floor (target ≤ 1.5); ours must count exactly what the seed counts
+files 13  the same, on a Prosody 13 file store of N users (benchmarks/prosody13.py): written by Prosody 13's own
+          util.datamanager (Debian 13's package in the tree tools/prosody13-tree.sh builds, its Lua 5.4, chrooted)
+          like a Debian 13 server's: per user lastlog2 (as above), account_activity ({timestamp}, for the 90% who
+          logged in) and accounts (mod_auth_internal_hashed's record: 2% disabled, 3% of users deleted, i.e. no
+          record, and 5% more accounts with no activity); in $XDG_CACHE_HOME/prosody-lastlog-bench/prosody13-users-N
+  seed      Prosody 13's datamanager running Debian 13's packaged mod_measure_active_users: its lastlog2 users,
+            each counted if mod_auth_internal_hashed's is_enabled says so (record there, not disabled), last active
+            at the later of login and logout (prosody13_seed.lua, in Prosody 13's Lua 5.4)
+  floor     io_floor over each host's lastlog2 files and, listing the host's accounts directory first, the account
+            file of each of those users that has one: exactly the files our reader reads
+  ours      our cold scan, counting lastlog2 as that module does (--store lastlog2), accounts checked; it must count
+            exactly what the seed counts. Target: ours / floor ≤ 1.5
+  default   ours by default settings, which reads account_activity on Prosody 13 data (no module found), with its
+            floor (account_activity + accounts); counts as the seed, as account_activity holds the later of each
+            user's login and logout. Target: ≤ 1.5 too
+  as 0.12   the same lastlog2 files with nothing else (hard links, `view-0.12`): read as Prosody 0.12 data, no
+            account file read; ours must count what the Prosody 0.12 seed counts there. The account check costs the
+            difference with ours (and its floor the difference with the floor), medians of per-repeat differences
 SQL       N users' lastlog2 rows, made by sql_count.rows, in a fresh database on PostgreSQL and on MariaDB at
           127.0.0.1 (sql_count.py)
   seed      the seed's access pattern: users(), then one get (a round trip) per user; above sql_count.SEED_SAMPLE
@@ -36,8 +54,10 @@ daemon    `prosody-lastlog serve` on the same files (daemon.py)
   rename    ms from a Prosody-style rename of a user's file to /metrics showing it, median and p99 of --renames
             (target ≤ 2000 ms)
 
-Needs Debian's prosody and lua5.4 and a C compiler (`make bench` installs them), and for SQL the PostgreSQL and
-MariaDB servers the tests use (tests/sql_servers.py; TEST_POSTGRES_*/TEST_MYSQL_* override; --no-sql without them).
+Needs Debian's prosody and lua5.4 and a C compiler (`make bench` installs them); for the Prosody 13 set, the tree
+tools/prosody13-tree.sh builds (`make bench` does) and root, as it is entered by chroot (--no-prosody13 without);
+for SQL, the PostgreSQL and MariaDB servers the tests use (tests/sql_servers.py; TEST_POSTGRES_*/TEST_MYSQL_*
+override; --no-sql without them).
 Prints one table (a column per N; last, each target and whether it is met, at 1M or at the largest N measured) and
 writes the same figures as JSON to benchmarks/results/suite-<date>.json (not versioned). Absolute times drift between
 machines and runs: the ratios are what to compare.
@@ -55,15 +75,18 @@ import subprocess
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import daemon
+import prosody13
 import scan
 import sql_count
+
+from prosody_lastlog.records import Store
 
 HERE = Path(__file__).resolve().parent
 FLOOR_SOURCE = HERE / "io_floor.c"
@@ -84,6 +107,8 @@ class Target:
 
 TARGETS = [
     Target("files.ours_over_floor", 1.5, "≤ 1.5"),
+    Target("files13.ours_over_floor", 1.5, "≤ 1.5"),
+    Target("files13.default_over_floor", 1.5, "≤ 1.5"),
     *(Target(f"sql.{engine}.pushdown_s", 1.0, "≤ 1", MILLION) for engine in sql_count.SERVERS),
     *(Target(f"sql.{engine}.pushdown_over_seed", 0.02, "≤ 0.02", MILLION) for engine in sql_count.SERVERS),
     Target("daemon.rss_bytes_per_user", 120, "≤ 120", MILLION),
@@ -94,11 +119,12 @@ TARGETS = [
 
 @dataclass(frozen=True)
 class FloorRun:
-    """One run of the I/O floor."""
+    """One run of the I/O floor: the store files it read, and the account files."""
 
     seconds: float
     files: int
     bytes: int
+    account_files: int = 0
 
 
 def build_floor(directory: Path) -> Path:
@@ -113,10 +139,15 @@ def build_floor(directory: Path) -> Path:
 
 def run_floor(executable: Path, data_dir: Path) -> FloorRun:
     """Opens and reads every user file of every host's lastlog2 store, in C."""
-    stores = [str(store) for store in sorted(data_dir.glob("*/lastlog2"))]
-    output = subprocess.run([str(executable), *stores], capture_output=True, text=True, check=True).stdout
+    return floor(executable, [str(store) for store in sorted(data_dir.glob("*/lastlog2"))])
+
+
+def floor(executable: Path, args: list[str]) -> FloorRun:
+    """io_floor on `args` (store directories, each with `-a <accounts directory>` before it to read its users'
+    account files too)."""
+    output = subprocess.run([str(executable), *args], capture_output=True, text=True, check=True).stdout
     values = dict(line.split(" ", 1) for line in output.splitlines())
-    return FloorRun(float(values["seconds"]), int(values["files"]), int(values["bytes"]))
+    return FloorRun(float(values["seconds"]), int(values["files"]), int(values["bytes"]), int(values["account_files"]))
 
 
 def files_figures(executable: Path, data_dir: Path, users: int, repeat: int) -> Figures:
@@ -155,6 +186,93 @@ def files_figures(executable: Path, data_dir: Path, users: int, repeat: int) -> 
         "files.counts_agree": all(run.counts == seeds[0].counts for run in ours + seeds)
         and all(run.files == users for run in floors),
     }
+
+
+def files13_figures(executable: Path, data: prosody13.DataSet, users: int, repeat: int) -> Figures:
+    """The Prosody 13 set: seed, floor and our cold scan, account check included; our scan by default settings; and
+    the same users read as Prosody 0.12 data (no account file read), with its floor. All interleaved, each after a
+    page-cache warm-up that reads the files it reads (its floor, run once more).
+
+    The main trio reads lastlog2, as Debian 13's packaged module does (ours with --store lastlog2, the seed that
+    module's algorithm), so the 0.12 reading of the view reads the very same activity files: their difference is
+    the account check alone. Its costs are medians of the per-repeat differences and ratios (the runs interleave)."""
+    load = _load_1min()
+    floor_args = {
+        "floor": data.floor_args(prosody13.ACTIVITY, accounts=True),
+        "default_floor": data.floor_args(prosody13.DEFAULT_STORE, accounts=True),
+        "no_check_floor": data.view_floor_args(),
+    }
+    sides: list[tuple[str, str, Callable[[], scan.Run] | None]] = [  # (name, its floor, its scan; None: the floor)
+        ("floor", "floor", None),
+        ("ours", "floor", partial(scan.run_ours, data.data_dir, Store.LASTLOG2)),
+        ("seed", "floor", partial(prosody13.run_seed13, data)),
+        ("default_floor", "default_floor", None),
+        ("default_ours", "default_floor", partial(scan.run_ours, data.data_dir)),
+        ("no_check_floor", "no_check_floor", None),
+        ("no_check_ours", "no_check_floor", partial(scan.run_ours, data.view_dir)),
+    ]
+    floors: dict[str, list[FloorRun]] = {name: [] for name in floor_args}
+    runs: dict[str, list[scan.Run]] = {name: [] for name, _, measure in sides if measure is not None}
+    for _ in range(repeat):
+        for name, files, measure in sides:
+            floor(executable, floor_args[files])
+            if measure is None:
+                floors[name].append(floor(executable, floor_args[files]))
+            else:
+                runs[name].append(measure())
+    floor(executable, floor_args["no_check_floor"])
+    seed_012 = scan.run_prosody(data.view_dir)  # what Prosody 0.12 counts on the view, for the counts only
+    seconds = {name: statistics.median(run.seconds for run in own) for name, own in floors.items()}
+    seconds |= {name: statistics.median(run.seconds for run in own) for name, own in runs.items()}
+    ours, no_check = runs["ours"], runs["no_check_ours"]
+    main_floor, no_check_floor = floors["floor"], floors["no_check_floor"]
+    seeded = runs["seed"][0].counts
+    agree = (
+        all(run.counts == seeded for run in ours + runs["seed"] + runs["default_ours"])
+        and all(run.counts == seed_012.counts for run in no_check)
+        and _floor_reads_ours(main_floor, ours)
+        and _floor_reads_ours(floors["default_floor"], runs["default_ours"])
+        and _floor_reads_ours(no_check_floor, no_check, accounts=False)
+        and all(run.files == users for run in main_floor + no_check_floor)
+    )
+    return {f"files13.{name}_s": value for name, value in seconds.items()} | {
+        "files13.load_1min": load,
+        "files13.files": main_floor[0].files,
+        "files13.account_files": main_floor[0].account_files,
+        "files13.mib": main_floor[0].bytes / 2**20,
+        "files13.seed_us_per_file": seconds["seed"] / users * 1e6,
+        "files13.floor_us_per_file": seconds["floor"] / users * 1e6,
+        "files13.ours_us_per_file": seconds["ours"] / users * 1e6,
+        "files13.ours_over_seed": seconds["ours"] / seconds["seed"],
+        "files13.ours_over_floor": seconds["ours"] / seconds["floor"],
+        "files13.seed_over_floor": seconds["seed"] / seconds["floor"],
+        "files13.default_over_floor": seconds["default_ours"] / seconds["default_floor"],
+        "files13.default_over_seed": seconds["default_ours"] / seconds["seed"],
+        "files13.no_check_over_floor": seconds["no_check_ours"] / seconds["no_check_floor"],
+        "files13.check_s": _paired(ours, no_check, lambda a, b: a - b),
+        "files13.check_ratio": _paired(ours, no_check, lambda a, b: a / b),
+        "files13.check_us_per_file": _paired(ours, no_check, lambda a, b: a - b) / users * 1e6,
+        "files13.check_floor_s": _paired(main_floor, no_check_floor, lambda a, b: a - b),
+        "files13.check_floor_ratio": _paired(main_floor, no_check_floor, lambda a, b: a / b),
+        "files13.counts_agree": agree,
+    }
+
+
+def _floor_reads_ours(floors: list[FloorRun], ours: list[scan.Run], *, accounts: bool = True) -> bool:
+    """Whether the floor read as many files as our reader: a store file per user record and, where accounts are
+    checked, an account file per user that has one."""
+    return all(
+        (run.files, run.account_files) == (own.users, own.users - own.no_account if accounts else 0)
+        for run in floors
+        for own in ours
+    )
+
+
+def _paired(
+    first: Sequence[FloorRun | scan.Run], second: Sequence[FloorRun | scan.Run], how: Callable[[float, float], float]
+) -> float:
+    """The median of `how(a, b)` over the runs of two interleaved sides, repeat by repeat."""
+    return statistics.median(how(a.seconds, b.seconds) for a, b in zip(first, second, strict=True))
 
 
 def sql_figures(engine: str, users: int, repeat: int) -> Figures:
@@ -216,6 +334,32 @@ ROWS: list[tuple[str, str, str, float]] = [  # (label, figure, format, scale)
     ("files: ours / floor", "files.ours_over_floor", ".2f", 1),
     ("files: seed / floor", "files.seed_over_floor", ".2f", 1),
     ("files: counts agree (ours = seed)", "files.counts_agree", "", 1),
+    ("files 13: load average (1 min) before", "files13.load_1min", ".2f", 1),
+    ("files 13: lastlog2 files (users)", "files13.files", ".0f", 1),
+    ("files 13: account files of those users", "files13.account_files", ".0f", 1),
+    ("files 13: MiB of lastlog2 + account files", "files13.mib", ".1f", 1),
+    ("files 13: seed, Prosody 13 datamanager (s)", "files13.seed_s", ".3f", 1),
+    ("files 13: I/O floor, lastlog2 + accounts (s)", "files13.floor_s", ".3f", 1),
+    ("files 13: ours, lastlog2 + accounts (s)", "files13.ours_s", ".3f", 1),
+    ("files 13: seed µs/user", "files13.seed_us_per_file", ".2f", 1),
+    ("files 13: floor µs/user", "files13.floor_us_per_file", ".2f", 1),
+    ("files 13: ours µs/user", "files13.ours_us_per_file", ".2f", 1),
+    ("files 13: ours / seed", "files13.ours_over_seed", ".2f", 1),
+    ("files 13: ours / floor", "files13.ours_over_floor", ".2f", 1),
+    ("files 13: seed / floor", "files13.seed_over_floor", ".2f", 1),
+    ("files 13 default: floor, account_activity (s)", "files13.default_floor_s", ".3f", 1),
+    ("files 13 default: ours, account_activity (s)", "files13.default_ours_s", ".3f", 1),
+    ("files 13 default: ours / floor", "files13.default_over_floor", ".2f", 1),
+    ("files 13 default: ours / seed", "files13.default_over_seed", ".2f", 1),
+    ("files 13 as 0.12: floor, lastlog2 only (s)", "files13.no_check_floor_s", ".3f", 1),
+    ("files 13 as 0.12: ours, no account read (s)", "files13.no_check_ours_s", ".3f", 1),
+    ("files 13 as 0.12: ours / floor", "files13.no_check_over_floor", ".2f", 1),
+    ("files 13: account check, ours (s)", "files13.check_s", ".3f", 1),
+    ("files 13: account check, ours µs/user", "files13.check_us_per_file", ".2f", 1),
+    ("files 13: ours with check / without", "files13.check_ratio", ".2f", 1),
+    ("files 13: account check, floor (s)", "files13.check_floor_s", ".3f", 1),
+    ("files 13: floor with accounts / without", "files13.check_floor_ratio", ".2f", 1),
+    ("files 13: counts agree (ours = seed)", "files13.counts_agree", "", 1),
     *(
         row
         for engine in sql_count.SERVERS
@@ -323,6 +467,9 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--million", action="store_true", help="also 1,000,000 users")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; medians are reported (3)")
     parser.add_argument("--no-files", dest="files", action="store_false", help="skip seed / floor / cold scan")
+    parser.add_argument(
+        "--no-prosody13", dest="prosody13", action="store_false", help="skip the Prosody 13 set of the files part"
+    )
     parser.add_argument("--no-sql", dest="sql", action="store_false", help="skip PostgreSQL and MariaDB")
     parser.add_argument("--no-daemon", dest="daemon", action="store_false", help="skip the daemon")
     parser.add_argument("--renames", type=int, default=20, help="timed renames per daemon run (20)")
@@ -353,6 +500,10 @@ def measure_all(sets: dict[int, Path], args: argparse.Namespace, errors: list[st
                 measure = partial(files_figures, executable, data_dir, users, args.repeat)
                 figures[users] |= _attempt(errors, f"files, {users:,} users", measure, Figures())
                 _progress(f"files {users:,} users", figures[users], "files.ours_over_seed", "files.ours_over_floor")
+                if args.prosody13:
+                    measure = partial(_files13, executable, args.cache_dir, users, args.repeat)
+                    figures[users] |= _attempt(errors, f"files 13, {users:,} users", measure, Figures())
+                    _progress(f"files 13 {users:,} users", figures[users], *_PROGRESS_13)
     if args.sql:
         for users in sets:
             for engine in sql_count.SERVERS:
@@ -363,6 +514,14 @@ def measure_all(sets: dict[int, Path], args: argparse.Namespace, errors: list[st
         for users, own in _attempt(errors, "daemon", partial(daemon_figures, sets, args), dict[int, Figures]()).items():
             figures[users] |= own
     return figures
+
+
+_PROGRESS_13 = ("files13.ours_over_seed", "files13.ours_over_floor", "files13.default_over_floor", "files13.check_s")
+
+
+def _files13(executable: Path, cache_dir: Path, users: int, repeat: int) -> Figures:
+    """The Prosody 13 set of `users` users (generated first if not cached), measured."""
+    return files13_figures(executable, prosody13.dataset(cache_dir, users), users, repeat)
 
 
 T = TypeVar("T")
@@ -396,6 +555,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         "load_average": {"start": load_at_start, "end": load_at_end},
         "settings": {key: value for key, value in vars(args).items() if key not in ("json", "cache_dir")},
         "generator": scan.generator_version(),
+        "generator13": prosody13.generator_version(),
         "hosts": list(scan.HOSTS),
         "wrk": shutil.which("wrk") is not None,
         "figures": {str(users): own for users, own in figures.items()},

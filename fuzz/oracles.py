@@ -18,7 +18,7 @@ from prosody_lastlog.prosody_config import ConfigError, ProsodyConfig, load_pros
 from prosody_lastlog.readers.canonical import activity_reader, parse
 from prosody_lastlog.readers.files import MAX_FILE_SIZE, FileStoreReader
 from prosody_lastlog.readers.stores import interpret
-from prosody_lastlog.records import PROBLEM_KINDS, ReadProblem, Store, UserActivity
+from prosody_lastlog.records import PROBLEM_KINDS, CountingChoice, ReadProblem, Store, UserActivity
 from prosody_lastlog.sandbox import MAX_DEPTH, Loaded, LuaSandbox
 
 HOST = "fuzz.example"
@@ -63,7 +63,8 @@ def _check_plain(value: object, depth: int = 0) -> None:
 
 
 def _fields(activity: UserActivity) -> tuple[object, ...]:
-    return (activity.user, activity.last_active, activity.registered, activity.disabled, activity.session_open)
+    fields = (activity.user, activity.last_active, activity.registered, activity.disabled, activity.session_open)
+    return (*fields, activity.no_account)
 
 
 def _check_activity(activity: UserActivity) -> None:
@@ -127,7 +128,7 @@ class DataFileOracle:
         path = self._paths[store]
         path.write_bytes(text)
         problems: list[ReadProblem] = []
-        found = self._reader.read_user(HOST, store, USER, problems)
+        found = self._reader.read_user(HOST, CountingChoice(store), USER, problems)
         where = os.path.relpath(path, self._data_dir)
         for problem in problems:
             _require(problem.kind in PROBLEM_KINDS, "unknown problem kind", problem)

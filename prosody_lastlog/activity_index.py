@@ -24,12 +24,12 @@ from itertools import islice
 
 from prosody_lastlog.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import Store, UserActivity
+from prosody_lastlog.records import CountingChoice, Store, UserActivity
 from prosody_lastlog.windows import Window
 
 _NO_TIME = math.nan  # a missing time; the readers never give NaN (non-finite timestamps are dropped)
 # Per-slot flags. A slot without _PRESENT is a removed user, reused if the name comes back.
-_PRESENT, _DISABLED = 1, 2
+_PRESENT, _DISABLED, _NO_ACCOUNT = 1, 2, 4
 _NAME_END = b"\xff"  # ends each stored name: never a byte of UTF-8
 _HASH_MASK = 0xFFFFFFFF  # the table keys on 32 bits of the name's hash; names are compared in full
 _MAX_LOAD = 0.75  # the table grows past this many slots per position
@@ -104,10 +104,12 @@ class HostIndex:
         connected: ConnectedUsers = NOBODY,
         users: Iterable[UserActivity] = (),
         *,
+        choice: CountingChoice | None = None,
         hash_name: Callable[[bytes], int] = hash,
     ) -> None:
         self.host = host
         self.store = store
+        self.choice = choice or CountingChoice(store)  # how the host is counted: its account rule says who counts
         self.connected = connected
         self._hash_name = hash_name
         self._table = array("i")  # per position: slot + 1, or 0 if free (linear probing)
@@ -120,8 +122,9 @@ class HostIndex:
         self._session_open = array("d")
         self._size = 0  # present users
         self._never_active = 0
-        self._disabled = 0
-        self._connected = 0  # enabled users connected now
+        self._disabled = 0  # left out by the account rule
+        self._no_account = 0  # of those, without an account record
+        self._connected = 0  # users connected now
         self._rehash(len(users) if isinstance(users, Sized) else 0)
         self._load(users)
 
@@ -181,6 +184,8 @@ class HostIndex:
             active,
             registered,
             self._connected,
+            self._no_account,
+            self.choice,
         )
 
     def _load(self, users: Iterable[UserActivity]) -> None:
@@ -200,17 +205,18 @@ class HostIndex:
             if not flags:
                 continue
             last_active, registered_at = self._last_active[slot], self._registered_at[slot]
-            if flags & _DISABLED:
-                self._disabled += 1
-            elif slot in maybe_connected and self._includes(self.connected, slot, self._name(slot)):
+            if slot in maybe_connected and self._includes(self.connected, slot, self._name(slot)):
                 self._connected += 1
+            elif self._leaves_out(flags):
+                self._disabled += 1
+                self._no_account += self._for_want_of_account(flags)
             elif math.isnan(last_active):
                 self._never_active += 1
             else:
                 active.append(last_active)
             if not math.isnan(registered_at):
                 registered.append(registered_at)
-        self._active = SortedTimes(active)  # last_active of enabled, unconnected users that have one
+        self._active = SortedTimes(active)  # last_active of counted, unconnected users that have one
         self._registered = SortedTimes(registered)
 
     def _count(self, slot: int, sign: int, connected: ConnectedUsers, name: str) -> None:
@@ -220,11 +226,12 @@ class HostIndex:
             _apply(self._registered, registered_at, sign)
 
     def _count_activity(self, slot: int, sign: int, connected: ConnectedUsers, name: str) -> None:
-        last_active = self._last_active[slot]
-        if self._flags[slot] & _DISABLED:
-            self._disabled += sign
-        elif self._includes(connected, slot, name):
+        last_active, flags = self._last_active[slot], self._flags[slot]
+        if self._includes(connected, slot, name):
             self._connected += sign
+        elif self._leaves_out(flags):
+            self._disabled += sign
+            self._no_account += sign if self._for_want_of_account(flags) else 0
         elif math.isnan(last_active):
             self._never_active += sign
         else:
@@ -238,17 +245,23 @@ class HostIndex:
     def _holds(self, slot: int, activity: UserActivity) -> bool:
         """Whether the slot already holds these facts."""
         return (
-            self._flags[slot] == _PRESENT | (_DISABLED if activity.disabled else 0)
+            self._flags[slot] == _flags(activity)
             and _same(self._last_active[slot], activity.last_active)
             and _same(self._registered_at[slot], activity.registered)
             and _same(self._session_open[slot], activity.session_open)
         )
 
+    def _leaves_out(self, flags: int) -> bool:
+        return self.choice.accounts.leaves_out(disabled=bool(flags & _DISABLED), no_account=bool(flags & _NO_ACCOUNT))
+
+    def _for_want_of_account(self, flags: int) -> bool:
+        return self.choice.accounts.for_want_of_account(no_account=bool(flags & _NO_ACCOUNT))
+
     def _includes(self, connected: ConnectedUsers, slot: int, name: str) -> bool:
         return connected.includes(self.host, name, _time_or_none(self._session_open[slot]))
 
     def _store(self, slot: int, activity: UserActivity) -> None:
-        self._flags[slot] = _PRESENT | (_DISABLED if activity.disabled else 0)
+        self._flags[slot] = _flags(activity)
         self._last_active[slot] = _time(activity.last_active)
         self._registered_at[slot] = _time(activity.registered)
         self._session_open[slot] = _time(activity.session_open)
@@ -307,6 +320,10 @@ class HostIndex:
     def _name(self, slot: int) -> str:
         start = self._name_at[slot]
         return self._names[start : self._names.index(_NAME_END, start)].decode("utf-8", "surrogatepass")
+
+
+def _flags(activity: UserActivity) -> int:
+    return _PRESENT | (_DISABLED if activity.disabled else 0) | (_NO_ACCOUNT if activity.no_account else 0)
 
 
 def _within(now: float, window: Window) -> Callable[[float], bool]:
@@ -368,9 +385,9 @@ class ActivityIndex:
         with self._lock:
             return self._connected
 
-    def replace_host(self, host: str, store: Store, users: Iterable[UserActivity]) -> None:
+    def replace_host(self, host: str, choice: CountingChoice, users: Iterable[UserActivity]) -> None:
         """Brings a host to a fresh scan of it: a new index, built outside the lock, then swapped in."""
-        self.swap_in([HostIndex(host, store, self.connected, users)])
+        self.swap_in([HostIndex(host, choice.store, self.connected, users, choice=choice)])
 
     def swap_in(self, indexes: Iterable[HostIndex]) -> None:
         """Puts built indexes in place of their hosts' (the old ones are dropped)."""
@@ -393,18 +410,18 @@ class ActivityIndex:
             for host in hosts:
                 self._hosts.pop(host, None)
 
-    def store_of(self, host: str) -> Store | None:
-        """The store a host's data comes from, if the host is known."""
+    def choice_of(self, host: str) -> CountingChoice | None:
+        """How a host is counted (its store and account rule), if the host is known."""
         with self._lock:
             index = self._hosts.get(host)
-            return index.store if index else None
+            return index.choice if index else None
 
-    def update(self, host: str, store: Store, user: str, activity: UserActivity | None) -> None:
+    def update(self, host: str, choice: CountingChoice, user: str, activity: UserActivity | None) -> None:
         """Applies one changed file: the user's new facts, or None when the record is gone."""
         with self._lock:
             index = self._hosts.get(host)
             if index is None:
-                index = self._hosts[host] = HostIndex(host, store, self._connected)
+                index = self._hosts[host] = HostIndex(host, choice.store, self._connected, choice=choice)
             if activity is None:
                 index.remove(user)
             else:

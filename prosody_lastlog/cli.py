@@ -342,7 +342,12 @@ def _count(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> i
     _report_clock_skew(totals.counts)
     if args.format == "json":
         document = to_json_document(
-            totals.counts, now=now, windows=windows, problems=totals.problems, connected_detection=connected.mode
+            totals.counts,
+            now=now,
+            windows=windows,
+            problems=totals.problems,
+            connected_detection=connected.mode,
+            servers={h.name: h.server for h in health if h.server is not None},
         )
         text = render_json(document)
     elif args.format == "prom":

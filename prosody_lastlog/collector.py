@@ -83,7 +83,9 @@ class ActiveUsersCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | InfoMetricFamily]:
         """Yields the count families (per host or totals), compatibility gauges if enabled, and health."""
         counts = self._view.counts(now=self._clock())
-        if not self._per_host:
+        if self._per_host:
+            yield self._counting_family(counts)
+        else:
             counts = {"all": total_counts(counts, self._windows)} if counts else {}
         yield from self._count_families(counts)
         if self._compat:
@@ -128,6 +130,22 @@ class ActiveUsersCollector(Collector):
             never.add_metric([host], host_counts.never_active)
             connected.add_metric([host], host_counts.connected)
         yield from (active, registrations, accounts, never, connected)
+
+    @staticmethod
+    def _counting_family(counts: Mapping[str, HostCounts]) -> InfoMetricFamily:
+        family = InfoMetricFamily(
+            "prosody_lastlog_host_counting",
+            "How each host is counted: the store read, why (option: --store; module: the one Prosody's "
+            "mod_measure_active_users opens; fallback: that one has no data here; default: no module found), and "
+            "which accounts count (everyone; enabled: existing and not disabled; nobody: only connected users, as "
+            "Prosody 13 counts with an auth provider it cannot ask).",
+            labels=["host"],
+        )
+        for host, host_counts in counts.items():
+            choice = host_counts.counting
+            labels = {"store": choice.store.value, "basis": choice.basis.value, "accounts": choice.accounts.value}
+            family.add_metric([host], labels)
+        return family
 
     def _compat_families(self, counts: Mapping[str, HostCounts]) -> Iterator[GaugeMetricFamily]:
         labels = {w.label for w in self._windows}

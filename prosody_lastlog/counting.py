@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prosody_lastlog.connected import NOBODY, ConnectedUsers
-from prosody_lastlog.records import HostData, Store
+from prosody_lastlog.records import CountingChoice, HostData, Store
 from prosody_lastlog.windows import Window
 
 
@@ -17,11 +17,22 @@ class HostCounts:
     store: Store
     accounts: int
     never_active: int
-    disabled: int
+    disabled: int  # left out: not enabled, as Prosody's user_is_enabled answers (see records.AccountRule)
     future: int
     active: Mapping[str, int]
     registered: Mapping[str, int]
-    connected: int = 0  # enabled accounts connected now, hence active in every window
+    connected: int = 0  # accounts connected now, hence active in every window
+    no_account: int = 0  # of `disabled`: those without an account record
+    choice: CountingChoice | None = None  # how the host is counted; None: from `store`, every account counting
+
+    def __post_init__(self) -> None:
+        if self.choice is None:  # so that equal counts compare equal however the choice was given
+            object.__setattr__(self, "choice", CountingChoice(self.store))
+
+    @property
+    def counting(self) -> CountingChoice:
+        """How this host is counted."""
+        return self.choice or CountingChoice(self.store)
 
     def stickiness(self, shortest: Window, longest: Window) -> float | None:
         """Active in the shortest window over active in the longest (DAU/MAU by default); None if undefined."""
@@ -32,31 +43,45 @@ class HostCounts:
 def count_host(
     data: HostData, *, now: float, windows: Sequence[Window], connected: ConnectedUsers = NOBODY
 ) -> HostCounts:
-    """Counts one host as mod_measure_active_users does: active in W iff now - last_active < W (strict),
-    or connected now.
+    """Counts one host as mod_measure_active_users does: a connected user is active in every window; else a user
+    the host's AccountRule leaves out (not enabled) is not counted; else active in W iff now - last_active < W
+    (strict).
 
     A last activity in the future (clock skew) makes the user active in every window, as in the seed
-    module. Accounts marked disabled are not counted active. `registered` alone is not activity.
+    module. `registered` alone is not activity.
     """
     active = dict.fromkeys((w.label for w in windows), 0)
     registered = dict.fromkeys((w.label for w in windows), 0)
-    never_active = disabled = future = online = 0
+    never_active = left_out = no_account = future = online = 0
+    rule = data.counting.accounts
     for user in data.users:
         if user.registered is not None:
             _add_within(registered, windows, now - user.registered)
-        if user.disabled:
-            disabled += 1
-        elif connected.includes(data.host, user.user, user.session_open):
+        if connected.includes(data.host, user.user, user.session_open):
             online += 1
             for window in windows:
                 active[window.label] += 1
+        elif rule.leaves_out(disabled=user.disabled, no_account=user.no_account):
+            left_out += 1
+            no_account += rule.for_want_of_account(no_account=user.no_account)
         elif user.last_active is None:
             never_active += 1
         else:
             if user.last_active > now:
                 future += 1
             _add_within(active, windows, now - user.last_active)
-    return HostCounts(data.store, len(data.users), never_active, disabled, future, active, registered, online)
+    return HostCounts(
+        data.store,
+        len(data.users),
+        never_active,
+        left_out,
+        future,
+        active,
+        registered,
+        online,
+        no_account,
+        data.choice,
+    )
 
 
 def count_hosts(
@@ -70,7 +95,8 @@ def count_hosts(
 
 
 def total_counts(counts: Mapping[str, HostCounts], windows: Sequence[Window]) -> HostCounts:
-    """All hosts added up (for --totals-only); the store shown is the first host's. `counts` must not be empty."""
+    """All hosts added up (for --totals-only); the store and choice shown are the first host's. `counts` must not be
+    empty."""
     values = list(counts.values())
     return HostCounts(
         values[0].store,
@@ -81,6 +107,8 @@ def total_counts(counts: Mapping[str, HostCounts], windows: Sequence[Window]) ->
         {w.label: sum(c.active[w.label] for c in values) for w in windows},
         {w.label: sum(c.registered[w.label] for c in values) for w in windows},
         sum(c.connected for c in values),
+        sum(c.no_account for c in values),
+        values[0].choice,
     )
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prosody_lastlog.connected import ConnectedMode
 from prosody_lastlog.database import SqlSettings, parse_sql_url
 from prosody_lastlog.prosody_config import HostSettings, load_prosody_config
+from prosody_lastlog.prosody_install import find_installed
 from prosody_lastlog.prosody_server import DEFAULT_PIDFILES, ProsodyServer
-from prosody_lastlog.records import Store
+from prosody_lastlog.records import CountingChoice, Store
+from prosody_lastlog.rules import HostConfig, InstalledProsody, Policy
 from prosody_lastlog.sources import FileSource, Source, SqlSource
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,11 @@ class SourceOptions:
 
 @dataclass
 class Plan:
-    """The sources to read, the hosts the config declares (reported with zeros when they have no data), and
-    where the running Prosody can be asked who is connected."""
+    """The sources to read, the hosts the config declares (reported with zeros when they have no data, and how they
+    would be counted), and where the running Prosody can be asked who is connected."""
 
     sources: list[Source]
-    known_hosts: list[tuple[str, Store]] = field(default_factory=list)
+    known_hosts: list[tuple[str, CountingChoice]] = field(default_factory=list)
     server: ProsodyServer = field(default_factory=ProsodyServer)
 
     @property
@@ -57,36 +59,40 @@ class Plan:
         return {s.name: mode if isinstance(s, FileSource) else ConnectedMode.NONE for s in self.sources}
 
 
-def plan_sources(options: SourceOptions, *, environ: Mapping[str, str]) -> Plan:
-    """--sql beats --data-dir beats the Prosody config (--config, $PROSODY_CONFIG, then the default path)."""
+def plan_sources(
+    options: SourceOptions,
+    *,
+    environ: Mapping[str, str],
+    find_install: Callable[[Sequence[Path]], InstalledProsody] = lambda dirs: find_installed(config_dirs=dirs),
+) -> Plan:
+    """--sql beats --data-dir beats the Prosody config (--config, $PROSODY_CONFIG, then the default path).
+
+    `find_install` looks for this machine's Prosody, given the module directories the config (or the data directory)
+    names before Prosody's own."""
     if options.sql_url:
         settings = parse_sql_url(options.sql_url, password=options.sql_password)
         log.info("reading Prosody's SQL table in %s", settings.describe())
-        sql = SqlSource(
-            settings,
-            hosts=options.hosts,
-            store=options.store,
-            count_disabled=options.count_disabled,
-            method=options.sql_method,
-        )
+        policy = _policy(options, find_install(()))
+        sql = SqlSource(settings, hosts=options.hosts, policy=policy, method=options.sql_method)
         return Plan([sql], server=_server(options, admin_socket=None, pidfile=None))
     data_dir = options.data_dir
     if data_dir is None:
         config = options.config or _config_from_environment(environ)
         if config is not None:
-            return _plan_from_config(config, options, environ=environ)
+            return _plan_from_config(config, options, environ=environ, find_install=find_install)
         data_dir = DEFAULT_DATA_DIR
         log.info("no Prosody config found; reading the file store in %s", data_dir)
     else:
         log.info("reading Prosody's file store in %s", data_dir)
-    files = FileSource(
-        data_dir,
-        hosts=options.hosts,
-        store=options.store,
-        count_disabled=options.count_disabled,
-        workers=options.scan_workers,
-    )
+    policy = _policy(options, find_install((data_dir / "custom_plugins",)))
+    files = FileSource(data_dir, hosts=options.hosts, policy=policy, workers=options.scan_workers)
     return Plan([files], server=_server(options, admin_socket=data_dir / "prosody.sock", pidfile=None))
+
+
+def _policy(
+    options: SourceOptions, installed: InstalledProsody, hosts: Mapping[str, HostConfig] | None = None
+) -> Policy:
+    return Policy(installed, options.store, options.count_disabled, hosts or {})
 
 
 def _server(options: SourceOptions, *, admin_socket: Path | None, pidfile: Path | None) -> ProsodyServer:
@@ -101,54 +107,65 @@ def _config_from_environment(environ: Mapping[str, str]) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
 
 
-def _plan_from_config(config_path: Path, options: SourceOptions, *, environ: Mapping[str, str]) -> Plan:
+def _plan_from_config(
+    config_path: Path,
+    options: SourceOptions,
+    *,
+    environ: Mapping[str, str],
+    find_install: Callable[[Sequence[Path]], InstalledProsody],
+) -> Plan:
+    """One source per place the hosts' data is in. A host whose stores all live in one place is counted from the
+    store the rules choose among those it has data in; one whose stores are split over places, from the one store
+    the rules choose among those its modules write."""
     config = load_prosody_config(config_path, environ=environ)
     log.info("read Prosody config %s: data_path %s", config_path, config.data_path)
     for warning in config.warnings:
         log.warning("%s", warning)
     for host, reason in config.skipped.items():
         log.info("skipping %s: %s", host, reason)
+    installed = find_install(config.module_dirs)
     wanted = {host.lower() for host in options.hosts}
-    file_hosts: dict[Store, list[str]] = {}
-    sql_hosts: dict[tuple[SqlSettings, Store], list[str]] = {}
+    hosts = {name: settings for name, settings in config.hosts.items() if not wanted or name in wanted}
+    policy = _policy(options, installed, {name: _host_config(settings) for name, settings in hosts.items()})
+    server = policy.server(())  # before any data is read: what the install says
+    places: dict[SqlSettings | None, dict[str, HostConfig]] = {}  # None: the file store
     plan = Plan([], server=_server(options, admin_socket=config.admin_socket, pidfile=config.pidfile))
-    for host, settings in config.hosts.items():
-        if wanted and host not in wanted:
+    for host, settings in hosts.items():
+        choice = policy.choose(host, settings.stores.keys(), server)
+        if choice is None:
             continue
-        store = _store_for(settings, options.store)
-        if store is None:
-            log.info("skipping %s: %s is not enabled there", host, options.store)
-            continue
-        driver = settings.stores[store]
+        driver = settings.drivers[choice.store.value]
         if driver not in _READABLE_DRIVERS or (driver == "sql" and settings.sql is None):
             log.info(
-                "skipping %s: its %s store uses storage %r, which cannot be read from outside", host, store, driver
+                "skipping %s: its %s store uses storage %r, which cannot be read from outside",
+                host,
+                choice.store,
+                driver,
             )
             continue
-        if driver == "sql" and settings.sql is not None:
-            sql_hosts.setdefault((settings.sql, store), []).append(host)
-        else:
-            file_hosts.setdefault(store, []).append(host)
-        plan.known_hosts.append((host, store))
-    for store, hosts in file_hosts.items():
-        plan.sources.append(
-            FileSource(
-                config.data_path,
-                hosts=hosts,
-                store=store,
-                count_disabled=options.count_disabled,
-                workers=options.scan_workers,
+        host_config = policy.hosts[host]
+        if any(settings.drivers[store.value] != driver for store in Store):
+            host_config = replace(host_config, stores=frozenset([choice.store]))
+        if settings.drivers["accounts"] != driver:
+            host_config = replace(host_config, accounts_storage=settings.drivers["accounts"])
+        places.setdefault(settings.sql if driver == "sql" else None, {})[host] = host_config
+        plan.known_hosts.append((host, choice))
+    for sql, place_hosts in places.items():
+        place_policy = replace(policy, hosts=place_hosts)
+        if sql is None:
+            source: Source = FileSource(
+                config.data_path, hosts=list(place_hosts), policy=place_policy, workers=options.scan_workers
             )
-        )
-    for (sql, store), hosts in sql_hosts.items():
-        plan.sources.append(
-            SqlSource(sql, hosts=hosts, store=store, count_disabled=options.count_disabled, method=options.sql_method)
-        )
+        else:
+            source = SqlSource(sql, hosts=list(place_hosts), policy=place_policy, method=options.sql_method)
+        plan.sources.append(source)
     return plan
 
 
-def _store_for(settings: HostSettings, forced: Store | None) -> Store | None:
-    """The store the server's own mod_measure_active_users reads: account_activity (13), then lastlog2, lastlog."""
-    if forced is not None:
-        return forced if forced in settings.stores else None
-    return next((store for store in Store if store in settings.stores), None)
+def _host_config(settings: HostSettings) -> HostConfig:
+    return HostConfig(
+        auth_provider=settings.auth_provider,
+        count_disabled=settings.count_disabled,
+        is_component=settings.is_component,
+        measures=settings.measures,
+    )

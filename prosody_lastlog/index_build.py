@@ -32,6 +32,7 @@ from prosody_lastlog.connected import ConnectedUsers
 from prosody_lastlog.readers import ReadResult
 from prosody_lastlog.readers.files import FileStoreReader, Progress, end_with_forker, forker_of, process_context
 from prosody_lastlog.records import ReadProblem
+from prosody_lastlog.rules import ServerFacts
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class ScannedIndexes:
 
     hosts: dict[str, HostIndex] = field(default_factory=dict)
     problems: list[ReadProblem] = field(default_factory=list)
+    server: ServerFacts | None = None  # what the rules took the server to be
 
 
 class ScanProcessError(OSError):
@@ -141,22 +143,22 @@ def _receive(receiver: Connection, connected: ConnectedUsers, progress: Progress
         elif kind == "failed":
             raise value
         elif kind == "done":
-            scanned.problems = value
+            scanned.problems, scanned.server = value
             return scanned
 
 
 def _scan(
     reader: FileStoreReader, connected: ConnectedUsers, name_hash: NameHash, progress: Progress | None
-) -> tuple[dict[str, HostIndex], list[ReadProblem]]:
+) -> tuple[dict[str, HostIndex], list[ReadProblem], ServerFacts | None]:
     read = reader.read(progress)
-    return {index.host: index for index in _indexes(read, connected, name_hash)}, read.problems
+    return {index.host: index for index in _indexes(read, connected, name_hash)}, read.problems, read.server
 
 
 def _indexes(read: ReadResult, connected: ConnectedUsers, name_hash: NameHash) -> Iterator[HostIndex]:
     """Each host's index, its records let go once indexed."""
     while read.hosts:
         host, data = read.hosts.popitem()
-        yield HostIndex(host, data.store, connected, data.users, hash_name=name_hash)
+        yield HostIndex(host, data.store, connected, data.users, choice=data.choice, hash_name=name_hash)
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ class _Job:
 
 def _child(job: _Job, sender: Connection) -> None:
     """Runs in the child: scans, sends ("progress", files read) if asked, ("host", index) per host, then ("done",
-    problems); or ("failed", the exception)."""
+    (problems, server facts)); or ("failed", the exception)."""
     end_with_forker(job.forker)
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)  # not the parent's handlers: a signal just ends the child
@@ -185,7 +187,7 @@ def _child(job: _Job, sender: Connection) -> None:
             read = job.reader.read((lambda files: sender.send(("progress", files))) if job.with_progress else None)
             for index in _indexes(read, job.connected, job.name_hash):
                 _send_index(sender, index)
-            sender.send(("done", read.problems))
+            sender.send(("done", (read.problems, read.server)))
         except Exception as exc:  # the parent raises it
             sender.send(("failed", exc))
     except BrokenPipeError:

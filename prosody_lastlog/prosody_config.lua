@@ -443,6 +443,8 @@ local base = {
 	unpack = t_unpack, print = function() end,
 	require = refused("require"), dofile = refused("dofile"), loadfile = refused("loadfile"),
 	collectgarbage = refused("collectgarbage"),
+	-- A config may add to package.path or package.loaded for Prosody's modules: a private table, used by nothing.
+	package = { loaded = {}, preload = {}, path = "", cpath = "", config = package.config },
 	-- Anything but "prosody": Snikket's config waits for certificates and exits when it sees "prosody".
 	prosody = { process_type = "prosody-lastlog", platform = "posix", paths = { config = paths.config, data = paths.data } },
 	_VERSION = _VERSION,

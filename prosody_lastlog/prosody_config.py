@@ -22,7 +22,8 @@ Decisions worth knowing:
   call whose worst-case backtracking (bounded by the subject's runs of matching characters) is too large.
 
 Not emulated: Prosody 13's deprecation warnings for bare Lua globals, C modules (require, lfs, socket),
-coroutines, setmetatable/getmetatable, and modules pulled in by another module's `module:depends()`.
+coroutines, setmetatable/getmetatable, and modules pulled in by another module's `module:depends()` (but for
+mod_measure_active_users, which loads lastlog2). `package` is a private table, so a config may add to it.
 Storage driver names are reported as configured, not checked against the installed drivers.
 """
 
@@ -42,6 +43,7 @@ from lupa.lua54 import LuaError, lua_type
 
 from .database import SqlSettings
 from .records import Store
+from .rules import DEFAULT_AUTH
 from .sandbox import PlainValue, restricted_runtime
 
 DEFAULT_DATA_PATH = Path("/var/lib/prosody")  # Debian's CFG_DATADIR (/usr/bin/prosody)
@@ -68,6 +70,8 @@ AUTOLOAD_MODULES = frozenset({"posix", "presence", "message", "iq", "offline", "
 COMPONENT_INHERITABLE_MODULES = frozenset(
     {"tls", "saslauth", "dialback", "iq", "s2s", "s2s_bidi", "smacks", "server_contact_info"}
 )
+MEASURE_MODULE = "measure_active_users"
+ACCOUNTS = "accounts"
 SQL_DRIVERS = ("SQLite3", "PostgreSQL", "MySQL")
 NO_STORE_MODULE = "no lastlog2, lastlog or account_activity module enabled"
 DISABLED = "disabled (enabled = false)"
@@ -81,12 +85,16 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class HostSettings:
-    """Where one host's last-activity stores live."""
+    """Where one host's last-activity stores live, and what decides which of its accounts count."""
 
     name: str  # nameprepped (lower-case)
     is_component: bool
     stores: Mapping[Store, str]  # each store whose writer module is loaded here → its storage driver
-    sql: SqlSettings | None  # the host's effective `sql` option; None if no store uses sql
+    sql: SqlSettings | None  # the host's effective `sql` option; None if no store read uses sql
+    drivers: Mapping[str, str]  # the storage driver of every store a count may read: activity stores, accounts
+    auth_provider: str | None = DEFAULT_AUTH  # `authentication` (None on a component)
+    count_disabled: bool = False  # `measure_active_users_count_disabled`
+    measures: bool = False  # mod_measure_active_users is enabled here
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ class ProsodyConfig:
     hosts: Mapping[str, HostSettings]  # enabled hosts with at least one last-activity store
     skipped: Mapping[str, str]  # every other host → one-line reason
     warnings: tuple[str, ...] = ()
+    module_dirs: tuple[Path, ...] = ()  # where Prosody looks for modules before its own: installer path, plugin_paths
 
 
 class _UnusableHostError(Exception):
@@ -130,6 +139,7 @@ def load_prosody_config(path: Path, *, environ: Mapping[str, str]) -> ProsodyCon
         hosts=hosts,
         skipped=skipped,
         warnings=tuple(warnings),
+        module_dirs=_module_dirs(global_options, data_path),
     )
 
 
@@ -285,20 +295,46 @@ def _admin_socket(global_options: Mapping[str, PlainValue], data_path: Path) -> 
     return data_path / (value if isinstance(value, str) else "prosody.sock")
 
 
+def _module_dirs(global_options: Mapping[str, PlainValue], data_path: Path) -> tuple[Path, ...]:
+    """Where Prosody looks for a module before its own directory: the installer's path (`installer_plugin_path`,
+    default `custom_plugins`, relative to CFG_DATADIR), then `plugin_paths`, in order. A relative plugin path is
+    opened after Prosody changed its directory to data_path, so it is relative to that."""
+    installer = global_options.get("installer_plugin_path")
+    directories = [DEFAULT_DATA_PATH / (installer if isinstance(installer, str) else "custom_plugins")]
+    directories += [data_path / path for path in _array(global_options.get("plugin_paths")) if isinstance(path, str)]
+    return tuple(directories)
+
+
 def _host_settings(options: Options, host: str, data_path: Path, warnings: list[str]) -> HostSettings:
     if _get(options, host, "enabled") is False:
         raise _UnusableHostError(DISABLED)
     component = _get(options, host, "component_module")
     modules = _modules_for_host(options, host, component)
-    stores = {
-        store: _storage_driver(options, host, store, warnings)
-        for store, module in STORE_MODULES.items()
-        if module in modules
-    }
-    if not stores:
+    recorded = {store for store, module in STORE_MODULES.items() if module in modules}
+    if MEASURE_MODULE in modules:
+        recorded.add(Store.LASTLOG2)  # every revision depends on its writer; the packaged ones on lastlog2's
+    if not recorded:
         raise _UnusableHostError(NO_STORE_MODULE)
-    sql = _sql_settings(options, host, data_path) if "sql" in stores.values() else None
-    return HostSettings(name=host, is_component=component is not None, stores=stores, sql=sql)
+    drivers = {str(store): _storage_driver(options, host, str(store), warnings) for store in (*Store, ACCOUNTS)}
+    sql = _sql_settings(options, host, data_path) if "sql" in drivers.values() else None
+    return HostSettings(
+        name=host,
+        is_component=component is not None,
+        stores={store: drivers[str(store)] for store in Store if store in recorded},
+        sql=sql,
+        drivers=drivers,
+        auth_provider=None if component is not None else _auth_provider(options, host),
+        count_disabled=_get(options, host, "measure_active_users_count_disabled") in (True, "true", 1),
+        measures=MEASURE_MODULE in modules,
+    )
+
+
+def _auth_provider(options: Options, host: str) -> str:
+    """usermanager's choice: `authentication`, "anonymous" with the old `anonymous_login`, else internal_hashed."""
+    if _get(options, host, "anonymous_login"):
+        return "anonymous"
+    provider = _get(options, host, "authentication")
+    return provider if isinstance(provider, str) else DEFAULT_AUTH
 
 
 def _modules_for_host(options: Options, host: str, component: PlainValue | None) -> set[PlainValue]:
@@ -318,12 +354,13 @@ def _modules_for_host(options: Options, host: str, component: PlainValue | None)
     return modules
 
 
-def _storage_driver(options: Options, host: str, store: Store, warnings: list[str]) -> str:
+def _storage_driver(options: Options, host: str, store: str, warnings: list[str]) -> str:
     """storagemanager's get_driver: `storage` (a name, or a store → name map), else default_storage."""
     storage = _get(options, host, "storage")
-    name = storage.get(str(store)) if isinstance(storage, dict) else storage
+    name = storage.get(store) if isinstance(storage, dict) else storage
     if name == "sql2":  # the old module's name, which Prosody rewrites (and logs an error about)
-        warnings.append(f"{host}: storage 'sql2' has been renamed 'sql'; reading it as 'sql'")
+        warning = f"{host}: storage 'sql2' has been renamed 'sql'; reading it as 'sql'"
+        warnings.extend([warning] if warning not in warnings else [])
         name = "sql"
     if name is None or name is False:
         name = _get(options, host, "default_storage")

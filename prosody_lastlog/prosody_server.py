@@ -9,6 +9,7 @@ Usernames read here stay in memory; they are never logged or exported.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -71,7 +72,7 @@ def ask_connected_users(path: Path, *, timeout: float = 5.0) -> dict[str, frozen
             lines, expected = _read_answer(connection)
             connection.sendall(b"</stream:stream>")
     except OSError as exc:
-        raise AdminSocketError(f"cannot ask {path}: {exc.strerror or exc}") from exc
+        raise AdminSocketError(_why_not(path, exc)) from exc
     if len(lines) != expected:
         raise AdminSocketError(f"{path} listed {len(lines)} session(s) but counted {expected}")
     users: dict[str, set[str]] = {}
@@ -79,6 +80,19 @@ def ask_connected_users(path: Path, *, timeout: float = 5.0) -> dict[str, frozen
         host, _, user = line.partition("\t")
         users.setdefault(host, set()).add(user)
     return {host: frozenset(names) for host, names in users.items()}
+
+
+def _why_not(path: Path, error: OSError) -> str:
+    """Why the admin socket could not be asked, in the words an admin acts on."""
+    if error.errno in (errno.ENOENT, errno.ECONNREFUSED):
+        # Prosody 13 removes its socket when it stops; a socket left by a crash refuses connections.
+        return f"Prosody is not running (no Prosody answers at {path})"
+    if error.errno == errno.EACCES:
+        return (
+            f"no permission to connect to {path}: it takes write access to the socket, which Prosody makes for its "
+            "own user and group only (run as the prosody user, or see docs/troubleshooting.md)"
+        )
+    return f"cannot ask {path}: {error.strerror or error}"
 
 
 def _read_answer(connection: socket.socket) -> tuple[list[str], int]:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from prosody_lastlog.database import DatabaseError
 from prosody_lastlog.index_build import ScanProcesses, release_free_memory, scan_indexes
 from prosody_lastlog.readers.files import DataDirError
-from prosody_lastlog.records import ReadProblem, Store
+from prosody_lastlog.records import CountingChoice, ReadProblem
+from prosody_lastlog.rules import ServerFacts
 from prosody_lastlog.snapshot import LiveCounts
-from prosody_lastlog.sources import FileSource, Source, SqlSource
+from prosody_lastlog.sources import FileSource, Source, SqlSource, log_choices
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Refresher:
         self._changed_during_scan: dict[str, set[tuple[str, str]]] = {}  # (host, user) per scanning source
         self._file_hosts: dict[str, set[str]] = {}
         self._failing: set[str] = set()
+        self._choices: dict[str, tuple[ServerFacts | None, dict[str, CountingChoice]]] = {}  # as last logged
         self._scans = ScanProcesses()
 
     def stop_scans(self) -> None:
@@ -88,18 +90,19 @@ class Refresher:
             _log_problems(source.name, problems)
         self._on_refresh()
 
-    def apply_change(self, host: str, store: Store, user: str) -> bool:
-        """Re-reads one user's record after a file event; False if no file source serves that host and store.
+    def apply_change(self, host: str, user: str) -> bool:
+        """Re-reads one user's record (and account) after a file event; False if no file source counts that host.
 
         Call `changed()` after a batch of these.
         """
-        source = self._file_source_for(host, store)
-        if source is None:
+        source = self.file_source_for_host(host)
+        choice = self.live.index.choice_of(host)
+        if source is None or choice is None:
             return False
         problems: list[ReadProblem] = []
         with self._locks[source.name]:
-            activity = source.reader.read_user(host, store, user, problems)
-            self.live.index.update(host, store, user, activity)
+            activity = source.reader.read_user(host, choice, user, problems)
+            self.live.index.update(host, choice, user, activity)
             changed = self._changed_during_scan.get(source.name)
             if changed is not None:
                 changed.add((host, user))
@@ -129,15 +132,17 @@ class Refresher:
         """The file source that reads `host`, if any (hosts filtered by the config or --host)."""
         return next((s for s in self.sources if isinstance(s, FileSource) and (not s.hosts or host in s.hosts)), None)
 
-    def _file_source_for(self, host: str, store: Store) -> FileSource | None:
-        if self.live.index.store_of(host) is not store:
-            return None  # a store this host's count does not use (e.g. lastlog2 next to account_activity)
-        return self.file_source_for_host(host)
+    def _log_choices(self, source: str, server: ServerFacts | None, choices: dict[str, CountingChoice]) -> None:
+        """Logs how a source's hosts are counted, at the first refresh and whenever that changes."""
+        if self._choices.get(source) != (server, choices):
+            self._choices[source] = (server, choices)
+            log_choices(source, server, choices)
 
     def _read(self, source: Source) -> list[ReadProblem]:
         if isinstance(source, SqlSource):
             result = source.count(now=int(self._wall_clock()), windows=self.live.windows)
             self.live.set_sql_counts(source.name, result.counts)
+            self._log_choices(source.name, result.server, {host: c.counting for host, c in result.counts.items()})
             return result.problems
         if not isinstance(source, FileSource):
             raise TypeError(f"unknown source {source!r}")
@@ -159,12 +164,20 @@ class Refresher:
             gone = self._file_hosts.get(source.name, set()) - set(scanned.hosts)
             self.live.index.remove_hosts(gone)
             self._file_hosts[source.name] = set(scanned.hosts)
+            self._log_choices(source.name, scanned.server, {host: i.choice for host, i in scanned.hosts.items()})
             for host, user in changed:  # newer than what the scan read: read again
-                if (store := self.live.index.store_of(host)) is not None:
-                    activity = source.reader.read_user(host, store, user, scanned.problems)
-                    self.live.index.update(host, store, user, activity)
+                if (choice := self.live.index.choice_of(host)) is not None:
+                    activity = source.reader.read_user(host, choice, user, scanned.problems)
+                    self.live.index.update(host, choice, user, activity)
         release_free_memory()  # the swapped-out indexes'
         return scanned.problems
+
+
+def _log_server(source: str, server: ServerFacts | None) -> None:
+    if server is not None:
+        log.debug(
+            "%s: Prosody %s (%s); %s", source, "13" if server.thirteen else "0.12", server.evidence, server.module_note
+        )
 
 
 def _log_problems(source: str, problems: Sequence[ReadProblem]) -> None:

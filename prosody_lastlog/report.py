@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.connected import ConnectedMode
 from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import ReadProblem
+from prosody_lastlog.records import CountingChoice, ReadProblem
+from prosody_lastlog.rules import ServerFacts
 from prosody_lastlog.sources import SourceHealth
 from prosody_lastlog.windows import Window
 
@@ -23,6 +24,7 @@ def to_json_document(
     windows: Sequence[Window],
     problems: Sequence[ReadProblem],
     connected_detection: ConnectedMode = ConnectedMode.NONE,
+    servers: Mapping[str, ServerFacts] | None = None,
 ) -> dict[str, object]:
     """The JSON interface; its documented keys never change, new keys may be added."""
     shortest, longest = windows[0], windows[-1]
@@ -30,6 +32,15 @@ def to_json_document(
         "now": now,
         "connected_detection": connected_detection.value,
         "windows": {w.label: w.seconds for w in windows},
+        "prosody": {
+            source: {
+                "version": "13" if server.thirteen else "0.12",
+                "evidence": server.evidence,
+                "module": server.module.path if server.module else None,
+                "module_note": server.module_note,
+            }
+            for source, server in (servers or {}).items()
+        },
         "hosts": {
             host: {
                 "active": dict(c.active),
@@ -37,7 +48,12 @@ def to_json_document(
                 "never_active": c.never_active,
                 "registered": dict(c.registered),
                 "store": c.store.value,
+                "store_basis": c.counting.basis.value,
+                "store_reason": c.counting.reason,
+                "accounts_rule": c.counting.accounts.value,
+                "accounts_reason": c.counting.accounts_reason,
                 "disabled": c.disabled,
+                "no_account": c.no_account,
                 "connected": c.connected,
                 "future_timestamps": c.future,
                 "stickiness": {f"{shortest.label}/{longest.label}": c.stickiness(shortest, longest)},
@@ -55,15 +71,18 @@ def render_json(document: Mapping[str, object]) -> str:
 
 
 def render_table(counts: Mapping[str, HostCounts], *, windows: Sequence[Window]) -> str:
-    """A fixed-width table: one row per host."""
+    """A fixed-width table, one row per host, then how each host is counted: its store and which accounts count,
+    with why, numbered once per distinct choice."""
     shortest, longest = windows[0], windows[-1]
-    header = ["host", "store", "accounts", "never"]
+    header = ["host", "store", "accounts", "never", "left out"]
     header += [f"active {w.label}" for w in windows] + [f"new {w.label}" for w in windows]
     header.append(f"{shortest.label}/{longest.label}")
     rows = [header]
+    notes: dict[str, int] = {}
     for host, c in counts.items():
         ratio = c.stickiness(shortest, longest)
-        row = [host, c.store.value, str(c.accounts), str(c.never_active)]
+        note = notes.setdefault(_how_counted(c.counting), len(notes) + 1)
+        row = [host, f"{c.store.value} [{note}]", str(c.accounts), str(c.never_active), str(c.disabled)]
         row += [str(c.active[w.label]) for w in windows] + [str(c.registered[w.label]) for w in windows]
         row.append("-" if ratio is None else f"{ratio:.2f}")
         rows.append(row)
@@ -77,7 +96,13 @@ def render_table(counts: Mapping[str, HostCounts], *, windows: Sequence[Window])
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
+    lines.append("")
+    lines.extend(f"[{number}] {text}" for text, number in notes.items())
     return "\n".join(lines) + "\n"
+
+
+def _how_counted(choice: CountingChoice) -> str:
+    return f"{choice.store.value} ({choice.basis.value}): {choice.reason}; accounts: {choice.accounts_reason}"
 
 
 class _FixedView:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from prosody_lastlog.activity_index import ActivityIndex
 from prosody_lastlog.connected import NOBODY, ConnectedMode, ConnectedUsers
 from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import Store
+from prosody_lastlog.records import CountingChoice
 from prosody_lastlog.sources import SourceHealth, zero_counts
 from prosody_lastlog.windows import Window
 
@@ -30,14 +30,14 @@ class LiveCounts:
         self._sql_counts: dict[str, dict[str, HostCounts]] = {}
         self._health = {name: SourceHealth(name) for name in source_names}
         self._counted: set[str] = set()  # sources with at least one successful refresh
-        self._known_hosts: dict[str, tuple[str, Store]] = {}  # host -> (source, store) from the config
+        self._known_hosts: dict[str, tuple[str, CountingChoice]] = {}  # host -> (source, how counted), from the config
         self.connected = NOBODY  # the current answer to "who is connected"
 
-    def declare_hosts(self, source: str, hosts: Sequence[tuple[str, Store]]) -> None:
+    def declare_hosts(self, source: str, hosts: Sequence[tuple[str, CountingChoice]]) -> None:
         """Hosts the config declares for a source: exported with zeros once the source has counted."""
         with self._lock:
-            for host, store in hosts:
-                self._known_hosts[host] = (source, store)
+            for host, choice in hosts:
+                self._known_hosts[host] = (source, choice)
 
     def set_connected(self, connected: ConnectedUsers) -> None:
         """Applies a new answer to "who is connected" (file sources only; SQL counts are of stored activity)."""
@@ -80,9 +80,9 @@ class LiveCounts:
         with self._lock:
             for sql_counts in self._sql_counts.values():
                 counts.update(sql_counts)
-            for host, (source, store) in self._known_hosts.items():
+            for host, (source, choice) in self._known_hosts.items():
                 if host not in counts and source in self._counted:
-                    counts[host] = zero_counts(store, self.windows)
+                    counts[host] = zero_counts(choice, self.windows)
         return dict(sorted(counts.items()))
 
     def keep_sql_counts_of(self, previous: LiveCounts) -> None:

@@ -16,10 +16,12 @@ from prosody_lastlog.database import SqlSettings
 from prosody_lastlog.readers import SourceCount
 from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.readers.sql import SqlReader
-from prosody_lastlog.records import Store
+from prosody_lastlog.records import AccountRule, CountingChoice
+from prosody_lastlog.rules import Policy, ServerFacts
 from prosody_lastlog.windows import Window
 
 log = logging.getLogger(__name__)
+_NAMED_HOSTS = 10  # hosts a log line names; the others are counted
 
 
 @dataclass
@@ -32,6 +34,7 @@ class SourceHealth:
     duration_seconds: float | None = None
     problems: Mapping[str, int] = field(default_factory=dict)  # read problems so far, by kind
     error: str | None = None
+    server: ServerFacts | None = None  # what the last successful refresh took the Prosody that wrote it to be
 
 
 class Source(Protocol):
@@ -50,27 +53,20 @@ class FileSource:
 
     data_dir: Path
     hosts: Collection[str] = ()
-    store: Store | None = None
-    count_disabled: bool = False
+    policy: Policy = field(default_factory=Policy)
     workers: int | None = None  # processes reading at once; None: FileStoreReader's default
     name: str = field(init=False)
     reader: FileStoreReader = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.name = f"files {self.data_dir}" + (f" ({self.store.value})" if self.store else "")
-        self.reader = FileStoreReader(
-            self.data_dir,
-            hosts=self.hosts,
-            store=self.store,
-            count_disabled=self.count_disabled,
-            workers=self.workers,
-        )
+        self.name = f"files {self.data_dir}" + _store_suffix(self.policy)
+        self.reader = FileStoreReader(self.data_dir, hosts=self.hosts, policy=self.policy, workers=self.workers)
 
     def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
         """Reads every file of the chosen hosts and counts them, connected users active in every window."""
         result = self.reader.read()
         counts = count_hosts(result.hosts.values(), now=now, windows=windows, connected=connected)
-        return SourceCount(counts, dict.fromkeys(counts, "files"), result.problems)
+        return SourceCount(counts, dict.fromkeys(counts, "files"), result.problems, result.server)
 
 
 @dataclass
@@ -79,21 +75,23 @@ class SqlSource:
 
     settings: SqlSettings
     hosts: Collection[str] = ()
-    store: Store | None = None
-    count_disabled: bool = False
+    policy: Policy = field(default_factory=Policy)
     method: str = "auto"
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.name = self.settings.describe() + (f" ({self.store.value})" if self.store else "")
+        self.name = self.settings.describe() + _store_suffix(self.policy)
 
     def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
         """Counts in the database (or by streaming rows where it cannot); stored activity only, so `connected`
         is not used (see the README: connected users and SQL)."""
-        reader = SqlReader(
-            self.settings, hosts=self.hosts, store=self.store, count_disabled=self.count_disabled, method=self.method
-        )
+        reader = SqlReader(self.settings, hosts=self.hosts, policy=self.policy, method=self.method)
         return reader.count(now=now, windows=windows)
+
+
+def _store_suffix(policy: Policy) -> str:
+    """A forced store in a source's name, which keeps two sources of one place apart."""
+    return f" ({policy.forced_store.value})" if policy.forced_store else ""
 
 
 def count_all(
@@ -101,7 +99,7 @@ def count_all(
     *,
     now: int,
     windows: Sequence[Window],
-    known_hosts: Collection[tuple[str, Store]] = (),
+    known_hosts: Collection[tuple[str, CountingChoice]] = (),
     connected: ConnectedUsers = NOBODY,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[SourceCount, list[SourceHealth]]:
@@ -112,19 +110,39 @@ def count_all(
         started = clock()
         result = source.count(now=now, windows=windows, connected=connected)
         kinds = Counter(problem.kind for problem in result.problems)
-        health.append(SourceHealth(source.name, True, now, clock() - started, dict(kinds)))
+        health.append(SourceHealth(source.name, True, now, clock() - started, dict(kinds), server=result.server))
+        log_choices(source.name, result.server, {host: c.counting for host, c in result.counts.items()})
         totals.counts.update(result.counts)
         totals.methods.update(result.methods)
         totals.problems.extend(result.problems)
         log.debug("%s: %d host(s) counted", source.name, len(result.counts))
-    for host, store in known_hosts:
+    for host, choice in known_hosts:
         if host not in totals.counts:
-            totals.counts[host] = zero_counts(store, windows)
+            totals.counts[host] = zero_counts(choice, windows)
     totals.counts = dict(sorted(totals.counts.items()))
     return totals, health
 
 
-def zero_counts(store: Store, windows: Sequence[Window]) -> HostCounts:
+def log_choices(source: str, server: ServerFacts | None, choices: Mapping[str, CountingChoice]) -> None:
+    """Says (at info level) which Prosody a source's data is taken to come from and how each host is counted;
+    warns of hosts where, as in Prosody 13, only connected users count."""
+    if server is not None:
+        version = "13" if server.thirteen else "0.12"
+        log.info("%s: written by Prosody %s (%s); module: %s", source, version, server.evidence, server.module_note)
+    by_choice: dict[CountingChoice, list[str]] = {}
+    for host, choice in choices.items():
+        by_choice.setdefault(choice, []).append(host)
+    for choice, hosts in by_choice.items():
+        named = ", ".join(hosts[:_NAMED_HOSTS]) + (
+            f" and {len(hosts) - _NAMED_HOSTS} more" if len(hosts) > _NAMED_HOSTS else ""
+        )
+        log.info("%s: counting %s (%s: %s); accounts: %s", named, choice.store, choice.basis, choice.reason,
+                 choice.accounts_reason)  # fmt: skip
+        if choice.accounts is AccountRule.NOBODY:
+            log.warning("%s: only connected users count, as in Prosody 13: %s", named, choice.accounts_reason)
+
+
+def zero_counts(choice: CountingChoice, windows: Sequence[Window]) -> HostCounts:
     """The counts of a host that exists but has no data yet."""
     zeros = dict.fromkeys((w.label for w in windows), 0)
-    return HostCounts(store, 0, 0, 0, 0, zeros, dict(zeros))
+    return HostCounts(choice.store, 0, 0, 0, 0, zeros, dict(zeros), choice=choice)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 _DAT = ".dat"
 _STORES = {store.value: store for store in Store}
-_ACCOUNTS = "accounts"
+_ACCOUNT_STORES = ("accounts", "account_details")  # what they say of a user completes its activity record
 _WATCHDOG_DOUBLE_WATCH = r"Callback with id .* already exists for watch"
 # The events that can mean a changed record or directory. Reads (opened, closed unwritten) are left out so that they
 # never enter the kernel's queue: a full scan opens every file, and would overflow it (16,384 events by default).
@@ -137,7 +137,7 @@ class DataDirWatcher:
         if is_directory:
             if len(parts) <= 2 and parts[0] != "..":
                 change = _Rescan()  # a new or removed host or store directory
-        elif len(parts) == 3 and parts[2].endswith(_DAT) and (parts[1] in _STORES or parts[1] == _ACCOUNTS):
+        elif len(parts) == 3 and parts[2].endswith(_DAT) and (parts[1] in _STORES or parts[1] in _ACCOUNT_STORES):
             host, user = decode_name(parts[0]), decode_name(parts[2][: -len(_DAT)])
             if host is not None and user is not None:
                 change = _UserChange(host, parts[1], user)
@@ -171,16 +171,16 @@ class DataDirWatcher:
             assert isinstance(change, _UserChange)
             if self._refresher.file_source_for_host(change.host) is None:
                 continue  # a host this daemon does not count (--host, or the config skips it)
-            store = self._refresher.live.index.store_of(change.host)
-            if store is None:
+            choice = self._refresher.live.index.choice_of(change.host)
+            if choice is None:
                 if self._refresher.note_change(change.host, change.user):
                     continue  # a full scan is reading this host now, and reads this user again at its end
-                if change.store_dir != _ACCOUNTS:  # an account change alone brings no activity data
+                if change.store_dir not in _ACCOUNT_STORES:  # an account change alone brings no activity data
                     self._rescan()  # a host with its first data
                     return
                 continue
-            if change.store_dir in (store.value, _ACCOUNTS):
-                self._refresher.apply_change(change.host, store, change.user)
+            if change.store_dir == choice.store.value or change.store_dir in _ACCOUNT_STORES:
+                self._refresher.apply_change(change.host, change.user)
         self._refresher.changed()
 
     def _rescan(self) -> None:

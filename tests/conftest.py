@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import pwd
 import shutil
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import settings
@@ -17,6 +22,37 @@ settings.load_profile("prosody-lastlog")
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CASES = FIXTURES / "cases"
+
+
+def load_generator() -> ModuleType:
+    """fixtures/make_fixtures.py, the generator of the fixtures from a real Prosody, as a module."""
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_fixtures"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def as_nobody(work: Callable[[], bytes]) -> bytes:
+    """What `work` returns when run, in a forked child process, as the user `nobody` (this process must be root)."""
+    receiver, sender = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: give root up, work, send the result, and leave at once whatever happens
+        try:
+            os.close(receiver)
+            nobody = pwd.getpwnam("nobody")
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(sender, work())
+        finally:
+            os._exit(0)
+    os.close(sender)
+    with os.fdopen(receiver, "rb") as pipe:
+        sent = pipe.read()
+    os.waitpid(pid, 0)
+    return sent
 
 
 def case_data(case: str) -> Path:

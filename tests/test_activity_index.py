@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from prosody_lastlog.activity_index import ActivityIndex, HostIndex, NameHash, SortedTimes
 from prosody_lastlog.connected import NOBODY, ConnectedMode, ConnectedUsers
 from prosody_lastlog.counting import count_host
-from prosody_lastlog.records import HostData, Store, UserActivity
+from prosody_lastlog.records import AccountRule, CountingChoice, HostData, Store, UserActivity
 from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
 
 NOW = 1_763_900_000
@@ -50,7 +50,11 @@ hashes: st.SearchStrategy[Callable[[bytes], int]] = st.sampled_from(
 
 
 def activities(when: st.SearchStrategy[float | None]) -> st.SearchStrategy[UserActivity]:
-    return st.builds(UserActivity, st.sampled_from(USERS), when, when, st.booleans(), when)
+    return st.builds(UserActivity, st.sampled_from(USERS), when, when, st.booleans(), when, st.booleans())
+
+
+# How the host is counted: which accounts count is the index's to apply, as the core does.
+choices = st.builds(CountingChoice, st.just(Store.LASTLOG2), accounts=st.sampled_from(list(AccountRule)))
 
 
 Update = UserActivity | str | ConnectedUsers | list[UserActivity]  # a change, a removal, an answer, a resync
@@ -61,9 +65,10 @@ def updates(when: st.SearchStrategy[float | None]) -> st.SearchStrategy[list[Upd
     return st.lists(st.one_of(activities(when), st.sampled_from(USERS), connected_answers, resyncs), max_size=60)
 
 
-def rebuilt(host: str, store: Store, connected: ConnectedUsers, users: list[UserActivity]) -> HostIndex:
+def rebuilt(host: str, choice: CountingChoice, connected: ConnectedUsers, users: list[UserActivity]) -> HostIndex:
     """An index as a resync builds it: in another process, sent here (pickled), counting the same `connected`."""
-    index: HostIndex = pickle.loads(pickle.dumps(HostIndex(host, store, connected, users, hash_name=NameHash())))
+    built = HostIndex(host, choice.store, connected, users, choice=choice, hash_name=NameHash())
+    index: HostIndex = pickle.loads(pickle.dumps(built))
     index.connected = connected
     return index
 
@@ -76,9 +81,10 @@ def check(
     hash_name: Callable[[bytes], int],
     now: float,
     windows: tuple[Window, ...],
+    choice: CountingChoice | None = None,
 ) -> None:
     """Builds an index from a scan, applies the updates, and compares it with the core after each one."""
-    index = HostIndex("h", Store.LASTLOG2, connected, initial, hash_name=hash_name)
+    index = HostIndex("h", Store.LASTLOG2, connected, initial, choice=choice, hash_name=hash_name)
     current = {activity.user: activity for activity in initial}  # a name met twice: the later one holds
     for update in [None, *updates]:
         if isinstance(update, str):
@@ -88,12 +94,12 @@ def check(
             index.set_connected(update)
             connected = update
         elif isinstance(update, list):
-            index = rebuilt("h", Store.LASTLOG2, connected, update)
+            index = rebuilt("h", choice or CountingChoice(Store.LASTLOG2), connected, update)
             current = {activity.user: activity for activity in update}
         elif update is not None:
             index.set(update)
             current[update.user] = update
-        data = HostData("h", Store.LASTLOG2, list(current.values()))
+        data = HostData("h", Store.LASTLOG2, list(current.values()), index.choice)
         assert index.counts(now=now, windows=windows) == count_host(data, now=now, windows=windows, connected=connected)
         assert len(index) == len(current)
 
@@ -104,15 +110,19 @@ def check(
     updates=updates(times),
     hash_name=hashes,
     now_offset=st.one_of(st.integers(-DAY, 40 * DAY), st.floats(-DAY, 40 * DAY)),
+    choice=st.one_of(st.none(), choices),
 )
 def test_index_equals_the_counting_core(
+    *,
     initial: list[UserActivity],
     connected: ConnectedUsers,
     updates: list[Update],
     hash_name: Callable[[bytes], int],
     now_offset: float,
+    choice: CountingChoice | None,
 ) -> None:
-    check(initial, connected, updates, hash_name=hash_name, now=NOW + now_offset, windows=DEFAULT_WINDOWS)
+    now = NOW + now_offset
+    check(initial, connected, updates, hash_name=hash_name, now=now, windows=DEFAULT_WINDOWS, choice=choice)
 
 
 @given(
@@ -188,7 +198,7 @@ def test_connected_users_count_in_every_window_whatever_their_last_activity() ->
     index = ActivityIndex()
     index.replace_host(
         "example.com",
-        Store.LASTLOG2,
+        CountingChoice(Store.LASTLOG2),
         [
             UserActivity("alice", NOW - 10 * DAY, session_open=NOW - 10 * DAY),  # a session open for 10 days
             UserActivity("bob", NOW - 10 * DAY),
@@ -203,13 +213,13 @@ def test_connected_users_count_in_every_window_whatever_their_last_activity() ->
     index.set_connected(ConnectedUsers(ConnectedMode.ADMIN_SOCKET, {"example.com": frozenset({"bob", "carol"})}))
     counts = index.counts(now=NOW, windows=windows)["example.com"]
     assert (counts.active, counts.connected) == ({"1d": 2, "30d": 3}, 2)
-    index.replace_host("example.com", Store.LASTLOG2, [UserActivity("bob", NOW - 10 * DAY)])  # a resync
+    index.replace_host("example.com", CountingChoice(Store.LASTLOG2), [UserActivity("bob", NOW - 10 * DAY)])  # a resync
     assert index.counts(now=NOW, windows=windows)["example.com"].connected == 1
 
 
 def test_users_age_out_without_any_update() -> None:
     index = ActivityIndex()
-    index.replace_host("example.com", Store.LASTLOG2, [UserActivity("alice", NOW - 3600)])
+    index.replace_host("example.com", CountingChoice(Store.LASTLOG2), [UserActivity("alice", NOW - 3600)])
     windows = [Window(86400, "1d")]
     assert index.counts(now=NOW, windows=windows)["example.com"].active == {"1d": 1}
     assert index.counts(now=NOW + 82799, windows=windows)["example.com"].active == {"1d": 1}
@@ -219,7 +229,9 @@ def test_users_age_out_without_any_update() -> None:
 def test_a_host_grows_from_nothing_one_change_at_a_time() -> None:
     index = ActivityIndex()
     for number in range(1000):  # past several table resizes
-        index.update("example.com", Store.LASTLOG2, f"u{number}", UserActivity(f"u{number}", NOW - number * 3600))
+        index.update(
+            "example.com", CountingChoice(Store.LASTLOG2), f"u{number}", UserActivity(f"u{number}", NOW - number * 3600)
+        )
     counts = index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"]
     assert (counts.accounts, counts.active) == (1000, {"1d": 24, "7d": 168, "30d": 720})
 
@@ -227,27 +239,29 @@ def test_a_host_grows_from_nothing_one_change_at_a_time() -> None:
 def test_a_resync_rebuilds_a_host() -> None:
     index = ActivityIndex()
     scan = [UserActivity(f"u{number}", NOW - number * 60, registered=NOW - DAY) for number in range(3000)]
-    index.replace_host("example.com", Store.LASTLOG2, scan)
+    index.replace_host("example.com", CountingChoice(Store.LASTLOG2), scan)
     rescan = [UserActivity(f"u{number}", NOW - number) for number in range(1000, 4000)]
-    index.swap_in([rebuilt("example.com", Store.LASTLOG2, index.connected, rescan)])
+    index.swap_in([rebuilt("example.com", CountingChoice(Store.LASTLOG2), index.connected, rescan)])
     expected = count_host(HostData("example.com", Store.LASTLOG2, rescan), now=NOW, windows=DEFAULT_WINDOWS)
     assert index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"] == expected
-    index.update("example.com", Store.LASTLOG2, "u3999", None)  # names are found with the index's own hash
-    index.update("example.com", Store.LASTLOG2, "u1000", UserActivity("u1000", NOW - 2 * DAY))
+    index.update(
+        "example.com", CountingChoice(Store.LASTLOG2), "u3999", None
+    )  # names are found with the index's own hash
+    index.update("example.com", CountingChoice(Store.LASTLOG2), "u1000", UserActivity("u1000", NOW - 2 * DAY))
     expected = count_host(
         HostData("example.com", Store.LASTLOG2, [UserActivity("u1000", NOW - 2 * DAY), *rescan[1:-1]]),
         now=NOW,
         windows=DEFAULT_WINDOWS,
     )
     assert index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"] == expected
-    index.replace_host("example.com", Store.ACCOUNT_ACTIVITY, rescan[:10])  # another store
-    assert index.store_of("example.com") is Store.ACCOUNT_ACTIVITY
+    index.replace_host("example.com", CountingChoice(Store.ACCOUNT_ACTIVITY), rescan[:10])  # another store
+    assert index.choice_of("example.com") == CountingChoice(Store.ACCOUNT_ACTIVITY)
 
 
 def test_a_built_index_counts_the_connected_users_of_when_it_is_swapped_in() -> None:
     index = ActivityIndex()
     users = [UserActivity("alice", NOW - 10 * DAY), UserActivity("bob", NOW - 10 * DAY)]
-    built = rebuilt("example.com", Store.LASTLOG2, index.connected, users)
+    built = rebuilt("example.com", CountingChoice(Store.LASTLOG2), index.connected, users)
     index.set_connected(ConnectedUsers(ConnectedMode.ADMIN_SOCKET, {"example.com": frozenset({"bob"})}))
     index.swap_in([built])
     assert index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"].connected == 1
@@ -263,10 +277,10 @@ def test_a_name_hash_is_the_same_in_another_process_for_the_same_key_only() -> N
 
 def test_updates_hosts_and_tracked_users() -> None:
     index = ActivityIndex()
-    index.replace_host("a.example", Store.LASTLOG2, [UserActivity("x", NOW), UserActivity("y", None)])
-    index.update("b.example", Store.LASTLOG2, "z", UserActivity("z", NOW))
-    index.update("a.example", Store.LASTLOG2, "y", None)
+    index.replace_host("a.example", CountingChoice(Store.LASTLOG2), [UserActivity("x", NOW), UserActivity("y", None)])
+    index.update("b.example", CountingChoice(Store.LASTLOG2), "z", UserActivity("z", NOW))
+    index.update("a.example", CountingChoice(Store.LASTLOG2), "y", None)
     assert index.tracked_users() == {"a.example": 1, "b.example": 1}
-    assert index.store_of("a.example") is Store.LASTLOG2 and index.store_of("c.example") is None
+    assert index.choice_of("a.example") == CountingChoice(Store.LASTLOG2) and index.choice_of("c.example") is None
     index.remove_hosts(["a.example"])
     assert list(index.counts(now=NOW, windows=DEFAULT_WINDOWS)) == ["b.example"]

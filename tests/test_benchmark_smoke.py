@@ -55,10 +55,11 @@ def test_daemon_benchmark_smoke(tmp_path: Path) -> None:
 
 
 def test_benchmark_suite_smoke(tmp_path: Path) -> None:
-    """`make bench` at 10k users, each part once: the table, the JSON, and counts that agree."""
+    """`make bench` at 10k users, each part once but the Prosody 13 set (next test): the table, the JSON, and counts
+    that agree."""
     results = tmp_path / "suite.json"
     completed = subprocess.run(
-        [sys.executable, str(BENCHMARK.with_name("suite.py")), "--sizes", "10000", "--repeat", "1",
+        [sys.executable, str(BENCHMARK.with_name("suite.py")), "--sizes", "10000", "--repeat", "1", "--no-prosody13",
          "--load-seconds", "1", "--renames", "3", "--cache-dir", str(tmp_path / "cache"), "--json", str(results)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -78,3 +79,28 @@ def test_benchmark_suite_smoke(tmp_path: Path) -> None:
     judged = {verdict["figure"]: verdict for verdict in document["targets"]}
     assert judged["files.ours_over_floor"]["met"] is not None and judged["daemon.p99_ms"]["users"] == 10000
     assert judged["daemon.rss_bytes_per_user"]["met"] is None  # judged at 1M users only
+
+
+def test_benchmark_suite_prosody13_smoke(tmp_path: Path) -> None:
+    """The suite's Prosody 13 set at 300 users, once: written and counted by Prosody 13 (its tree), floors, our scans
+    with and without the account check; counts agree and the floors read the files ours reads."""
+    results = tmp_path / "suite.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARK.with_name("suite.py")), "--sizes", "300", "--repeat", "1", "--no-sql",
+         "--no-daemon", "--cache-dir", str(tmp_path / "cache"), "--json", str(results)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    for row in ("files 13: ours / floor", "files 13: account check, ours (s)", "files 13 as 0.12: ours / floor"):
+        assert row in completed.stdout
+    document = json.loads(results.read_text(encoding="utf-8"))
+    assert document["counts_agree"] is True and document["errors"] == [] and document["generator13"]
+    figures = document["figures"]["300"]
+    assert figures["files13.counts_agree"] is True and figures["files.counts_agree"] is True
+    assert figures["files13.files"] == 300 and 270 <= figures["files13.account_files"] < 300
+    for side in ("seed", "floor", "ours", "default_floor", "default_ours", "no_check_floor", "no_check_ours"):
+        assert figures[f"files13.{side}_s"] > 0
+    assert figures["files13.check_ratio"] > 0 and figures["files13.check_floor_ratio"] > 0
+    judged = {verdict["figure"]: verdict for verdict in document["targets"]}
+    for figure in ("files13.ours_over_floor", "files13.default_over_floor"):
+        assert judged[figure]["users"] == 300 and judged[figure]["met"] is not None

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from lupa.lua54 import LuaRuntime
 
 from prosody_lastlog.pathnames import decode_name
-from prosody_lastlog.readers.canonical import MAX_BYTES, activity_reader, parse
+from prosody_lastlog.readers.canonical import MAX_BYTES, account_fields, activity_reader, parse
 from prosody_lastlog.readers.stores import interpret
 from prosody_lastlog.records import Store, UserActivity
 from prosody_lastlog.sandbox import LuaSandbox
@@ -26,6 +26,7 @@ from tests.conftest import CASES
 
 PROSODY_LIB = os.environ.get("PROSODY_LIB", "/usr/lib/prosody")
 EVENTS = ("login", "logout", "registered")
+ACCOUNT = ("created", "disabled")  # the fields of an account record counting reads
 
 _lua = LuaRuntime(encoding=None)
 _lua.execute(b'package.path = ... .. "/?.lua;" .. package.path', PROSODY_LIB.encode())
@@ -62,6 +63,12 @@ def assert_read_as_the_sandbox_does(text: bytes) -> None:
         loaded = _sandbox.load(text, "x.dat")
         assert loaded.error is None, (text, loaded.error)
         assert same(fast, loaded.value), (text, fast, loaded.value)
+    account = account_fields(text)
+    assert (account is None) == (fast is None), text  # both read the canonical form, and only that
+    if account is not None:
+        assert isinstance(fast, dict)
+        wanted = {key: {} if isinstance(value, dict) else value for key, value in fast.items() if key in ACCOUNT}
+        assert same(account, wanted), (text, account, wanted)
     for store in Store:
         row = activity_reader(store)("alice", text)
         if row is not None:
@@ -71,7 +78,7 @@ def assert_read_as_the_sandbox_does(text: bytes) -> None:
             assert not interpreted.oddities, (text, interpreted.oddities)
             found = interpreted.activity
             assert found is not None
-            fields = (found.user, found.last_active, found.registered, found.disabled, found.session_open)
+            fields = (found.user, found.last_active, found.registered, found.disabled, found.session_open, False)
             assert all(same(x, y) for x, y in zip(row, fields, strict=True)), (text, row, found)
             assert UserActivity(*row) == found
 
@@ -85,7 +92,7 @@ def plain(string: object) -> bool:
 # invalid UTF-8 (bytes) and the bytes the fast path rewrites.
 _INT64 = st.integers(-(2**63), 2**63 - 1)
 _TEXT = st.text(max_size=12) | st.sampled_from(["", "a;b", "[x]", "a = b", "'", '"', "\\", "192.0.2.1", "x\ny"])
-_KEYS = st.sampled_from([*EVENTS, "timestamp", "ip", "event", "disabled"]) | _TEXT | st.integers(-2, 4)
+_KEYS = st.sampled_from([*EVENTS, *ACCOUNT, "timestamp", "ip", "event", "stored_key"]) | _TEXT | st.integers(-2, 4)
 _SCALARS = _INT64 | st.floats() | st.booleans() | _TEXT | st.binary(max_size=6)
 _VALUES = st.recursive(_SCALARS, lambda inner: st.dictionaries(_KEYS, inner, max_size=4), max_leaves=12)
 _RECORDS = st.dictionaries(_KEYS, _VALUES, min_size=1, max_size=5)
@@ -93,7 +100,7 @@ _RECORDS = st.dictionaries(_KEYS, _VALUES, min_size=1, max_size=5)
 # What the fast path must recognize (not only not misread): Prosody's plain records.
 _PLAIN_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, exclude_characters="\"'\\;=[]"))
 _PLAIN_SCALARS = st.integers(-(10**18) + 1, 10**18 - 1) | st.booleans() | _PLAIN_TEXT
-_PLAIN_KEYS = st.sampled_from([*EVENTS, "timestamp", "ip"]) | _PLAIN_TEXT
+_PLAIN_KEYS = st.sampled_from([*EVENTS, *ACCOUNT, "timestamp", "ip"]) | _PLAIN_TEXT
 _PLAIN_VALUES = _PLAIN_SCALARS | st.dictionaries(_PLAIN_KEYS, _PLAIN_SCALARS, max_size=4)
 _PLAIN_RECORDS = st.dictionaries(_PLAIN_KEYS, _PLAIN_VALUES, min_size=1, max_size=5)
 
@@ -105,6 +112,7 @@ _TRICKS = [
     "1234567890123456789", "(1/0)", "(0/0)", "nil", "true", "false", "{}", '["a"] = 1;', '["login"] = 2;',
     "\n\t", "\n\t\t", "\xff", "\xc3\xbc", "return ", "local x = 1\n",
     *(f'\n\t["{event}"] = {{\n\t\t["timestamp"] = 5;\n\t}};' for event in EVENTS),  # a repeated event
+    '\n\t["created"] = 7;', '\n\t["disabled"] = false;', '\n\t\t["disabled"] = true;',
 ]  # fmt: skip
 
 
@@ -186,7 +194,7 @@ def test_account_activity_records_give_the_activity_interpret_gives(timestamp: A
     text = prosody_file({"timestamp": timestamp})
     assert_read_as_the_sandbox_does(text)
     if type(timestamp) is int and abs(timestamp) < 10**18:
-        assert activity_reader(Store.ACCOUNT_ACTIVITY)("alice", text) == ("alice", timestamp, None, False, None)
+        assert activity_reader(Store.ACCOUNT_ACTIVITY)("alice", text) == ("alice", timestamp, None, False, None, False)
 
 
 @pytest.mark.parametrize(
@@ -226,17 +234,17 @@ def test_the_canonical_form_and_its_edges(text: bytes, value: dict[str, Any] | N
         (
             b'return {\n\t["login"] = {\n\t\t["timestamp"] = 5;\n\t};\n'
             b'\t["login"] = {\n\t\t["timestamp"] = 3;\n\t};\n};\n',
-            ("alice", 3, None, False, 3),
+            ("alice", 3, None, False, 3, False),
         ),
         (
             b'return {\n\t["login"] = {\n\t\t["timestamp"] = 5;\n\t};\n\t["logout"] = {\n\t\t["timestamp"] = 6;\n'
             b'\t};\n\t["login"] = {\n\t\t["timestamp"] = 7;\n\t};\n};\n',
-            ("alice", 7, None, False, 7),
+            ("alice", 7, None, False, 7, False),
         ),
         (
             b'return {\n\t["logout"] = {\n\t\t["timestamp"] = 9;\n\t};\n\t["login"] = {\n\t\t["ip"] = "::1";\n'
             b'\t\t["timestamp"] = 7;\n\t};\n\t["registered"] = {\n\t\t["timestamp"] = 1;\n\t};\n};\n',
-            ("alice", 9, 1, False, None),
+            ("alice", 9, 1, False, None, False),
         ),
         (b'return {\n\t["login"] = {\n\t\t["timestamp"] = 5.5;\n\t};\n};\n', None),  # a float: interpret's
         (b'return {\n\t["login"] = {\n\t\t["when"] = 5;\n\t};\n};\n', None),

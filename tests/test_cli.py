@@ -60,10 +60,14 @@ def test_windows_and_host_filter(capsys: pytest.CaptureFixture[str]) -> None:
 def test_table_lists_every_host(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "count", "--data-dir", str(case_data("sample")), "--now", str(SAMPLE_NOW))
     assert code == 0
-    lines = out.splitlines()
-    assert lines[0].split()[:4] == ["host", "store", "accounts", "never"]
-    hosts = {line.split()[0] for line in lines[1:]}
+    table, _, notes = out.partition("\n\n")
+    lines = table.splitlines()
+    assert lines[0].split()[:5] == ["host", "store", "accounts", "never", "left"]
+    hosts = {line.split()[0]: line.split()[1:3] for line in lines[1:]}
     assert "example.com" in hosts and "münchen.example" in hosts
+    # Under the table, how each host is counted, once per distinct way: here, every host alike.
+    assert {tuple(cells) for cells in hosts.values()} == {("lastlog2", "[1]")}
+    assert notes.startswith("[1] lastlog2 (") and "accounts: Prosody 0.12 has no user_is_enabled" in notes
 
 
 def test_missing_data_dir_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

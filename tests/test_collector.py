@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.connected import ConnectedMode, ConnectedUsers
-from prosody_lastlog.records import Store, UserActivity
+from prosody_lastlog.records import CountingChoice, Store, UserActivity
 from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.sources import zero_counts
 from prosody_lastlog.timer import PeriodicTimer
@@ -26,7 +26,7 @@ def scrape(live: LiveCounts, clock: list[float]) -> str:
 
 def test_a_user_ages_out_of_the_day_window_with_no_event() -> None:
     live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files"])
-    live.index.replace_host("example.com", Store.LASTLOG2, [UserActivity("alice", NOW - 60)])
+    live.index.replace_host("example.com", CountingChoice(Store.LASTLOG2), [UserActivity("alice", NOW - 60)])
     live.succeeded("files", at=NOW, duration=0.1, problems={})
     clock = [float(NOW)]
     assert 'prosody_active_users{host="example.com",window="1d"} 1.0' in scrape(live, clock)
@@ -38,7 +38,7 @@ def test_a_user_ages_out_of_the_day_window_with_no_event() -> None:
 
 def test_nothing_is_exported_for_a_source_before_its_first_count() -> None:
     live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files"])
-    live.declare_hosts("files", [("empty.example", Store.LASTLOG2)])
+    live.declare_hosts("files", [("empty.example", CountingChoice(Store.LASTLOG2))])
     text = scrape(live, [float(NOW)])
     assert "prosody_active_users{" not in text
     assert 'prosody_lastlog_source_up{source="files"} 0.0' in text
@@ -63,7 +63,7 @@ def test_periodic_timer_runs_and_stops_promptly() -> None:
 
 def test_connected_users_and_how_they_are_found() -> None:
     live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files", "sql"], file_sources=["files"])
-    live.index.replace_host("example.com", Store.LASTLOG2, [UserActivity("alice", NOW - 10 * 86400)])
+    live.index.replace_host("example.com", CountingChoice(Store.LASTLOG2), [UserActivity("alice", NOW - 10 * 86400)])
     live.succeeded("files", at=NOW, duration=0.1, problems={})
     text = scrape(live, [float(NOW)])
     assert 'prosody_active_users{host="example.com",window="1d"} 0.0' in text
@@ -78,7 +78,7 @@ def test_connected_users_and_how_they_are_found() -> None:
 
 
 def test_a_reload_keeps_the_last_counts_of_an_sql_source_that_is_down() -> None:
-    counted = zero_counts(Store.LASTLOG2, DEFAULT_WINDOWS)
+    counted = zero_counts(CountingChoice(Store.LASTLOG2), DEFAULT_WINDOWS)
     old = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files", "db", "gone"], file_sources=["files"])
     old.set_sql_counts("db", {"sql.example": counted})
     old.succeeded("db", at=NOW, duration=0.1, problems={})

@@ -21,7 +21,7 @@ from exporters.runner import ExportStatus
 from prosody_lastlog.cli import build_parser
 from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.http_server import DEFAULT_PORT
-from prosody_lastlog.records import Store, UserActivity
+from prosody_lastlog.records import CountingChoice, Store, UserActivity
 from prosody_lastlog.settings_file import KEYS, read_settings_file
 from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.windows import DEFAULT_WINDOWS
@@ -133,7 +133,7 @@ def exported_labels() -> dict[str, set[str]]:
     """Every sample name the daemon exposes, with its label names: one source, one host, one push exporter."""
     now = 1_763_900_000
     live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files"])
-    live.index.replace_host("example.com", Store.LASTLOG2, [UserActivity("alice", now - 60)])
+    live.index.replace_host("example.com", CountingChoice(Store.LASTLOG2), [UserActivity("alice", now - 60)])
     live.succeeded("files", at=now, duration=0.1, problems={})
     registry = CollectorRegistry(auto_describe=False)
     exports = {"graphite": ExportStatus(0, 0, 0)}

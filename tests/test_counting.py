@@ -5,16 +5,17 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prosody_lastlog.connected import ConnectedMode, ConnectedUsers
 from prosody_lastlog.counting import count_host, count_hosts
-from prosody_lastlog.records import HostData, Store, UserActivity
+from prosody_lastlog.records import AccountRule, CountingChoice, HostData, Store, UserActivity
 from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
 
 NOW = 1_763_900_000
 DAY = 86400
 
 
-def host(*users: UserActivity, name: str = "example.com") -> HostData:
-    return HostData(name, Store.LASTLOG2, list(users))
+def host(*users: UserActivity, name: str = "example.com", accounts: AccountRule = AccountRule.EVERYONE) -> HostData:
+    return HostData(name, Store.LASTLOG2, list(users), CountingChoice(Store.LASTLOG2, accounts=accounts))
 
 
 def test_windows_are_strict_like_the_seed_module() -> None:
@@ -37,7 +38,7 @@ def test_never_active_registered_disabled_and_future() -> None:
         UserActivity("off", NOW - 10, disabled=True),
         UserActivity("skewed", NOW + 3600),
     ]
-    counts = count_host(host(*users), now=NOW, windows=DEFAULT_WINDOWS)
+    counts = count_host(host(*users, accounts=AccountRule.ENABLED), now=NOW, windows=DEFAULT_WINDOWS)
     assert counts.accounts == 4
     assert counts.never_active == 1
     assert counts.disabled == 1
@@ -87,3 +88,28 @@ def test_matches_the_seed_module_on_any_data(records: list[tuple[int | None, int
     window_objects = [Window(seconds, f"{seconds}s") for seconds in windows]
     counts = count_host(host(*users), now=NOW, windows=window_objects)
     assert [counts.active[w.label] for w in window_objects] == seed_module_counts(records, NOW, windows)
+
+
+def test_the_account_rule_decides_who_counts_and_connected_users_always_do() -> None:
+    """Prosody 13's module: a connected user is active in every window before user_is_enabled is asked; then
+    `everyone` ignores account facts, `enabled` leaves out disabled and missing accounts, `nobody` everyone."""
+    users = [
+        UserActivity("ok", NOW - 10),
+        UserActivity("off", NOW - 10, disabled=True),
+        UserActivity("gone", NOW - 10, no_account=True),
+        UserActivity("online-but-off", NOW - 40 * DAY, disabled=True, session_open=NOW - 40 * DAY),
+    ]
+    connected = ConnectedUsers(ConnectedMode.ADMIN_SOCKET, {"example.com": frozenset({"online-but-off"})})
+    expected = {
+        AccountRule.EVERYONE: ({"1d": 4, "7d": 4, "30d": 4}, 0, 0),
+        AccountRule.ENABLED: ({"1d": 2, "7d": 2, "30d": 2}, 2, 1),
+        AccountRule.NOBODY: ({"1d": 1, "7d": 1, "30d": 1}, 3, 0),
+    }
+    for rule, (active, left_out, no_account) in expected.items():
+        counts = count_host(host(*users, accounts=rule), now=NOW, windows=DEFAULT_WINDOWS, connected=connected)
+        assert (dict(counts.active), counts.disabled, counts.no_account, counts.connected) == (
+            active,
+            left_out,
+            no_account,
+            1,
+        ), rule

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,7 +22,6 @@ from prosody_lastlog import refresh, watcher
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
 from prosody_lastlog.index_build import ScannedIndexes, scan_indexes
-from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.sources import FileSource
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.conftest import case_data
@@ -102,13 +102,33 @@ def test_a_new_host_directory_is_picked_up(daemon: Daemon, sample_tree: Path) ->
     wait_for(lambda: active(daemon, "brand-new.example") == 1)
 
 
-def test_disabling_an_account_takes_it_out(daemon: Daemon, sample_tree: Path) -> None:
-    before = active(daemon, "example.com", "30d")
+@pytest.fixture
+def thirteen_daemon(tmp_path: Path) -> Iterator[tuple[Daemon, Path]]:
+    """A daemon on a copy of the Prosody 13 fixture (accounts must exist and be enabled there)."""
+    data = tmp_path / "data"
+    shutil.copytree(case_data("prosody13"), data)
+    now = json.loads((case_data("prosody13").parent / "expected.json").read_text())["now"]
+    plan = plan_sources(SourceOptions(data_dir=data), environ={})
+    running = Daemon(plan, windows=DEFAULT_WINDOWS, options=ServeOptions(port=0, as_of=now))
+    running.start()
+    yield running, data
+    running.stop()
+
+
+def test_an_account_disabled_deleted_or_created_shows_within_two_seconds(thirteen_daemon: tuple[Daemon, Path]) -> None:
+    """Prosody 13 counts a user only with an enabled account: each change to one shows as a login does."""
+    daemon, data = thirteen_daemon
+    before = active(daemon, "example.net")
     assert before
-    users = FileStoreReader(sample_tree).read().hosts["example.com"].users
-    user = next(u.user for u in users if u.last_active and SAMPLE_NOW - u.last_active < 30 * 86400)
-    prosody_writes(sample_tree, user, "example.com", "{ disabled = true }", store="accounts")
-    wait_for(lambda: (active(daemon, "example.com", "30d") or 0) < before)
+    # alice is active today: `prosodyctl shell user disable` rewrites her account record.
+    prosody_writes(data, "alice", "example.net", '{ disabled = true; created = 1; salt = "s" }', store="accounts")
+    wait_for(lambda: active(daemon, "example.net") == before - 1)
+    prosody_writes(data, "alice", "example.net", '{ created = 1; salt = "s" }', store="accounts")  # enabled again
+    wait_for(lambda: active(daemon, "example.net") == before)
+    (data / "example%2enet" / "accounts" / "alice.dat").unlink()  # deleted, her activity left behind
+    wait_for(lambda: active(daemon, "example.net") == before - 1)
+    prosody_writes(data, "alice", "example.net", '{ created = 1; salt = "s" }', store="accounts")  # created again
+    wait_for(lambda: active(daemon, "example.net") == before)
 
 
 def test_an_unreadable_data_dir_keeps_the_last_counts_and_fails_healthz(daemon: Daemon, sample_tree: Path) -> None:

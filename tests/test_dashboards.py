@@ -24,7 +24,7 @@ from exporters.influx import format_line_protocol
 from exporters.points import Snapshot, points_of
 from exporters.runner import ExportStatus
 from prosody_lastlog.collector import COUNT_HELP, ActiveUsersCollector
-from prosody_lastlog.records import Store, UserActivity
+from prosody_lastlog.records import CountingChoice, Store, UserActivity
 from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 
@@ -57,7 +57,7 @@ def queries(dashboard: dict[str, Any]) -> list[str]:
 def live_counts() -> LiveCounts:
     """One counted source with one host and one active user."""
     live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files"])
-    live.index.replace_host("example.com", Store.LASTLOG2, [UserActivity("alice", NOW - 60)])
+    live.index.replace_host("example.com", CountingChoice(Store.LASTLOG2), [UserActivity("alice", NOW - 60)])
     live.succeeded("files", at=NOW, duration=0.1, problems={})
     return live
 

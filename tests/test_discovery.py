@@ -10,7 +10,7 @@ import pytest
 from prosody_lastlog.cli import main
 from prosody_lastlog.discovery import SourceOptions, plan_sources
 from prosody_lastlog.prosody_server import ProsodyServer
-from prosody_lastlog.records import Store
+from prosody_lastlog.rules import InstalledProsody
 from prosody_lastlog.sources import FileSource, SqlSource
 from tests.conftest import CASES, case_data
 
@@ -24,7 +24,7 @@ def write_tree(root: Path, storage_lines: str) -> Path:
     config = root / "prosody.cfg.lua"
     config.write_text(
         f'data_path = "{case_data("sample")}"\n'
-        'modules_enabled = { "roster", "saslauth", "lastlog2" }\n'
+        'modules_enabled = { "roster", "saslauth", "lastlog2", "measure_active_users" }\n'
         f"{storage_lines}\n"
         'Include "conf.d/*.cfg.lua"\n'
     )
@@ -32,8 +32,8 @@ def write_tree(root: Path, storage_lines: str) -> Path:
     (root / "conf.d" / "hosts.cfg.lua").write_text(
         hosts
         + 'VirtualHost "empty.example"\n'
-        + 'VirtualHost "quiet.example"\n    modules_disabled = { "lastlog2" }\n'
-        + 'Component "conference.example.com" "muc"\n    modules_enabled = { "lastlog2" }\n'
+        + 'VirtualHost "quiet.example"\n    modules_disabled = { "lastlog2", "measure_active_users" }\n'
+        + 'Component "conference.example.com" "muc"\n    modules_enabled = { "lastlog2", "measure_active_users" }\n'
     )
     return config
 
@@ -63,7 +63,7 @@ def test_config_tree_counts_equal_a_direct_read(
     config = write_tree(tmp_path, storage_lines)
     from_config = count_json(capsys, "--config", str(config))
     direct = count_json(capsys, "--data-dir", str(case_data("sample")))
-    for host in [*SAMPLE_HOSTS, "conference.example.com"]:
+    for host in [*SAMPLE_HOSTS, "conference.example.com"]:  # the counts, and how they were counted, and why
         assert from_config[host] == direct[host], host
     assert from_config["empty.example"]["active"] == {"1d": 0, "7d": 0, "30d": 0}
     assert "quiet.example" not in from_config
@@ -91,17 +91,18 @@ def test_a_broken_config_is_one_line_naming_file_and_line(tmp_path: Path, capsys
     assert err.count("\n") == 1 and f"{config}:" in err
 
 
-def test_plan_groups_hosts_by_backend_and_store(tmp_path: Path) -> None:
+def test_plan_groups_hosts_by_backend(tmp_path: Path) -> None:
     storage = f'sql = {{ driver = "SQLite3", database = "{SQLITE}" }}'
     config = write_tree(tmp_path, storage)
     (tmp_path / "conf.d" / "zz.cfg.lua").write_text('VirtualHost "sqlhost.example"\n    storage = "sql"\n')
-    plan = plan_sources(SourceOptions(config=config), environ={})
-    kinds = sorted((type(s).__name__, sorted(s.hosts), s.store) for s in plan.sources)  # type: ignore[attr-defined]
+    plan = plan_sources(SourceOptions(config=config), environ={}, find_install=lambda dirs: InstalledProsody())
+    kinds = sorted((type(s).__name__, sorted(s.hosts)) for s in plan.sources)
     assert kinds == [
-        ("FileSource", sorted([*SAMPLE_HOSTS, "conference.example.com", "empty.example"]), Store.LASTLOG2),
-        ("SqlSource", ["sqlhost.example"], Store.LASTLOG2),
+        ("FileSource", sorted([*SAMPLE_HOSTS, "conference.example.com", "empty.example"])),
+        ("SqlSource", ["sqlhost.example"]),
     ]
-    assert all(isinstance(s, FileSource | SqlSource) for s in plan.sources)
+    # No store is forced: each host is counted from the store the rules choose among those it has data in.
+    assert all(isinstance(s, FileSource | SqlSource) and s.policy.forced_store is None for s in plan.sources)
 
 
 def test_where_the_running_prosody_is_asked(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from exporters import ExporterConfigError, build_exporters
 from exporters.points import Point, Snapshot, aligned, points_of
 from exporters.runner import ExportError, PushExporter
-from prosody_lastlog.records import Store
+from prosody_lastlog.records import CountingChoice, Store
 from prosody_lastlog.sources import zero_counts
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 
@@ -20,7 +20,7 @@ NOW = 1_763_900_010  # 30 s into a minute
 
 
 def snapshot(taken: float = NOW, hosts: int = 1) -> Snapshot:
-    counts = {f"h{i}.example": zero_counts(Store.LASTLOG2, DEFAULT_WINDOWS) for i in range(hosts)}
+    counts = {f"h{i}.example": zero_counts(CountingChoice(Store.LASTLOG2), DEFAULT_WINDOWS) for i in range(hosts)}
     return Snapshot(taken, counts, DEFAULT_WINDOWS)
 
 

@@ -16,7 +16,8 @@ import pytest
 from prosody_lastlog.pathnames import encode_name
 from prosody_lastlog.readers import ReadResult, files
 from prosody_lastlog.readers.files import MAX_FILE_SIZE, MAX_WORKERS, DataDirError, FileStoreReader, default_workers
-from prosody_lastlog.records import ReadProblem, Store
+from prosody_lastlog.records import ReadProblem, Store, StoreBasis
+from prosody_lastlog.rules import Policy
 from tests.conftest import case_data
 
 
@@ -142,14 +143,21 @@ def test_missing_data_dir_is_fatal_and_named(tmp_path: Path) -> None:
         FileStoreReader(tmp_path / "nope").read()
 
 
-def test_prefers_account_activity_then_lastlog2_then_lastlog() -> None:
+def test_without_a_module_the_default_order_applies_and_store_forces_one() -> None:
+    """No mod_measure_active_users known (an empty install): Prosody 13's data (account_activity) is counted from
+    account_activity, 0.12's from lastlog2, else lastlog. --store wins, and keeps every host (with zeros)."""
     tree = case_data("account_activity")
     auto = FileStoreReader(tree).read()
     assert {data.store for data in auto.hosts.values()} == {Store.ACCOUNT_ACTIVITY}
-    forced = FileStoreReader(tree, store=Store.LASTLOG2).read()
+    assert {data.counting.basis for data in auto.hosts.values()} == {StoreBasis.DEFAULT}
+    assert auto.server is not None and auto.server.thirteen
+    forced = FileStoreReader(tree, policy=Policy(forced_store=Store.LASTLOG2)).read()
     assert {data.store for data in forced.hosts.values()} == {Store.LASTLOG2}
+    assert list(forced.hosts) == list(auto.hosts)  # only13.example has no lastlog2 data: kept, with no users
+    assert not forced.hosts["only13.example"].users
     legacy = FileStoreReader(case_data("lastlog_legacy")).read()
     assert {data.store for data in legacy.hosts.values()} == {Store.LASTLOG, Store.LASTLOG2}
+    assert legacy.server is not None and not legacy.server.thirteen
 
 
 def test_progress_is_reported_per_batch(sample_tree: Path) -> None:
@@ -172,13 +180,13 @@ def mixed_tree(tmp_path: Path) -> Path:
     (store / "odd.name.dat").write_bytes(b"return {};\n")
     accounts = tree / "big%2eexample" / "accounts"
     accounts.mkdir()
-    for index, path in enumerate(sorted(p for p in store.glob("*.dat") if p.name != "odd.name.dat")[:60]):
+    users = sorted(p.name for p in store.glob("*.dat") if p.name != "odd.name.dat")
+    for index, name in enumerate(users[:60]):
         disabled = index % 7 == 0  # 9 of them
-        (accounts / path.name).write_bytes(
-            b'return {\n\t["disabled"] = %s;\n};\n' % (b"true" if disabled else b"false")
-        )
-    (accounts / "broken.dat").write_bytes(b"return { disabled = ")
-    (accounts / "empty.dat").write_bytes(b"")
+        (accounts / name).write_bytes(b'return {\n\t["disabled"] = %s;\n};\n' % (b"true" if disabled else b"false"))
+    (accounts / users[60]).write_bytes(b"return { disabled = ")
+    (accounts / users[61]).write_bytes(b"")
+    (accounts / "no-activity.dat").write_bytes(b"return { disabled = ")  # never read: no activity to complete
     return tree
 
 
@@ -204,10 +212,12 @@ def test_processes_read_what_one_reads_in_the_same_order(mixed_tree: Path, worke
     seen_alone: list[int] = []
     alone = FileStoreReader(mixed_tree, workers=1).read(seen_alone.append)
     assert {p.kind for p in alone.problems} == {"empty", "invalid", "limit", "unexpected"}
-    assert sum(u.disabled for u in alone.hosts["big.example"].users) == 9
-    assert {"big%2eexample/accounts/broken.dat", "big%2eexample/accounts/empty.dat"} <= {
-        p.where for p in alone.problems
-    }
+    big = alone.hosts["big.example"]
+    # Prosody 13's data (the account_activity case) and its default auth: missing and disabled accounts are marked.
+    assert (sum(u.disabled for u in big.users), sum(not u.no_account for u in big.users)) == (9, 62)
+    account_problems = {p.where for p in alone.problems if p.where.startswith("big%2eexample/accounts/")}
+    assert len(account_problems) == 2 and "big%2eexample/accounts/no-activity.dat" not in account_problems
+    assert ("example%2ecom/accounts/charlie.dat", "limit") in [(p.where, p.kind) for p in alone.problems]  # hostile
     assert sum(u.user.startswith("old") for u in alone.hosts["big.example"].users) == 40
     seen: list[int] = []
     same_read(FileStoreReader(mixed_tree, workers=workers).read(seen.append), alone)
@@ -259,7 +269,7 @@ def test_one_user_read_again_is_read_as_in_the_whole_scan(mixed_tree: Path) -> N
     for host, data in result.hosts.items():
         for user in data.users:
             problems: list[ReadProblem] = []
-            assert reader.read_user(host, data.store, user.user, problems) == user
+            assert reader.read_user(host, data.counting, user.user, problems) == user
             assert set(problems) <= set(result.problems)
 
 

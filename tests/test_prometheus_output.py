@@ -49,7 +49,7 @@ def test_no_timestamps_no_user_labels_and_one_help_per_family(capsys: pytest.Cap
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
     assert len(names) == len(set(names))
     labels = {key for (_, pairs) in samples(text) for key, _ in pairs}
-    assert labels <= {"host", "window", "source", "reason", "version", "mode"}
+    assert labels <= {"host", "window", "source", "reason", "version", "mode", "store", "basis", "accounts"}
     assert "192.0.2" not in text and "alice" not in text
 
 

@@ -33,7 +33,15 @@ from prosody_lastlog.counting import HostCounts, count_host, count_hosts, total_
 from prosody_lastlog.http_server import Exposition
 from prosody_lastlog.pathnames import encode_name, encode_store
 from prosody_lastlog.readers.files import MAX_FILE_SIZE, FileStoreReader
-from prosody_lastlog.records import PROBLEM_KINDS, HostData, ReadProblem, Store, UserActivity
+from prosody_lastlog.records import (
+    PROBLEM_KINDS,
+    AccountRule,
+    CountingChoice,
+    HostData,
+    ReadProblem,
+    Store,
+    UserActivity,
+)
 from prosody_lastlog.report import render_prometheus
 from prosody_lastlog.sources import SourceHealth
 from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
@@ -112,7 +120,7 @@ def test_a_scan_reads_every_file_as_it_is_read_alone(files: list[bytes], store: 
         assert len(scanned) == len(result.hosts["example.com"].users)
         for number in range(len(files)):
             alone: list[ReadProblem] = []
-            found = reader.read_user("example.com", store, f"u{number}", alone)
+            found = reader.read_user("example.com", result.hosts["example.com"].counting, f"u{number}", alone)
             in_scan = [p for p in result.problems if p.where.endswith(f"/u{number}.dat")]
             assert [(p.kind, p.reason) for p in in_scan] == [(p.kind, p.reason) for p in alone], files[number]
             assert all(p.kind in PROBLEM_KINDS for p in in_scan)
@@ -153,8 +161,10 @@ _WINDOWS = st.lists(st.integers(1, 400 * DAY), min_size=1, max_size=4, unique=Tr
 
 
 @st.composite
-def _hosts(draw: st.DrawFn) -> list[HostData]:
+def _hosts(draw: st.DrawFn, one_rule: bool = False) -> list[HostData]:
+    """Hosts with users of any facts, each host with any account rule (`one_rule`: the same on every host)."""
     hosts = []
+    shared = draw(st.sampled_from(list(AccountRule)))
     for name in draw(st.lists(st.sampled_from(["a.example", "b.example", "c.example"]), unique=True, max_size=3)):
         users = [
             UserActivity(
@@ -163,10 +173,13 @@ def _hosts(draw: st.DrawFn) -> list[HostData]:
                 draw(_TIMES),
                 disabled=draw(st.booleans()),
                 session_open=last_active if draw(st.booleans()) else None,
+                no_account=draw(st.booleans()),
             )
             for number, last_active in enumerate(draw(st.lists(_TIMES, max_size=15)))
         ]
-        hosts.append(HostData(name, draw(st.sampled_from(list(Store))), users))
+        store = draw(st.sampled_from(list(Store)))
+        rule = shared if one_rule else draw(st.sampled_from(list(AccountRule)))
+        hosts.append(HostData(name, store, users, CountingChoice(store, accounts=rule)))
     return hosts
 
 
@@ -182,9 +195,10 @@ def _connected(draw: st.DrawFn) -> ConnectedUsers:
     return NOBODY
 
 
-def _active_alone(user: UserActivity, window: Window) -> bool:
-    """Active in `window` by its stored activity alone (mod_measure_active_users: now - last < window)."""
-    return not user.disabled and user.last_active is not None and NOW - user.last_active < window.seconds
+def _active_alone(user: UserActivity, rule: AccountRule, window: Window) -> bool:
+    """Active in `window` by its stored activity alone (mod_measure_active_users: enabled, now - last < window)."""
+    enabled = not rule.leaves_out(disabled=user.disabled, no_account=user.no_account)
+    return enabled and user.last_active is not None and NOW - user.last_active < window.seconds
 
 
 @given(hosts=_hosts(), windows=_WINDOWS, connected=_connected())
@@ -199,23 +213,25 @@ def test_counts_are_monotone_in_the_window_and_add_up(
         for shorter, longer in pairwise(every):
             assert host.active[shorter.label] <= host.active[longer.label]
             assert host.registered[shorter.label] <= host.registered[longer.label]
-        # Every account is never active, disabled, or active at some time (connected or stored).
+        # Every account is never active, left out (not enabled), or active at some time (connected or stored).
         assert host.never_active + host.disabled + host.active[longest.label] == host.accounts == len(data.users)
+        assert host.no_account <= host.disabled
         assert host.registered[longest.label] == sum(u.registered is not None for u in data.users)
-        for window in every:  # connected users are active in every window, on top of the stored activity
-            online = [u for u in data.users if not u.disabled and connected.includes(data.host, u.user, u.session_open)]
-            stored = [u for u in data.users if _active_alone(u, window) and u not in online]
+        rule = data.counting.accounts
+        for window in every:  # connected users are active in every window, whatever the rule, before stored activity
+            online = [u for u in data.users if connected.includes(data.host, u.user, u.session_open)]
+            stored = [u for u in data.users if _active_alone(u, rule, window) and u not in online]
             assert host.active[window.label] == len(online) + len(stored) >= host.connected == len(online)
     if counts:
         totals = total_counts(counts, every)
-        for field in ("accounts", "never_active", "disabled", "future", "connected"):
+        for field in ("accounts", "never_active", "disabled", "future", "connected", "no_account"):
             assert getattr(totals, field) == sum(getattr(c, field) for c in counts.values())
         for window in every:
             assert totals.active[window.label] == sum(c.active[window.label] for c in counts.values())
             assert totals.registered[window.label] == sum(c.registered[window.label] for c in counts.values())
 
 
-@given(hosts=_hosts(), windows=_WINDOWS, started=st.none() | st.integers(NOW - 30 * DAY, NOW))
+@given(hosts=_hosts(one_rule=True), windows=_WINDOWS, started=st.none() | st.integers(NOW - 30 * DAY, NOW))
 def test_one_host_holding_every_user_counts_the_totals(
     hosts: list[HostData], windows: tuple[Window, ...], started: int | None
 ) -> None:
@@ -224,7 +240,8 @@ def test_one_host_holding_every_user_counts_the_totals(
     connected = ConnectedUsers(ConnectedMode.HEURISTIC, prosody_started=started)
     totals = total_counts(count_hosts(hosts, now=NOW, windows=windows, connected=connected), windows)
     first = min(hosts, key=lambda data: data.host)  # total_counts shows the store of the first host
-    merged = HostData("all", first.store, [replace(u, user=f"{d.host}/{u.user}") for d in hosts for u in d.users])
+    users = [replace(u, user=f"{d.host}/{u.user}") for d in hosts for u in d.users]
+    merged = HostData("all", first.store, users, replace(first.counting, store=first.store))
     assert count_host(merged, now=NOW, windows=windows, connected=connected) == totals
 
 

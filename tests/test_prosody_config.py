@@ -36,9 +36,21 @@ L2, L1, AA = Store.LASTLOG2, Store.LASTLOG, Store.ACCOUNT_ACTIVITY
 
 
 def host(
-    name: str, stores: Mapping[Store, str], *, component: bool = False, sql: SqlSettings | None = None
+    name: str,
+    stores: Mapping[Store, str],
+    *,
+    component: bool = False,
+    sql: SqlSettings | None = None,
+    default: str | None = None,
 ) -> HostSettings:
-    return HostSettings(name=name, is_component=component, stores=stores, sql=sql)
+    """A host whose stores' modules are `stores`; every other store read (and accounts) uses `default`, by default
+    the one driver of `stores`."""
+    if default is None:
+        (default,) = set(stores.values())
+    drivers = {name: default for name in (*(store.value for store in Store), "accounts")}
+    drivers.update((store.value, driver) for store, driver in stores.items())
+    auth = None if component else "internal_hashed"
+    return HostSettings(name, component, stores, sql, drivers, auth)
 
 
 def sqlite(database: str) -> SqlSettings:
@@ -79,16 +91,21 @@ def config(
     hosts: Mapping[str, HostSettings] | None = None,
     skipped: Mapping[str, str] | None = None,
     warnings: tuple[str, ...] = (),
+    plugin_paths: tuple[Path, ...] = (),
 ) -> ProsodyConfig:
     """The ProsodyConfig expected for the tree at `root`; defaults are what an empty config gives."""
     socket = admin_socket or data_path / "prosody.sock"
-    return ProsodyConfig(root / "prosody.cfg.lua", data_path, pidfile, socket, hosts or {}, skipped or {}, warnings)
+    module_dirs = (DEFAULT_DATA_PATH / "custom_plugins", *plugin_paths)  # the installer's path, then plugin_paths
+    return ProsodyConfig(
+        root / "prosody.cfg.lua", data_path, pidfile, socket, hosts or {}, skipped or {}, warnings, module_dirs
+    )
 
 
 def debian_stock(root: Path) -> ProsodyConfig:
     return config(
         root,
         pidfile=Path("/run/prosody/prosody.pid"),
+        plugin_paths=(Path("/usr/local/lib/prosody/modules"),),
         hosts={"example.com": host("example.com", {L2: "internal"})},
         skipped={"conference.example.com": NO_STORE_MODULE, "localhost": NO_STORE_MODULE},
     )
@@ -145,10 +162,14 @@ def per_store_map(root: Path) -> ProsodyConfig:
         hosts={
             "defaults.example": host("defaults.example", {AA: "sql", L2: "sql", L1: "sql"}, sql=lastlog_db),
             "legacy-sql2.example": host(
-                "legacy-sql2.example", {AA: "internal", L2: "sql", L1: "internal"}, sql=lastlog_db
+                "legacy-sql2.example", {AA: "internal", L2: "sql", L1: "internal"}, sql=lastlog_db, default="internal"
             ),
-            "map.example": host("map.example", {AA: "internal", L2: "sql", L1: "internal"}, sql=lastlog_db),
-            "memory.example": host("memory.example", {AA: "memory", L2: "sql", L1: "memory"}, sql=lastlog_db),
+            "map.example": host(
+                "map.example", {AA: "internal", L2: "sql", L1: "internal"}, sql=lastlog_db, default="internal"
+            ),
+            "memory.example": host(
+                "memory.example", {AA: "memory", L2: "sql", L1: "memory"}, sql=lastlog_db, default="memory"
+            ),
         },
         warnings=("legacy-sql2.example: storage 'sql2' has been renamed 'sql'; reading it as 'sql'",),
     )
@@ -418,6 +439,17 @@ def test_environment_and_globals(tmp_path: Path) -> None:
     }
 
 
+def test_a_config_may_set_package_fields_for_prosodys_modules(tmp_path: Path) -> None:
+    """What configs do before modules load (a library path, a preloaded table, a test clock): it evaluates, and
+    changes nothing outside the config."""
+    options = evaluate(
+        tmp_path,
+        "local lua = Lua or _G\nlua.package.path = lua.package.path .. ';/opt/lib/?.lua'\n"
+        "lua.package.loaded.clock = {}\nx = type(lua.package.loaded.clock)\n",
+    )
+    assert options["*"] == {"x": "table"}
+
+
 def test_read_only_io(tmp_path: Path) -> None:
     (tmp_path / "data.txt").write_bytes(b"first\nsecond\r\n42 rest\n")
     options = evaluate(
@@ -468,3 +500,28 @@ def test_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     options = evaluate(tmp_path, 'f, why = io.open(prosody.paths.config .. "/fifo")\n')
     assert options["*"] == {"why": f"{tmp_path}/fifo: not a regular file"}
     assert time.monotonic() - started < TIME_LIMIT
+
+
+def test_what_decides_which_accounts_count_and_where_modules_are(tmp_path: Path) -> None:
+    """Per host: the auth provider, measure_active_users_count_disabled, whether mod_measure_active_users runs (it
+    loads lastlog2 itself); and the module directories Prosody looks in before its own."""
+    config = tmp_path / "prosody.cfg.lua"
+    config.write_text(
+        'data_path = "/srv/data"\nplugin_paths = { "/opt/modules", "relative" }\n'
+        'modules_enabled = { "account_activity" }\n'
+        'VirtualHost "hashed.example"\n'
+        'VirtualHost "plain.example"\n  authentication = "internal_plain"\n'
+        '  modules_enabled = { "measure_active_users" }\n  measure_active_users_count_disabled = true\n'
+        'VirtualHost "anon.example"\n  anonymous_login = true\n  measure_active_users_count_disabled = "true"\n'
+        'Component "rooms.example" "muc"\n  modules_enabled = { "lastlog2" }\n'
+    )
+    found = load_prosody_config(config, environ={})
+    assert found.module_dirs == (DEFAULT_DATA_PATH / "custom_plugins", Path("/opt/modules"), Path("/srv/data/relative"))
+    hosts = found.hosts
+    assert (hosts["hashed.example"].auth_provider, hosts["hashed.example"].count_disabled) == ("internal_hashed", False)
+    assert not hosts["hashed.example"].measures and set(hosts["hashed.example"].stores) == {AA}
+    plain = hosts["plain.example"]
+    assert (plain.auth_provider, plain.count_disabled, plain.measures) == ("internal_plain", True, True)
+    assert set(plain.stores) == {AA, L2}  # mod_measure_active_users depends on lastlog2
+    assert (hosts["anon.example"].auth_provider, hosts["anon.example"].count_disabled) == ("anonymous", True)
+    assert hosts["rooms.example"].auth_provider is None and hosts["rooms.example"].is_component

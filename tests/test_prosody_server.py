@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from prosody_lastlog.prosody_server import (
     ask_connected_users,
     prosody_start_time,
 )
+from tests.conftest import as_nobody
 
 
 @contextmanager
@@ -84,9 +87,46 @@ def test_odd_answers_are_errors(tmp_path: Path, answer: bytes, reason: str) -> N
         ask_connected_users(tmp_path / "prosody.sock", timeout=2)
 
 
-def test_a_missing_socket_is_an_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(AdminSocketError, match=r"prosody\.sock"):
+def test_a_missing_or_dead_socket_says_prosody_is_not_running(tmp_path: Path) -> None:
+    """Prosody 13 removes its socket when it stops; one a crash left behind refuses connections."""
+    with pytest.raises(AdminSocketError, match=r"^Prosody is not running \(no Prosody answers at .*prosody\.sock\)$"):
         ask_connected_users(tmp_path / "prosody.sock")
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(tmp_path / "prosody.sock"))  # bound, never listening: as after a crash
+    try:
+        with pytest.raises(AdminSocketError, match=r"^Prosody is not running"):
+            ask_connected_users(tmp_path / "prosody.sock")
+    finally:
+        left.close()
+
+
+def why_not(path: Path) -> bytes:
+    """Why ask_connected_users(path) fails."""
+    try:
+        ask_connected_users(path, timeout=2)
+    except AdminSocketError as error:
+        return str(error).encode()
+    return b"it answered"
+
+
+def test_a_socket_without_permission_says_what_access_it_takes() -> None:
+    """Connecting takes write access to the socket, which Prosody gives its own user (and group) only."""
+    directory = Path(tempfile.mkdtemp())  # not under pytest's private tmp: another user must reach it
+    try:
+        directory.chmod(0o755)
+        path = directory / "prosody.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            server.bind(str(path))
+            server.listen()
+            path.chmod(0o755)  # as Prosody makes it
+            if os.geteuid() == 0:  # root connects anyway: ask as nobody
+                reason = as_nobody(lambda: why_not(path)).decode()
+            else:
+                path.chmod(0o555)  # no write access for its owner either
+                reason = why_not(path).decode()
+    finally:
+        shutil.rmtree(directory)
+    assert reason.startswith(f"no permission to connect to {path}: it takes write access"), reason
 
 
 def test_start_time_of_a_running_process(tmp_path: Path) -> None:

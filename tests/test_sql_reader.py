@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from prosody_lastlog.database import DatabaseError, SqlSettings, parse_sql_url
 from prosody_lastlog.readers import sql_queries as queries
 from prosody_lastlog.readers.sql import SqlReader
-from prosody_lastlog.records import Store
+from prosody_lastlog.records import AccountRule, Store
+from prosody_lastlog.rules import HostConfig, InstalledProsody, Policy
 from prosody_lastlog.windows import DEFAULT_WINDOWS, parse_windows
 from tests import prosody_table
 from tests.prosody_table import Row
@@ -80,9 +81,18 @@ BASIC_ROWS: list[Row] = [
     ("conference.example.com", "room", "lastlog2", "conference.example.com", "string", "message"),
     ("old.example", "dave", "lastlog", "event", "string", "logout"),
     ("old.example", "dave", "lastlog", "timestamp", "number", f"{NOW - 100}.0"),
+]
+# Prosody 13's: account_activity, account records (password fields, `created`, `disabled`), mod_cron's row.
+THIRTEEN_ROWS: list[Row] = [
     ("new.example", "erin", "account_activity", "timestamp", "number", str(NOW - 100)),
+    ("new.example", "erin", "accounts", "stored_key", "string", "a-password-hash"),
+    ("new.example", "erin", "accounts", "created", "number", str(NOW - 3 * DAY)),
     ("new.example", "frank", "account_activity", "timestamp", "number", str(NOW - 100)),
+    ("new.example", "frank", "accounts", "created", "number", str(NOW - 40 * DAY)),
     ("new.example", "frank", "accounts", "disabled", "boolean", "true"),
+    ("new.example", "gina", "account_activity", "timestamp", "number", str(NOW - 100)),  # no account
+    ("new.example", "gina", "account_details", "registered", "number", str(NOW - 10)),
+    ("new.example", "", "cron", "lastlog2_measure_active_users", "number", str(NOW - 60)),
 ]
 
 
@@ -95,16 +105,39 @@ def test_counts_on_every_engine(engine: str, method: str, request: pytest.Fixtur
     assert set(result.methods.values()) == {method}
     assert not result.problems
     counts = result.counts
-    assert list(counts) == ["conference.example.com", "example.com", "new.example", "old.example"]
+    assert list(counts) == ["conference.example.com", "example.com", "old.example"]
     assert (counts["example.com"].accounts, counts["example.com"].never_active) == (3, 1)
     assert counts["example.com"].active == {"1d": 1, "7d": 2, "30d": 2}
     assert counts["example.com"].registered == {"1d": 0, "7d": 1, "30d": 1}
     assert counts["conference.example.com"].never_active == 1
     assert counts["old.example"].store is Store.LASTLOG and counts["old.example"].active["1d"] == 1
-    assert counts["new.example"].store is Store.ACCOUNT_ACTIVITY
-    assert (counts["new.example"].disabled, counts["new.example"].active["1d"]) == (1, 1)
-    with_disabled = SqlReader(settings_, method=method, count_disabled=True).count(now=NOW, windows=DEFAULT_WINDOWS)
-    assert with_disabled.counts["new.example"].active["1d"] == 2
+    assert result.server is not None and not result.server.thirteen
+
+
+@pytest.mark.parametrize("engine", ["sqlite_db", "postgres_db", "mysql_db"])
+@pytest.mark.parametrize("method", ["pushdown", "stream"])
+def test_prosody_13_rows_count_enabled_accounts_and_registrations_from_created(
+    engine: str, method: str, request: pytest.FixtureRequest
+) -> None:
+    settings_, connection = request.getfixturevalue(engine)
+    prosody_table.replace_rows(connection, settings_.driver, BASIC_ROWS + THIRTEEN_ROWS)
+    result = SqlReader(settings_, method=method).count(now=NOW, windows=DEFAULT_WINDOWS)
+    assert set(result.methods.values()) == {method} and not result.problems
+    assert result.server is not None and result.server.thirteen  # the whole table is Prosody 13's
+    new = result.counts["new.example"]
+    assert new.store is Store.ACCOUNT_ACTIVITY and new.counting.accounts is AccountRule.ENABLED
+    # erin counts; frank is disabled, gina has no account. Registered: erin and frank by `created`, gina by
+    # account_details.
+    assert (dict(new.active), new.disabled, new.no_account) == ({"1d": 1, "7d": 1, "30d": 1}, 2, 1)
+    assert new.registered == {"1d": 1, "7d": 2, "30d": 2}
+    # Prosody 0.12's hosts of the same table now need an account too: they have none.
+    assert result.counts["example.com"].active == {"1d": 0, "7d": 0, "30d": 0}
+    everyone = SqlReader(settings_, method=method, policy=Policy(count_disabled=True))
+    counts = everyone.count(now=NOW, windows=DEFAULT_WINDOWS).counts
+    assert counts["new.example"].active["1d"] == 3 and counts["example.com"].active == {"1d": 1, "7d": 2, "30d": 2}
+    plain = Policy(hosts={"new.example": HostConfig(auth_provider="internal_plain")})
+    counts = SqlReader(settings_, method=method, policy=plain).count(now=NOW, windows=DEFAULT_WINDOWS).counts
+    assert (counts["new.example"].active["1d"], counts["new.example"].counting.accounts) == (0, AccountRule.NOBODY)
 
 
 @pytest.mark.parametrize("engine", ["postgres_db", "mysql_db"])
@@ -245,47 +278,78 @@ row_strategy = st.one_of(
     ),
     st.builds(lambda h, u: (h, u, "lastlog2", h, "string", "message"), hosts, users),
     st.builds(lambda h, u: (h, u, "accounts", "disabled", "boolean", "true"), hosts, users),
+    # Prosody 13's account rows, mod_register_ibr's registration time, mod_cron's host row (a 13 marker).
+    st.builds(
+        lambda h, u, k, v: (h, u, "accounts", k, *v),
+        hosts,
+        users,
+        st.sampled_from(["created", "disabled", "stored_key", "updated"]),
+        st.sampled_from(
+            [
+                ("number", str(NOW - 3 * DAY)),
+                ("number", f"{NOW - 20 * DAY}.0"),
+                ("boolean", "true"),
+                ("boolean", "false"),
+                ("string", "a-hash"),
+                ("number", "soon"),
+            ]
+        ),
+    ),
+    st.builds(lambda h, u, t: (h, u, "account_details", "registered", "number", lua_tostring(t)), hosts, users, stamps),
+    st.builds(lambda h: (h, "", "cron", "task", "number", str(NOW)), hosts),
     st.builds(lambda h, u: (h, u, "lastlog2", "", "json", '{"1": true}'), hosts, users),
     st.builds(lambda h, u: (h, u, "lastlog2", "login", "json", '{"timestamp": 1e300}'), hosts, users),
 )
 window_sets = st.lists(st.sampled_from(["1h", "1d", "2d", "7d", "30d", "90d"]), min_size=1, max_size=4)
+# Which Prosody wrote the table, what the user said, what the config says of each host.
+policies = st.builds(
+    Policy,
+    installed=st.sampled_from([InstalledProsody(), InstalledProsody("13.0.1")]),
+    forced_store=st.none() | st.sampled_from(list(Store)),
+    count_disabled=st.booleans(),
+    hosts=st.dictionaries(
+        st.sampled_from(["a.example", "b.example"]),
+        st.builds(HostConfig, st.sampled_from(["internal_hashed", "internal_plain"]), st.booleans()),
+    ),
+)
 
 
 parts = st.integers(1, 3)  # accounts counted in this many partitions at once (PostgreSQL, MariaDB)
 
 
 def _assert_pushdown_equals_stream(
-    settings_: SqlSettings, connection: Any, rows: list[Row], windows: list[str], parts: int
+    settings_: SqlSettings, connection: Any, rows: list[Row], windows: list[str], *, parts: int, policy: Policy
 ) -> None:
     prosody_table.replace_rows(connection, settings_.driver, rows)
     parsed = parse_windows(windows)
-    pushed = SqlReader(settings_, method="auto", parts=parts).count(now=NOW, windows=parsed)
-    streamed = SqlReader(settings_, method="stream").count(now=NOW, windows=parsed)
+    pushed = SqlReader(settings_, method="auto", parts=parts, policy=policy).count(now=NOW, windows=parsed)
+    streamed = SqlReader(settings_, method="stream", policy=policy).count(now=NOW, windows=parsed)
     assert pushed.counts == streamed.counts
+    assert pushed.server == streamed.server
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(row_strategy, max_size=40), windows=window_sets)
+@given(rows=st.lists(row_strategy, max_size=40), windows=window_sets, policy=policies)
 def test_pushdown_equals_streaming_sqlite(
-    sqlite_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str]
+    sqlite_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str], policy: Policy
 ) -> None:
-    _assert_pushdown_equals_stream(*sqlite_db, rows, windows, 1)
+    _assert_pushdown_equals_stream(*sqlite_db, rows, windows, parts=1, policy=policy)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets, parts=parts)
+@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets, parts=parts, policy=policies)
 def test_pushdown_equals_streaming_postgres(
-    postgres_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str], parts: int
+    postgres_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str], parts: int, policy: Policy
 ) -> None:
-    _assert_pushdown_equals_stream(*postgres_db, rows, windows, parts)
+    _assert_pushdown_equals_stream(*postgres_db, rows, windows, parts=parts, policy=policy)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets, parts=parts)
+@given(rows=st.lists(row_strategy, max_size=30), windows=window_sets, parts=parts, policy=policies)
 def test_pushdown_equals_streaming_mysql(
-    mysql_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str], parts: int
+    mysql_db: tuple[SqlSettings, Any], rows: list[Row], windows: list[str], parts: int, policy: Policy
 ) -> None:
-    _assert_pushdown_equals_stream(*mysql_db, rows, windows, parts)
+    _assert_pushdown_equals_stream(*mysql_db, rows, windows, parts=parts, policy=policy)
 
 
 # CANONICAL_MEMBER in Python's dialect of regular expressions (no global (?-i), \Z for \z).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite runs for real, without starting their services, and the C compiler
-# `make bench` builds its I/O floor (benchmarks/io_floor.c) with.
+# Installs the Debian packages the test suite runs for real, without starting their services, the C compiler
+# `make bench` builds its I/O floor (benchmarks/io_floor.c) with, and mmdebstrap, with which tools/prosody13-tree.sh
+# builds the Debian 13 tree that holds Prosody 13.
 set -euo pipefail
 
 packages=(
@@ -8,6 +9,7 @@ packages=(
     prometheus prometheus-node-exporter
     graphite-carbon influxdb prometheus-pushgateway
     gcc libc6-dev wrk
+    mmdebstrap
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from prosody_lastlog.counting import HostCounts
 from prosody_lastlog.records import HostData, ReadProblem
+from prosody_lastlog.rules import ServerFacts
 
 
 @dataclass(slots=True)
@@ -14,6 +15,7 @@ class ReadResult:
 
     hosts: dict[str, HostData] = field(default_factory=dict)
     problems: list[ReadProblem] = field(default_factory=list)
+    server: ServerFacts | None = None  # what the rules took the server to be (None: nothing was read)
 
 
 @dataclass(slots=True)
@@ -23,3 +25,4 @@ class SourceCount:
     counts: dict[str, HostCounts] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=dict)
     problems: list[ReadProblem] = field(default_factory=list)
+    server: ServerFacts | None = None

@@ -34,7 +34,7 @@ MAX_BYTES = 4096
 
 # A UserActivity's fields in order (`UserActivity(*row)`): a tuple is quicker to make, and to send to another
 # process (pickled, it is ~10x faster than the frozen dataclass).
-ActivityRow = tuple[str, float | None, float | None, bool, float | None]
+ActivityRow = tuple[str, float | None, float | None, bool, float | None, bool]
 
 _STRING = rb'"[ !#-&(-:<>-Z^-~]*+"'  # printable ASCII except  " ' ; = [ \ ]
 _INTEGER = rb"-?(?:0|[1-9][0-9]{0,17})(?=;)"
@@ -66,6 +66,9 @@ _LASTLOG2 = re.compile(rb"return \{" + _EVENT + rb"(?:" + _EVENT + rb"(?:" + _EV
 _ZEROS = bytes.maketrans(b"123456789", b"000000000")
 _MAX_SHAPES = 4096
 _lastlog2_shapes: dict[bytes, tuple[slice | None, slice | None, slice | None]] = {}
+_ACCOUNT_FIELD = re.compile(rb'\n\t\["(created|disabled)"\] = ([^;\n]*)')
+_WHOLE = re.compile(rb"-?[0-9]+")
+_NUMBER_START = frozenset(bytes([byte]) for byte in b"-0123456789")
 _ACCOUNT_ACTIVITY = re.compile(rb'return \{\n\t\["timestamp"\] = (' + _INTEGER + rb");\n\};\n")
 
 
@@ -77,6 +80,26 @@ def parse(text: bytes) -> dict[str, Any] | None:
     body = text[7:-5].replace(_LAST_INNER_ITEM_END, b"}").translate(_TO_JSON, b"[]") + b"}"
     value: dict[str, Any] = _scan(body.decode("ascii"))[0]
     return value
+
+
+def account_fields(text: bytes) -> dict[str, Any] | None:
+    """An account record's `created` and `disabled` (those present), as `parse` gives them but a table as `{}`, if
+    `text` is in Prosody's canonical form; else None. Nothing else of the record (password hashes) is decoded.
+
+    In that form a top-level item is a line `\t["key"] = value;` (nested ones have two tabs), a value holds no `;`
+    nor newline but as the start of a table, and of repeated keys the last one holds, as in Lua."""
+    if len(text) > MAX_BYTES or _RECORD.fullmatch(text) is None:
+        return None
+    return {key.decode(): _top_level_value(value) for key, value in _ACCOUNT_FIELD.findall(text)}
+
+
+def _top_level_value(token: bytes) -> Any:
+    first = token[:1]
+    if first in _NUMBER_START:  # an integer or a float literal, as the canonical form allows them
+        return int(token) if _WHOLE.fullmatch(token) else float(token)
+    if first == b'"':
+        return token[1:-1].decode("ascii")  # canonical strings hold no escapes
+    return {} if first == b"{" else token == b"true"  # a table; or true, false
 
 
 def activity_reader(store: Store) -> Callable[[str, bytes], ActivityRow | None]:
@@ -102,7 +125,7 @@ def _lastlog2(user: str, text: bytes) -> ActivityRow | None:
     # As stores.interpret: active at the later of login and logout; a login after any logout is a session.
     last_active = logout if login is None else login if logout is None else max(login, logout)
     session_open = login if login is not None and (logout is None or login > logout) else None
-    return user, last_active, None if at_registered is None else int(text[at_registered]), False, session_open
+    return user, last_active, None if at_registered is None else int(text[at_registered]), False, session_open, False
 
 
 def _last_login_logout_registered(match: re.Match[bytes]) -> tuple[slice | None, slice | None, slice | None]:
@@ -116,7 +139,7 @@ def _last_login_logout_registered(match: re.Match[bytes]) -> tuple[slice | None,
 
 def _account_activity(user: str, text: bytes) -> ActivityRow | None:
     match = _ACCOUNT_ACTIVITY.fullmatch(text)
-    return None if match is None else (user, int(match[1]), None, False, None)
+    return None if match is None else (user, int(match[1]), None, False, None, False)
 
 
 def _unrecognized(user: str, text: bytes) -> None:

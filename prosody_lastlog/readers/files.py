@@ -24,9 +24,10 @@ from pathlib import Path
 
 from prosody_lastlog.pathnames import decode_name, encode_name, encode_store
 from prosody_lastlog.readers import ReadResult
-from prosody_lastlog.readers.canonical import ActivityRow, activity_reader, parse
-from prosody_lastlog.readers.stores import interpret
-from prosody_lastlog.records import HostData, ReadProblem, Store, UserActivity
+from prosody_lastlog.readers.canonical import ActivityRow, account_fields, activity_reader, parse
+from prosody_lastlog.readers.stores import account_facts, interpret, registration, registration_time
+from prosody_lastlog.records import AccountRule, CountingChoice, HostData, ReadProblem, Store, UserActivity
+from prosody_lastlog.rules import Policy
 from prosody_lastlog.sandbox import BATCH_SIZE, Loaded, LuaSandbox, PlainValue
 
 MAX_FILE_SIZE = 256 * 1024  # a real last-activity file is a few hundred bytes
@@ -37,6 +38,7 @@ _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when the one that f
 CHUNK = 32 * BATCH_SIZE  # files a child reads between two sends of what it found (a multiple of BATCH_SIZE)
 _DAT = ".dat"
 _ACCOUNTS = "accounts"
+_DETAILS = "account_details"
 _FIRST_READ = 16 * 1024  # one read() gets a whole real file
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # never follow a link nor block on a FIFO
 
@@ -47,22 +49,36 @@ class DataDirError(Exception):
 
 Scandir = Callable[[str], Iterable[os.DirEntry[str]]]
 Progress = Callable[[int], None]
-# From some of a host's files: its records, the users its accounts store says are disabled, the problems met.
-_Read = tuple[str, list[ActivityRow], list[str], list[ReadProblem]]
-_Records = tuple[str, list[UserActivity], list[str], list[ReadProblem]]  # the same, records made into UserActivity
+# From some of a host's files: its records and the problems met.
+_Read = tuple[str, list[ActivityRow], list[ReadProblem]]
+_Records = tuple[str, list[UserActivity], list[ReadProblem]]  # the same, records made into UserActivity
+
+
+@dataclass(frozen=True, slots=True)
+class _Accounts:
+    """What a host's `accounts` and `account_details` directories add to each user's activity record."""
+
+    host_dir: str
+    names: frozenset[str] = frozenset()  # the `<user>.dat` files of its accounts directory
+    read: bool = False  # read them (Prosody 13 stores `created` and `disabled` there)
+    check: bool = False  # mark users without an account record or with a disabled one (AccountRule.ENABLED)
+    details: frozenset[str] = frozenset()  # the files of account_details (mod_register_ibr's `registered`)
+
+
+_NO_ACCOUNTS = _Accounts("")
 
 
 @dataclass(frozen=True, slots=True)
 class _Files:
-    """User files to read: a contiguous slice of the listing of one host's store directory, or of its `accounts`
-    directory (read only for which accounts are disabled)."""
+    """User files to read: a contiguous slice of the listing of one host's store directory, with what the host's
+    account directories add to each record."""
 
     host: str
     store: Store  # the store the host's activity is read from
     directory: str
     where: str  # the directory, as problems name it (relative to the data directory)
     names: list[str]  # `<user>.dat`, regular files when listed
-    accounts: bool = False
+    accounts: _Accounts = _NO_ACCOUNTS
     first: int = 0  # the place of names[0] in the whole listing of the directory
 
     def part(self, start: int, stop: int) -> _Files:
@@ -104,8 +120,9 @@ def default_workers() -> int:
 class FileStoreReader:
     """Reads last-activity data for every host (or the chosen ones) under a Prosody data directory.
 
-    A full read uses up to `workers` processes (default: the CPUs this process may use, at most MAX_WORKERS), but
-    no more than one per MIN_FILES_PER_WORKER files.
+    Which store each host is read from and which accounts count are `policy`'s choices (rules.py), made from the
+    stores each host has data in. A full read uses up to `workers` processes (default: the CPUs this process may use,
+    at most MAX_WORKERS), but no more than one per MIN_FILES_PER_WORKER files.
     """
 
     def __init__(
@@ -113,16 +130,14 @@ class FileStoreReader:
         data_dir: Path,
         *,
         hosts: Collection[str] = (),
-        store: Store | None = None,
-        count_disabled: bool = False,
+        policy: Policy | None = None,
         scandir: Scandir = os.scandir,
         workers: int | None = None,
     ) -> None:
         self._data_dir = data_dir
         self._prefix = os.path.join(str(data_dir), "")
         self._hosts = {host.lower() for host in hosts}
-        self._forced_store = store
-        self._count_disabled = count_disabled
+        self.policy = policy or Policy()
         self._scandir = scandir
         self._workers = default_workers() if workers is None else max(1, workers)
         self._loader = _Loader()
@@ -134,20 +149,21 @@ class FileStoreReader:
         Records and problems come in the same order however many processes read (see `_Loader._activity`).
         """
         result = ReadResult()
+        entries = [(host, path, self._host_entries(path, result.problems)) for host, path in self._host_dirs(result)]
+        server = self.policy.server({name for _, _, names in entries for name in names})
+        result.server = server
         listed: list[_Files] = []
-        for host, host_dir in self._host_dirs(result.problems):
-            subdirs = self._subdirectories(host_dir, result.problems)
-            store = self._choose_store(subdirs)
-            if store is None:
+        for host, host_dir, names in entries:
+            choice = self.policy.choose(host, {store for store in Store if encode_store(store.value) in names}, server)
+            if choice is None:
                 continue
-            if _ACCOUNTS in subdirs and not self._count_disabled:
-                accounts = os.path.join(host_dir, _ACCOUNTS)
-                names = self._user_files(accounts, result.problems)
-                listed.append(_Files(host, store, accounts, self._where(accounts), names, accounts=True))
-            directory = os.path.join(host_dir, encode_store(store.value))
-            names = self._user_files(directory, result.problems)
-            listed.append(_Files(host, store, directory, self._where(directory), names))
-            result.hosts[host] = HostData(host, store)
+            result.hosts[host] = HostData(host, choice.store, choice=choice)
+            directory = os.path.join(host_dir, encode_store(choice.store.value))
+            if encode_store(choice.store.value) not in names:
+                continue  # --store names a store this host has no data in: zeros
+            accounts = self._accounts(host_dir, names, choice, server.thirteen, result.problems)
+            files = self._user_files(directory, result.problems)
+            listed.append(_Files(host, choice.store, directory, self._where(directory), files, accounts))
         total = sum(len(files.names) for files in listed)
         workers = min(self._workers, total // MIN_FILES_PER_WORKER)
         with _collector_paused():
@@ -155,49 +171,67 @@ class FileStoreReader:
                 read = [_records(part) for part in _read_serially(self._loader, listed, progress or _ignore)]
             else:
                 read = _Parallel(self._loader, _shares(listed, workers), progress).run()
-            _merge(read, result)
+            for host, users, problems in read:
+                result.hosts[host].users.extend(users)
+                result.problems.extend(problems)
         return result
 
-    def read_user(self, host: str, store: Store, user: str, problems: list[ReadProblem]) -> UserActivity | None:
-        """Reads one user's record again after a change; None when it is gone or unusable (then a problem)."""
+    def read_user(
+        self, host: str, choice: CountingChoice, user: str, problems: list[ReadProblem]
+    ) -> UserActivity | None:
+        """Reads one user's record again after a change (with its account's, as a full read would); None when it is
+        gone or unusable (then a problem)."""
         host_dir = os.path.join(self._data_dir, encode_name(host))
-        path = os.path.join(host_dir, encode_store(store.value), encode_name(user) + _DAT)
-        try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                problems.append(ReadProblem(self._where(path), "not_a_file", "not a regular file"))
-                return None
-        except FileNotFoundError:
-            return None  # the record was emptied or the account deleted
-        except OSError as exc:
-            problems.append(ReadProblem(self._where(path), "unreadable", exc.strerror or str(exc)))
-            return None
-        text = self._read_text(path, problems)
+        name = encode_name(user) + _DAT
+        path = os.path.join(host_dir, encode_store(choice.store.value), name)
+        text = self._read_regular_file(path, problems)
         if text is None:
             return None
-        row = activity_reader(store)(user, text)
-        if row is not None:
-            found: UserActivity | None = UserActivity(*row)
-        else:
-            loaded = self._loader.load(text, os.path.basename(path))
+        row = activity_reader(choice.store)(user, text)
+        if row is None:
+            loaded = self._loader.load(text, name)
             if loaded.error is not None:
                 problems.append(_load_problem(self._where(path), loaded))
                 return None
-            interpreted = interpret(store, user, loaded.value)
-            problems.extend(ReadProblem(self._where(path), "unexpected", odd) for odd in interpreted.oddities)
-            found = interpreted.activity
-        if found is not None and not self._count_disabled and self._is_disabled(host_dir, user, problems):
-            found = replace(found, disabled=True)
-        return found
+            row = _interpreted(choice.store, user, self._where(path), loaded.value, problems)
+            if row is None:
+                return None
+        with _AccountFiles(
+            self._loader, self._one_account(host_dir, name, choice, problems), self._where(host_dir), problems
+        ) as accounts:
+            return UserActivity(*accounts.complete(name, row))
 
-    def _is_disabled(self, host_dir: str, user: str, problems: list[ReadProblem]) -> bool:
-        path = os.path.join(host_dir, _ACCOUNTS, encode_name(user) + _DAT)
-        try:
-            text = _read_bounded(path)
-        except OSError:
-            return False  # no account record (or none readable): nothing says it is disabled
-        return self._loader.says_disabled(text, os.path.basename(path), self._where(path), problems)
+    def _accounts(
+        self, host_dir: str, names: set[str], choice: CountingChoice, thirteen: bool, problems: list[ReadProblem]
+    ) -> _Accounts:
+        """What a full read of the host takes from its account directories: Prosody 13's account files (`created`,
+        `disabled`) and, for users with no registration time otherwise, mod_register_ibr's account_details."""
+        check = choice.accounts is AccountRule.ENABLED
+        listed: frozenset[str] = frozenset()
+        if _ACCOUNTS in names and (thirteen or check):
+            listed = frozenset(self._user_files(os.path.join(host_dir, _ACCOUNTS), problems))
+        details: frozenset[str] = frozenset()
+        if _DETAILS in names:
+            details = frozenset(self._user_files(os.path.join(host_dir, _DETAILS), problems))
+        return _Accounts(host_dir, listed, read=thirteen, check=check, details=details)
 
-    def _host_dirs(self, problems: list[ReadProblem]) -> Iterator[tuple[str, str]]:
+    def _one_account(self, host_dir: str, name: str, choice: CountingChoice, problems: list[ReadProblem]) -> _Accounts:
+        """The account directories' part in one user's record: as `_accounts`, for that user's file only."""
+        listed = {
+            store
+            for store in (_ACCOUNTS, _DETAILS)
+            if self._is_regular_file(os.path.join(host_dir, store, name), problems)
+        }
+        return _Accounts(
+            host_dir,
+            frozenset([name] if _ACCOUNTS in listed else []),
+            read=True,  # a Prosody 0.12 account file has neither `created` nor `disabled`: reading it changes nothing
+            check=choice.accounts is AccountRule.ENABLED,
+            details=frozenset([name] if _DETAILS in listed else []),
+        )
+
+    def _host_dirs(self, result: ReadResult) -> Iterator[tuple[str, str]]:
+        problems = result.problems
         try:
             entries = sorted(self._scandir(str(self._data_dir)), key=lambda entry: entry.name)
         except OSError as exc:
@@ -214,17 +248,16 @@ class FileStoreReader:
             seen.add(host)
             yield host, entry.path
 
-    def _subdirectories(self, host_dir: str, problems: list[ReadProblem]) -> set[str]:
+    def _host_entries(self, host_dir: str, problems: list[ReadProblem]) -> set[str]:
+        """The stores a host directory holds: its subdirectories (per-user stores) and, without `.dat`, its files
+        (host-level records such as Prosody 13's `cron.dat`)."""
         try:
-            return {entry.name for entry in self._scandir(host_dir) if _is_dir(entry)}
+            entries = list(self._scandir(host_dir))
         except OSError as exc:
             problems.append(ReadProblem(self._where(host_dir), "unreadable", exc.strerror or str(exc)))
             return set()
-
-    def _choose_store(self, subdirs: set[str]) -> Store | None:
-        """The store the server's own mod_measure_active_users would read: 13's first, then lastlog2, lastlog."""
-        candidates = [self._forced_store] if self._forced_store else list(Store)
-        return next((store for store in candidates if encode_store(store.value) in subdirs), None)
+        names = {entry.name for entry in entries if _is_dir(entry)}
+        return names | {entry.name[: -len(_DAT)] for entry in entries if entry.name.endswith(_DAT)}
 
     def _user_files(self, store_dir: str, problems: list[ReadProblem]) -> list[str]:
         """The names of the regular `<user>.dat` files of a store (or `accounts`) directory; other entries so named
@@ -253,7 +286,11 @@ class FileStoreReader:
                 )
         return names
 
-    def _read_text(self, path: str, problems: list[ReadProblem]) -> bytes | None:
+    def _read_regular_file(self, path: str, problems: list[ReadProblem]) -> bytes | None:
+        """The text of a user's file, if it is a regular file and usable; None if it is gone (the record was emptied
+        or the account deleted) or not usable (then a problem)."""
+        if not self._is_regular_file(path, problems):
+            return None
         try:
             text = _read_bounded(path)
         except FileNotFoundError:
@@ -266,6 +303,18 @@ class FileStoreReader:
             problems.append(ReadProblem(self._where(path), *why))
             return None
         return text
+
+    def _is_regular_file(self, path: str, problems: list[ReadProblem]) -> bool:
+        """Whether `path` is a regular file; one that is not, or cannot be looked at, is a problem; none is not."""
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                return True
+            problems.append(ReadProblem(self._where(path), "not_a_file", "not a regular file"))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            problems.append(ReadProblem(self._where(path), "unreadable", exc.strerror or str(exc)))
+        return False
 
     def _where(self, path: str) -> str:
         return path[len(self._prefix) :] if path.startswith(self._prefix) else path
@@ -285,18 +334,6 @@ class _Loader:
         value = parse(text)
         return Loaded(value) if value is not None else self._load_many([(text, name)])[0]
 
-    def says_disabled(self, text: bytes, name: str, where: str, problems: list[ReadProblem]) -> bool:
-        """Whether an account record sets `disabled` (Prosody 13's mod_auth_internal_hashed: `enabled = not
-        account.disabled`, so anything but nil/false disables). Account files hold password hashes: only those
-        that mention `disabled` are evaluated at all."""
-        if b"disabled" not in text:
-            return False
-        loaded = self.load(text, name)
-        if loaded.error is not None:
-            problems.append(_load_problem(where, loaded))
-            return False
-        return isinstance(loaded.value, dict) and loaded.value.get("disabled") not in (None, False)
-
     def read(self, files: _Files, progress: Progress, done_before: int) -> _Read:
         """What `files` hold, and the problems met; `progress` gets the files done (plus `done_before`)."""
         problems: list[ReadProblem] = []
@@ -304,18 +341,25 @@ class _Loader:
             directory = os.open(files.directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             problems.append(ReadProblem(files.where, "unreadable", exc.strerror or str(exc)))
-            return files.host, [], [], problems
+            return files.host, [], problems
         try:
-            if files.accounts:
-                return files.host, [], self._disabled(files, directory, problems, progress, done_before), problems
-            return files.host, self._activity(files, directory, problems, progress, done_before), [], problems
+            with _AccountFiles(self, files.accounts, files.where.rpartition("/")[0], problems) as accounts:
+                rows = self._activity(files, directory, accounts, problems, progress=progress, done_before=done_before)
+            return files.host, rows, problems
         finally:
             os.close(directory)
 
     def _activity(
-        self, files: _Files, directory: int, problems: list[ReadProblem], progress: Progress, done_before: int
+        self,
+        files: _Files,
+        directory: int,
+        accounts: _AccountFiles,
+        problems: list[ReadProblem],
+        *,
+        progress: Progress,
+        done_before: int,
     ) -> list[ActivityRow]:
-        """The records of `files` (in the open `directory`).
+        """The records of `files` (in the open `directory`), each completed by `accounts`.
 
         They come in listing order, but those of files the sandbox evaluates (gathered for it) come at the end of
         their batch: the BATCH_SIZE files from a multiple of BATCH_SIZE in the listing. The order is thus the same
@@ -324,10 +368,11 @@ class _Loader:
         rows: list[ActivityRow] = []
         pending: list[tuple[str, str, bytes]] = []  # name, user, text: for the sandbox
         recognize, keep = activity_reader(files.store), rows.append  # the loop is hot
+        complete = accounts.complete if accounts.needed else None
         for place, name in enumerate(files.names, files.first):
             if place % BATCH_SIZE == 0:
                 if pending:
-                    self._evaluate(files, pending, rows, problems)
+                    self._evaluate(files, pending, rows, accounts, problems)
                     pending = []
                 progress(done_before + place - files.first)
             user = decode_name(name[:-4])  # less `.dat`
@@ -350,45 +395,20 @@ class _Loader:
                 if value is None:
                     pending.append((name, user, text))
                     continue
-                row = _interpreted(files, user, name, value, problems)
+                row = _interpreted(files.store, user, f"{files.where}/{name}", value, problems)
                 if row is None:
                     continue
-            keep(row)
-        self._evaluate(files, pending, rows, problems)
+            keep(complete(name, row) if complete else row)
+        self._evaluate(files, pending, rows, accounts, problems)
         progress(done_before + len(files.names))
         return rows
-
-    def _disabled(
-        self, files: _Files, directory: int, problems: list[ReadProblem], progress: Progress, done_before: int
-    ) -> list[str]:
-        """The users whose account file, among `files` (in the open `directory`), says they are disabled."""
-        disabled = []
-        for done, name in enumerate(files.names):
-            if done % BATCH_SIZE == 0:
-                progress(done_before + done)
-            user = decode_name(name[:-4])
-            if user is None:
-                continue  # not an account Prosody could have written: no user to leave out
-            where = f"{files.where}/{name}"
-            try:
-                text = _read_bounded(name, directory)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                problems.append(ReadProblem(where, "unreadable", exc.strerror or str(exc)))
-                continue
-            if (why := _unusable(text)) is not None:
-                problems.append(ReadProblem(where, *why))
-            elif self.says_disabled(text, name, where, problems):
-                disabled.append(user)
-        progress(done_before + len(files.names))
-        return disabled
 
     def _evaluate(
         self,
         files: _Files,
         pending: list[tuple[str, str, bytes]],
         rows: list[ActivityRow],
+        accounts: _AccountFiles,
         problems: list[ReadProblem],
     ) -> None:
         loaded = self._load_many([(text, name) for name, _, text in pending])
@@ -396,9 +416,9 @@ class _Loader:
             if result.error is not None:
                 problems.append(_load_problem(f"{files.where}/{name}", result))
                 continue
-            row = _interpreted(files, user, name, result.value, problems)
+            row = _interpreted(files.store, user, f"{files.where}/{name}", result.value, problems)
             if row is not None:
-                rows.append(row)
+                rows.append(accounts.complete(name, row) if accounts.needed else row)
 
     def _load_many(self, chunks: list[tuple[bytes, str]]) -> list[Loaded]:
         if not chunks:
@@ -408,34 +428,95 @@ class _Loader:
         return self._sandbox.load_many(chunks)
 
 
+class _AccountFiles:
+    """A host's account directories, opened once, completing each of its users' activity records."""
+
+    def __init__(self, loader: _Loader, accounts: _Accounts, host_where: str, problems: list[ReadProblem]) -> None:
+        self._loader = loader
+        self._accounts = accounts
+        self._host_where = host_where
+        self._problems = problems
+        self.needed = bool(accounts.names or accounts.check or accounts.details)  # else records stay as they are
+        self._directories: dict[str, int] = {}
+
+    def __enter__(self) -> _AccountFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for directory in self._directories.values():
+            os.close(directory)
+
+    def complete(self, name: str, row: ActivityRow) -> ActivityRow:
+        """`row` completed: the registration time by the precedence Prosody 13's `created`, the store's own
+        `registered`, account_details' `registered`; and, where the host's rule asks, whether the account is missing
+        or disabled. Account files hold password hashes: only these fields are ever taken from them."""
+        accounts = self._accounts
+        user, last_active, registered, _, session_open, _ = row
+        created, disabled, details, no_account = None, False, None, name not in accounts.names
+        if not no_account and accounts.read:
+            created, disabled = account_facts(self._record(_ACCOUNTS, name, account=True))
+        if created is None and registered is None and name in accounts.details:
+            details = registration_time(self._record(_DETAILS, name, account=False))
+        check = accounts.check
+        return (
+            user,
+            last_active,
+            registration(created, registered, details),
+            check and disabled,
+            session_open,
+            check and no_account,
+        )
+
+    def _record(self, store: str, name: str, *, account: bool) -> PlainValue | None:
+        """What `<store>/<name>` holds of the fields wanted (an account's `created` and `disabled`, else the whole
+        record of account_details); None if it holds none of them (then it is not evaluated) or cannot be read."""
+        where = f"{self._host_where}/{store}/{name}"
+        text = self._text(store, name, where)
+        if text is None or not (b"created" in text or b"disabled" in text if account else b"registered" in text):
+            return None  # none of the fields wanted: not evaluated
+        fields = account_fields(text) if account else None
+        if fields is not None:
+            return fields
+        loaded = self._loader.load(text, name)
+        if loaded.error is not None:
+            self._problems.append(_load_problem(where, loaded))
+            return None
+        return loaded.value
+
+    def _text(self, store: str, name: str, where: str) -> bytes | None:
+        """The file's text, if there is one and it can hold a record (else a problem)."""
+        try:
+            if store not in self._directories:  # opened once, on first need
+                self._directories[store] = os.open(
+                    os.path.join(self._accounts.host_dir, store), os.O_RDONLY | os.O_DIRECTORY
+                )
+            text = _read_bounded(name, self._directories[store])
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._problems.append(ReadProblem(where, "unreadable", exc.strerror or str(exc)))
+            return None
+        if (why := _unusable(text)) is not None:
+            self._problems.append(ReadProblem(where, *why))
+            return None
+        return text
+
+
 def _interpreted(
-    files: _Files, user: str, name: str, value: PlainValue | None, problems: list[ReadProblem]
+    store: Store, user: str, where: str, value: PlainValue | None, problems: list[ReadProblem]
 ) -> ActivityRow | None:
-    interpreted = interpret(files.store, user, value)
+    interpreted = interpret(store, user, value)
     for oddity in interpreted.oddities:
-        problems.append(ReadProblem(f"{files.where}/{name}", "unexpected", oddity))
+        problems.append(ReadProblem(where, "unexpected", oddity))
     found = interpreted.activity
-    return (
-        None if found is None else (found.user, found.last_active, found.registered, found.disabled, found.session_open)
-    )
-
-
-def _merge(read: list[_Records], result: ReadResult) -> None:
-    """Adds what was read to `result`, in order, and marks the users found disabled."""
-    disabled: dict[str, set[str]] = {}
-    for host, users, disabled_users, problems in read:
-        result.hosts[host].users.extend(users)
-        disabled.setdefault(host, set()).update(disabled_users)
-        result.problems.extend(problems)
-    for host, users_disabled in disabled.items():
-        if users_disabled:
-            data = result.hosts[host]
-            data.users = [replace(u, disabled=True) if u.user in users_disabled else u for u in data.users]
+    if found is None:
+        return None
+    return found.user, found.last_active, found.registered, found.disabled, found.session_open, found.no_account
 
 
 def _records(read: _Read) -> _Records:
-    host, rows, disabled, problems = read
-    return host, list(starmap(UserActivity, rows)), disabled, problems
+    host, rows, problems = read
+    return host, list(starmap(UserActivity, rows)), problems
 
 
 def _read_serially(loader: _Loader, listed: list[_Files], progress: Progress) -> list[_Read]:

@@ -6,10 +6,10 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, groupby
 from typing import Any
@@ -18,8 +18,9 @@ from prosody_lastlog.counting import HostCounts, count_hosts
 from prosody_lastlog.database import Connection, DatabaseError, NoAnswerError, SqlSettings, connect, first_line
 from prosody_lastlog.readers import ReadResult, SourceCount
 from prosody_lastlog.readers import sql_queries as queries
-from prosody_lastlog.readers.stores import interpret
-from prosody_lastlog.records import HostData, ReadProblem, Store
+from prosody_lastlog.readers.stores import account_facts, interpret, registration, registration_time
+from prosody_lastlog.records import AccountRule, CountingChoice, HostData, ReadProblem, Store, UserActivity
+from prosody_lastlog.rules import THIRTEEN_INDEX, THIRTEEN_STORES, Policy, ServerFacts
 from prosody_lastlog.sandbox import PlainValue
 from prosody_lastlog.windows import Window
 
@@ -47,8 +48,7 @@ class SqlReader:
         settings: SqlSettings,
         *,
         hosts: Collection[str] = (),
-        store: Store | None = None,
-        count_disabled: bool = False,
+        policy: Policy | None = None,
         method: str = "auto",
         parts: int = PARTS,
     ) -> None:
@@ -56,8 +56,7 @@ class SqlReader:
             raise ValueError(f"unknown SQL counting method {method!r}")
         self._settings = settings
         self._hosts = sorted({host.lower() for host in hosts})
-        self._forced_store = store
-        self._count_disabled = count_disabled
+        self._policy = policy or Policy()
         self._method = method
         self._parts = max(1, parts)
 
@@ -69,18 +68,35 @@ class SqlReader:
     def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
         """Counts per host: one aggregate query in the engine, else (or for hosts with odd rows) the stream."""
         with _connection(self._settings) as connection:
-            result = SourceCount()
+            server = self._server(connection)
+            result = SourceCount(server=server)
             to_stream: list[str] | None = None  # None: every host this reader covers
             if self._method != "stream" and self._supports_pushdown(connection):
                 to_stream = self._pushdown(connection, result, now=now, windows=windows)
             if to_stream is None or to_stream:
-                streamed = self._read(connection, self._hosts if to_stream is None else to_stream)
+                streamed = self._read(connection, self._hosts if to_stream is None else to_stream, server)
                 result.problems.extend(streamed.problems)
                 for host, counts in count_hosts(streamed.hosts.values(), now=now, windows=windows).items():
                     result.counts[host] = counts
                     result.methods[host] = "stream"
             result.counts = dict(sorted(result.counts.items()))
             return result
+
+    def _server(self, connection: Connection) -> ServerFacts:
+        """The server that wrote the table: Prosody 13 makes an index of its own at start, and writes stores 0.12
+        does not (looked for, in the rows of the hosts read, only where the index is not there)."""
+        try:
+            markers = (
+                [THIRTEEN_INDEX]
+                if connection.query(queries.DIALECTS[connection.settings.driver].thirteen_index)
+                else []
+            )
+        except connection.errors:  # no access to the catalog: the rows tell
+            markers = []
+        if not markers:
+            stores = sorted(THIRTEEN_STORES)
+            markers = [store for (store,) in connection.query(*queries.stores_among(stores, self._hosts))]
+        return self._policy.server(markers)
 
     def _supports_pushdown(self, connection: Connection) -> bool:
         dialect = queries.DIALECTS[connection.settings.driver]
@@ -103,25 +119,68 @@ class SqlReader:
     def _pushdown(
         self, connection: Connection, result: SourceCount, *, now: int, windows: Sequence[Window]
     ) -> list[str] | None:
-        """Fills `result` from the aggregate query; returns the hosts to stream instead (None: all of them)."""
+        """Fills `result` from the aggregate query; returns the hosts to stream instead (None: all of them).
+
+        Prosody 0.12's account records hold nothing counting needs: the aggregate reads them from Prosody 13's only.
+        """
+        server = result.server
+        assert server is not None
         seconds = sorted({w.seconds for w in windows})
+        answers = self._answers(connection, now=now, seconds=seconds, accounts=server.thirteen)
+        if answers is None:
+            return None
+        positions = [seconds.index(w.seconds) for w in windows]
+        tallies = _tally(answers, len(queries.DIALECTS[connection.settings.driver].host_key), positions)
+        if tallies is None:
+            log.info(
+                "%s has a host name the database cannot key (too long, or not text); streaming rows",
+                connection.settings.describe(),
+            )
+            return None
+        fallback = []
+        labels = [w.label for w in windows]
+        for host, per_store in tallies.items():
+            choice = self._policy.choose(host, per_store.keys(), server)
+            if choice is None:
+                continue
+            tally = per_store.get(choice.store) or _Tally(positions, [0] * len(labels))
+            if tally.suspect:
+                fallback.append(host)
+                continue
+            counted = tally.counted(choice.accounts)
+            result.counts[host] = HostCounts(
+                choice.store,
+                tally.accounts,
+                counted.never,
+                counted.left_out,
+                counted.future,
+                dict(zip(labels, counted.active, strict=True)),
+                dict(zip(labels, tally.registered, strict=True)),
+                no_account=counted.no_account,
+                choice=choice,
+            )
+            result.methods[host] = "pushdown"
+        if fallback:
+            log.info("%d host(s) have rows the database cannot check; streaming those", len(fallback))
+        return fallback
+
+    def _answers(
+        self, connection: Connection, *, now: int, seconds: list[int], accounts: bool
+    ) -> list[tuple[Any, ...]] | None:
+        """The aggregate's rows, its parts counted at once; None if the database could not count (then the stream
+        names the rows at fault)."""
         dialect = queries.DIALECTS[connection.settings.driver]
         parts = self._parts if dialect.partition else 1
         statements = [
             queries.aggregate(
-                dialect,
-                hosts=self._hosts,
-                now=now,
-                windows=seconds,
-                check_disabled=not self._count_disabled,
-                part=(index, parts),
+                dialect, hosts=self._hosts, now=now, windows=seconds, accounts=accounts, part=(index, parts)
             )
             for index in range(parts)
         ]
         failures: tuple[type[Exception], ...] = (DatabaseError, *connection.errors)
         try:
             with ThreadPoolExecutor(max_workers=parts) as pool:
-                answers = list(pool.map(partial(self._aggregate, dialect), statements))
+                return list(chain.from_iterable(pool.map(partial(self._aggregate, dialect), statements)))
         except NoAnswerError:
             raise  # streaming would wait for the same silent server again
         except failures as exc:
@@ -132,37 +191,6 @@ class SqlReader:
                 first_line(exc),
             )
             return None
-        positions = [seconds.index(w.seconds) for w in windows]
-        tallies = _tally(chain.from_iterable(answers), len(dialect.host_key), positions)
-        if tallies is None:
-            log.info(
-                "%s has a host name the database cannot key (too long, or not text); streaming rows",
-                connection.settings.describe(),
-            )
-            return None
-        fallback = []
-        for host, per_store in tallies.items():
-            store = self._choose(per_store.keys())
-            if store is None:
-                continue
-            tally = per_store[store]
-            if tally.suspect:
-                fallback.append(host)
-                continue
-            labels = [w.label for w in windows]
-            result.counts[host] = HostCounts(
-                store,
-                tally.accounts,
-                tally.never,
-                tally.disabled,
-                tally.future,
-                dict(zip(labels, tally.active, strict=True)),
-                dict(zip(labels, tally.registered, strict=True)),
-            )
-            result.methods[host] = "pushdown"
-        if fallback:
-            log.info("%d host(s) have rows the database cannot check; streaming those", len(fallback))
-        return fallback
 
     def _aggregate(self, dialect: queries.Dialect, statement: tuple[str, tuple[object, ...]]) -> list[tuple[Any, ...]]:
         """One part of the aggregate, on a connection of its own whose session settings die with it."""
@@ -174,21 +202,16 @@ class SqlReader:
         finally:
             connection.close()
 
-    def _choose(self, present: Iterable[Store]) -> Store | None:
-        available = set(present)
-        if self._forced_store:
-            return self._forced_store if self._forced_store in available else None
-        return next((store for store in Store if store in available), None)
-
-    def _read(self, connection: Connection, hosts: Sequence[str]) -> ReadResult:
+    def _read(self, connection: Connection, hosts: Sequence[str], server: ServerFacts | None = None) -> ReadResult:
+        """The rows of `hosts`, made into records; `server`: what the server is, if known (else the rows tell)."""
         try:
-            return self._read_once(connection, hosts)
+            return self._read_once(connection, hosts, server)
         except _NotUtf8Error:
             # Read again, slower, with such bytes kept as surrogates: the rows at fault are then reported.
             connection.raw.text_factory = _lenient_text
-            return self._read_once(connection, hosts)
+            return self._read_once(connection, hosts, server)
 
-    def _read_once(self, connection: Connection, hosts: Sequence[str]) -> ReadResult:
+    def _read_once(self, connection: Connection, hosts: Sequence[str], server: ServerFacts | None) -> ReadResult:
         result = ReadResult()
         try:
             present: dict[str, set[Store]] = {}
@@ -198,14 +221,21 @@ class SqlReader:
                 else:  # rows of no host Prosody serves
                     where = f"{self._settings.describe()} host={_printable(host)} store={store}"
                     result.problems.append(ReadProblem(where, "invalid", f"the host is {_odd_text(host)}"))
-            chosen = {host: store for host, stores in present.items() if (store := self._choose(stores))}
+            server = server or self._server(connection)
+            result.server = server
+            chosen: dict[str, CountingChoice] = {}
+            for host, found in present.items():
+                choice = self._policy.choose(host, found, server)
+                if choice is not None:
+                    chosen[host] = choice
+                    result.hosts[host] = HostData(host, choice.store, choice=choice)
+            accounts = self._accounts(connection, sorted(chosen), server.thirteen)
             for store in Store:
-                store_hosts = sorted(host for host, s in chosen.items() if s is store)
+                store_hosts = sorted(host for host, choice in chosen.items() if choice.store is store)
                 if store_hosts:
-                    disabled = self._disabled(connection, store_hosts)
                     # closed here even when collecting fails, so its time bound ends with it
                     with closing(connection.stream(*queries.rows_of(store, store_hosts))) as rows:
-                        self._collect(rows, store, disabled, result)
+                        self._collect(rows, store, chosen, accounts, result)
         except connection.errors as exc:
             if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(_NOT_UTF8):
                 raise _NotUtf8Error from None  # the message quotes the text, maybe a user name
@@ -213,14 +243,39 @@ class SqlReader:
         result.hosts = dict(sorted(result.hosts.items()))
         return result
 
-    def _disabled(self, connection: Connection, hosts: Sequence[str]) -> set[tuple[str, str]]:
-        if self._count_disabled:
-            return set()
-        return {(host, user) for host, user in connection.query(*queries.disabled_accounts(hosts))}
+    def _accounts(self, connection: Connection, hosts: Sequence[str], thirteen: bool) -> _AccountRows:
+        """What the account stores say of each user of `hosts`: who has an account record, and Prosody 13's
+        `created` and `disabled` and account_details' `registered` (no other account row is read)."""
+        found = _AccountRows()
+        if not hosts:
+            return found
+        if thirteen:
+            found.holders = {(host, user) for host, user in connection.query(*queries.account_holders(hosts))}
+        with closing(connection.stream(*queries.account_fields(hosts))) as rows:
+            for host, user, store, key, kind, text in rows:
+                if store == queries.ACCOUNTS and not thirteen:
+                    continue  # Prosody 0.12 writes neither field
+                where = f"{self._settings.describe()} host={host} store={store} user={_printable(user)}"
+                record = _record([(key, kind, text)], where, found.problems)
+                facts = found.facts.setdefault((host, user), [None, False, None])
+                if store == queries.DETAILS:
+                    facts[2] = registration_time(record)
+                else:
+                    created, disabled = account_facts(record)
+                    facts[0] = created if key == "created" else facts[0]
+                    facts[1] = disabled if key == "disabled" else facts[1]
+        return found
 
     def _collect(
-        self, rows: Iterator[tuple[Any, ...]], store: Store, disabled: set[tuple[str, str]], result: ReadResult
+        self,
+        rows: Iterator[tuple[Any, ...]],
+        store: Store,
+        chosen: Mapping[str, CountingChoice],
+        accounts: _AccountRows,
+        result: ReadResult,
     ) -> None:
+        result.problems.extend(accounts.problems)
+        accounts.problems = []
         for (host, user), user_rows in groupby(rows, key=lambda row: (row[0], row[1])):
             where = f"{self._settings.describe()} host={host} store={store.value} user={_printable(user)}"
             if not isinstance(user, str):  # NULL or (SQLite) a blob: no account Prosody can name
@@ -232,10 +287,25 @@ class SqlReader:
             interpreted = interpret(store, user, record)
             result.problems.extend(ReadProblem(where, "unexpected", odd) for odd in interpreted.oddities)
             if interpreted.activity is not None:
-                activity = interpreted.activity
-                if (host, user) in disabled:
-                    activity = replace(activity, disabled=True)
-                result.hosts.setdefault(host, HostData(host, store)).users.append(activity)
+                activity = accounts.complete(host, interpreted.activity, chosen[host])
+                result.hosts[host].users.append(activity)
+
+
+@dataclass
+class _AccountRows:
+    """The account stores' part in each user's record, keyed by (host, user)."""
+
+    holders: set[tuple[str, str]] = field(default_factory=set)  # who has an account record (Prosody 13)
+    facts: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # created, disabled, details' registered
+    problems: list[ReadProblem] = field(default_factory=list)
+
+    def complete(self, host: str, activity: UserActivity, choice: CountingChoice) -> UserActivity:
+        """`activity` completed as the file reader completes a record (files._Loader.with_account)."""
+        created, disabled, details = self.facts.get((host, activity.user), (None, False, None))
+        registered = registration(created, activity.registered, details)
+        check = choice.accounts is AccountRule.ENABLED
+        no_account = check and (host, activity.user) not in self.holders
+        return replace(activity, registered=registered, disabled=check and bool(disabled), no_account=no_account)
 
 
 def _record(rows: Iterable[tuple[Any, Any, Any]], where: str, problems: list[ReadProblem]) -> dict[Any, PlainValue]:
@@ -322,16 +392,42 @@ def _rank(value: PlainValue) -> tuple[int, float, str]:
 
 
 @dataclass
-class _Tally:
-    """One host's store, summed from the aggregate's rows; `active`/`registered` per window."""
+class _Counted:
+    """One host's store, its account rule applied."""
 
     active: list[int]
+    never: int = 0
+    left_out: int = 0
+    no_account: int = 0
+    future: int = 0
+
+
+@dataclass
+class _Tally:
+    """One host's store, summed from the aggregate's rows; `registered` per window, the rest kept apart by
+    whether the account exists and is disabled until the host's rule is known."""
+
+    positions: Sequence[int]  # window i's index among the query's ascending windows
     registered: list[int]
     accounts: int = 0
     suspect: int = 0
-    disabled: int = 0
-    never: int = 0
-    future: int = 0
+    # (has an account, disabled, class of the last activity, in the future) -> accounts
+    classes: dict[tuple[bool, bool, int, bool], int] = field(default_factory=dict)
+
+    def counted(self, rule: AccountRule) -> _Counted:
+        """The counts once `rule` says which accounts count (the connected ones are not known in SQL)."""
+        counted = _Counted([0] * len(self.positions))
+        for (has_account, disabled, last_class, future), count in self.classes.items():
+            if rule.leaves_out(disabled=disabled, no_account=not has_account):
+                counted.left_out += count
+                counted.no_account += count if rule.for_want_of_account(no_account=not has_account) else 0
+            elif last_class < 0:  # a class is the shortest window the time is within; -1 is no time at all
+                counted.never += count
+            else:
+                counted.future += count if future else 0
+                for i, position in enumerate(self.positions):
+                    counted.active[i] += count if last_class <= position else 0
+        return counted
 
 
 def _tally(
@@ -344,23 +440,19 @@ def _tally(
         host = _host_name(row[:host_columns])
         if host is None:
             return None
-        code, suspect, disabled, last_class, future, registered_class, count = (int(n) for n in row[host_columns:])
+        code, suspect, account, disabled, last_class, future, registered_class, count = (
+            int(n) for n in row[host_columns:]
+        )
         per_store = tallies.setdefault(host, {})
         store = Store(queries.STORES[code - 1])
-        tally = per_store.setdefault(store, _Tally([0] * len(positions), [0] * len(positions)))
+        tally = per_store.setdefault(store, _Tally(positions, [0] * len(positions)))
         tally.accounts += count
         tally.suspect += count if suspect else 0
         for i, position in enumerate(positions):
             # A class is the shortest window the time is within; -1 is no time at all.
             tally.registered[i] += count if 0 <= registered_class <= position else 0
-        if disabled:
-            tally.disabled += count
-        elif last_class < 0:
-            tally.never += count
-        else:
-            tally.future += count if future else 0
-            for i, position in enumerate(positions):
-                tally.active[i] += count if last_class <= position else 0
+        key = (bool(account), bool(disabled), last_class, bool(future))
+        tally.classes[key] = tally.classes.get(key, 0) + count
     return tallies
 
 

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prosody_lastlog.records import Store
+from prosody_lastlog.rules import THIRTEEN_INDEX
 
-STORES = tuple(store.value for store in Store)
+STORES = tuple(store.value for store in Store)  # the activity stores; a store's code is its place here, from 1
+ACCOUNTS, DETAILS = "accounts", "account_details"
 # A per-user maximum at or above this marks a suspect row: real timestamps are below 1e15.
 SUSPECT = "1e300"
 # Session memory for a count's per-account grouping, about 210 bytes per account (spread over the parts) on
@@ -46,6 +48,7 @@ class Dialect:
     partition: str  # {c}: the user column; true for the accounts in part i of n (parameters n, i); "" for none
     session: tuple[str, ...]  # statements preparing a counting connection (its own, closed after the count)
     probe: str  # a query, given `patterns`, that fails where the functions the aggregate uses are missing
+    thirteen_index: str  # a row where Prosody 13's mod_storage_sql made its `prosody_unique_index` (it does at start)
 
 
 SQLITE = Dialect(
@@ -68,6 +71,7 @@ SQLITE = Dialect(
     partition="",
     session=(),
     probe="SELECT json_valid('{}'), json_extract('1', '$')",
+    thirteen_index=f"SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = '{THIRTEEN_INDEX}'",
 )
 # PostgreSQL has no "is this valid JSON" test before 16: invalid JSON makes the cast fail the whole query,
 # which the reader also answers by falling back to the row stream.
@@ -93,6 +97,7 @@ POSTGRESQL = Dialect(
         "SELECT set_config('enable_sort', 'off', false)",
     ),
     probe="SELECT jsonb_typeof('1'::jsonb)",
+    thirteen_index=f"SELECT 1 FROM pg_indexes WHERE tablename = 'prosody' AND indexname = '{THIRTEEN_INDEX}'",
 )
 # MariaDB/MySQL group TEXT columns in on-disk temporary tables, so rows are keyed by fixed-size binary
 # copies of host and user (zero-padded, hence with their byte lengths): longer users are suspect, a longer
@@ -119,6 +124,8 @@ MYSQL = Dialect(
         f"tmp_table_size = GREATEST(@@tmp_table_size, {MYSQL_TMP_TABLE})",
     ),
     probe="SELECT '1' REGEXP ?, '1' REGEXP ?",  # PCRE or ICU: MariaDB 10.0.5+, MySQL 8.0.4+
+    thirteen_index="SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
+    f"AND table_name = 'prosody' AND index_name = '{THIRTEEN_INDEX}' LIMIT 1",
 )
 DIALECTS = {d.name: d for d in (SQLITE, POSTGRESQL, MYSQL)}
 
@@ -135,11 +142,15 @@ def host_filter(hosts: Sequence[str], column: str = '"host"') -> tuple[str, tupl
 def stores_present(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """Which last-activity stores have rows, per host."""
     where, params = host_filter(hosts)
-    sql = (
-        f'SELECT "host", "store" FROM "prosody" WHERE "store" IN {_in_list(len(STORES))}{where} '
-        'GROUP BY "host", "store"'
-    )
+    sql = f'SELECT "host", "store" FROM "prosody" WHERE "store" IN {_in_list(len(STORES))}{where} GROUP BY 1, 2'
     return sql, STORES + params
+
+
+def stores_among(stores: Sequence[str], hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """Which of `stores` have rows (of the hosts)."""
+    where, params = host_filter(hosts)
+    sql = f'SELECT "store" FROM "prosody" WHERE "store" IN {_in_list(len(stores))}{where} GROUP BY 1'
+    return sql, (*stores, *params)
 
 
 def rows_of(store: Store, hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
@@ -152,14 +163,22 @@ def rows_of(store: Store, hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     return sql, (store.value, *params)
 
 
-def disabled_accounts(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """Accounts Prosody 13 marked disabled: a `disabled` row in the accounts store that is not boolean false."""
+def account_holders(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """The accounts that exist: users with any row in the accounts store."""
+    where, params = host_filter(hosts)
+    return f'SELECT DISTINCT "host", "user" FROM "prosody" WHERE "store" = ?{where}', (ACCOUNTS, *params)
+
+
+def account_fields(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """The only account rows whose values are read (the others hold password hashes): Prosody 13's `created` and
+    `disabled`, and mod_register_ibr's account_details `registered`; ordered by account."""
     where, params = host_filter(hosts)
     sql = (
-        'SELECT DISTINCT "host", "user" FROM "prosody" WHERE "store" = \'accounts\' AND "key" = \'disabled\' '
-        f"AND NOT (\"type\" = 'boolean' AND \"value\" = 'false'){where}"
+        'SELECT "host", "user", "store", "key", "type", "value" FROM "prosody" '
+        f'WHERE (("store" = ? AND "key" IN (?, ?)) OR ("store" = ? AND "key" = ?)){where} '
+        'ORDER BY "host", "user", "store", "key"'
     )
-    return sql, params
+    return sql, (ACCOUNTS, "created", "disabled", DETAILS, "registered", *params)
 
 
 def _keys(templates: tuple[str, ...], column: str, prefix: str) -> list[tuple[str, str]]:
@@ -167,7 +186,7 @@ def _keys(templates: tuple[str, ...], column: str, prefix: str) -> list[tuple[st
     return [(t.format(c=column), f"{prefix}{i}") for i, t in enumerate(templates)]
 
 
-_EVENT = """CASE q."value" WHEN 'login' THEN 1 WHEN 'logout' THEN 2 WHEN 'registered' THEN 3 ELSE 4 END"""
+_EVENT = """CASE p."value" WHEN 'login' THEN 1 WHEN 'logout' THEN 2 WHEN 'registered' THEN 3 ELSE 4 END"""
 
 
 def _window_class(value: str, windows: Sequence[int]) -> str:
@@ -182,15 +201,17 @@ def aggregate(
     hosts: Sequence[str],
     now: int,
     windows: Sequence[int],
-    check_disabled: bool,
+    accounts: bool,
     part: tuple[int, int] = (0, 1),
 ) -> tuple[str, tuple[object, ...]]:
     """One query over every account (of one part), with mod_measure_active_users' arithmetic: active iff
     now - last < window.
 
-    It returns few rows: the number of accounts per host key, store code (position in `STORES`, from 1),
-    suspect, disabled, class of the last activity, whether that is in the future, and class of the
-    registration, a class being `_window_class` over the ascending, distinct `windows`; see `sql._tally`.
+    It returns few rows: the number of accounts per host key, store code (position in `STORES`, from 1; an account
+    with data in two stores is in both), suspect, has an account record, is disabled (these two from the accounts
+    store, read only if `accounts`), class of the last activity, whether that is in the future, and class of the
+    registration (Prosody 13's `created`, else the store's own, else account_details'), a class being
+    `_window_class` over the ascending, distinct `windows`. `sql._tally` applies the host's rules to them.
     """
     where, host_params = host_filter(hosts, 'p."host"')
     index, parts = part
@@ -201,68 +222,81 @@ def aggregate(
     host_key = _keys(dialect.host_key, 'p."host"', "h")
     user_key = _keys(dialect.user_key, 'p."user"', "u")
     keys = [alias for _, alias in host_key + user_key]
-    store_code = dialect.store_code.format(c='p."store"')
+    host_columns = keys[: len(host_key)]
+    aa, l2, ll = (f"'{store}'" for store in STORES)
+    stores = (*STORES, ACCOUNTS) if accounts else STORES  # all their rows; of account_details, `registered` only
 
-    # Each row's JSON is parsed once, in a fenced sub-query; `odd` marks rows only the stream can read.
-    lastlog2_time = """q."store" = 'lastlog2' AND q."key" IN ('login', 'logout')"""
-    other_time = """q."store" <> 'lastlog2' AND q."key" = 'timestamp'"""
+    # Each row's JSON is parsed once, in a fenced sub-query; `odd` marks rows only the stream can read. Of the
+    # account stores only `created`, `disabled` and `registered` are looked at.
     parsed_rows = f"""
-        SELECT {", ".join(f"{expr} AS {alias}" for expr, alias in host_key + user_key)}, {store_code} AS sc,
-          p."store", p."key", p."type", p."value",
+        SELECT {", ".join(f"{expr} AS {alias}" for expr, alias in host_key + user_key)}, p."store", p."key",
           CASE WHEN p."key" = '' OR {dialect.unkeyed.format(c='p."user"')} THEN 1 ELSE 0 END AS odd,
-          CASE WHEN p."store" = 'lastlog2' AND p."key" IN ('login', 'logout', 'registered') AND p."type" = 'json'
+          CASE WHEN p."store" = {l2} AND p."key" IN ('login', 'logout', 'registered') AND p."type" = 'json'
             THEN {dialect.member.format(v='p."value"')} END AS jm,
-          CASE WHEN p."store" <> 'lastlog2' AND p."key" = 'timestamp' AND p."type" = 'number'
-            THEN {dialect.whole.format(v='p."value"')} END AS jw
+          CASE WHEN ((p."store" IN ({aa}, {ll}) AND p."key" = 'timestamp') OR (p."store" = '{ACCOUNTS}' AND p."key" =
+            'created') OR p."store" = '{DETAILS}') AND p."type" = 'number' THEN {dialect.whole.format(v='p."value"')}
+            END AS jw,
+          CASE WHEN p."store" = {ll} AND p."key" = 'event' THEN CASE WHEN p."type" = 'string' THEN {_EVENT} ELSE 0
+            END END AS ev,
+          CASE WHEN p."store" = '{ACCOUNTS}' AND p."key" = 'disabled'
+            AND NOT (p."type" = 'boolean' AND p."value" = 'false') THEN 1 ELSE 0 END AS dis
         FROM "prosody" p
-        WHERE p."store" IN {_in_list(len(STORES))}{where}{dialect.fence}
+        WHERE (p."store" IN {_in_list(len(stores))} OR (p."store" = '{DETAILS}' AND p."key" = 'registered'))
+          {where}{dialect.fence}
     """
-    # Per account: the latest activity and registration, SUSPECT if a row should hold a time and doesn't,
-    # or is odd, or is a lastlog event that is no string; lastlog events coded 1 login, 2 logout,
-    # 3 registered, 4 any other.
-    per_user = f"""
-        SELECT {", ".join(f"q.{k}" for k in keys)}, q.sc,
-          MAX(CASE
-            WHEN q.odd = 1 THEN {SUSPECT}
-            WHEN {lastlog2_time} THEN COALESCE({dialect.number.format(x="q.jm")}, {SUSPECT})
-            WHEN {other_time} THEN COALESCE({dialect.number.format(x="q.jw")}, {SUSPECT})
-            WHEN q."store" = 'lastlog' AND q."key" = 'event' AND q."type" <> 'string' THEN {SUSPECT}
-          END) AS act,
-          MAX(CASE WHEN q."store" = 'lastlog2' AND q."key" = 'registered'
-            THEN COALESCE({dialect.number.format(x="q.jm")}, {SUSPECT}) END) AS reg,
-          MIN(CASE WHEN q."store" = 'lastlog' AND q."key" = 'event' AND q."type" = 'string' THEN {_EVENT} END) AS ev_lo,
-          MAX(CASE WHEN q."store" = 'lastlog' AND q."key" = 'event' AND q."type" = 'string' THEN {_EVENT} END) AS ev_hi
-        FROM ({parsed_rows}) q
-        GROUP BY {", ".join(f"q.{k}" for k in keys)}, q.sc{dialect.unordered}
-    """
-    lastlog, lastlog2 = STORES.index(Store.LASTLOG.value) + 1, STORES.index(Store.LASTLOG2.value) + 1
-    if check_disabled:
-        disabled_keys = _keys(dialect.host_key, 'a."host"', "h") + _keys(dialect.user_key, 'a."user"', "u")
-        disabled = (
-            f"CASE WHEN ({', '.join(f'u.{k}' for k in keys)}) IN (SELECT {', '.join(e for e, _ in disabled_keys)} "
-            'FROM "prosody" a WHERE a."store" = \'accounts\' AND a."key" = \'disabled\' '
-            "AND NOT (a.\"type\" = 'boolean' AND a.\"value\" = 'false')) THEN 1 ELSE 0 END"
+    number_m, number_w = dialect.number.format(x="q.jm"), dialect.number.format(x="q.jw")
+
+    def latest(store: str, condition: str, number: str) -> str:
+        """Per account: the latest time of `store`'s rows meeting `condition`, SUSPECT where a row should hold a
+        time and does not, or is odd."""
+        return (
+            f'MAX(CASE WHEN q."store" = {store} THEN CASE WHEN q.odd = 1 THEN {SUSPECT} '
+            f"WHEN {condition} THEN COALESCE({number}, {SUSPECT}) END END)"
         )
-    else:
-        disabled = "0"
-    # A lastlog record is one event, named in `event`, at its `timestamp`; two different events are suspect.
-    per_user_final = f"""
-        SELECT {", ".join(f"u.{k}" for k in keys[: len(host_key)])}, u.sc,
-          CASE WHEN u.act >= {SUSPECT} OR u.reg >= {SUSPECT} OR u.ev_lo <> u.ev_hi THEN 1 ELSE 0 END AS suspect,
-          {disabled} AS disabled,
-          CASE WHEN u.sc <> {lastlog} OR u.ev_hi IS NULL OR u.ev_hi IN (1, 2) THEN u.act END AS last,
-          CASE u.sc WHEN {lastlog2} THEN u.reg WHEN {lastlog} THEN CASE WHEN u.ev_hi = 3 THEN u.act END
-          END AS registered
-        FROM ({per_user}) u
+
+    # Per account, every store at once; lastlog events coded 1 login, 2 logout, 3 registered, 4 any other, 0 (an
+    # event that is no string) suspect.
+    present = ", ".join(
+        f'MAX(CASE WHEN q."store" = {s} THEN 1 ELSE 0 END) AS p{i}' for i, s in enumerate((aa, l2, ll), 1)
+    )
+    timestamp, event = """q."key" = 'timestamp'""", """q."key" IN ('login', 'logout')"""
+    per_user = f"""
+        SELECT {", ".join(f"q.{k}" for k in keys)}, {present},
+          {latest(aa, timestamp, number_w)} AS a1,
+          {latest(l2, event, number_m)} AS a2,
+          MAX(CASE WHEN q."store" = {l2} AND q."key" = 'registered' THEN COALESCE({number_m}, {SUSPECT}) END) AS r2,
+          {latest(ll, timestamp, number_w)} AS a3,
+          MIN(q.ev) AS ev_lo, MAX(q.ev) AS ev_hi,
+          MAX(CASE WHEN q."store" = '{ACCOUNTS}' THEN 1 ELSE 0 END) AS acc, MAX(q.dis) AS dis,
+          MAX(CASE WHEN q."store" = '{ACCOUNTS}' AND q."key" = 'created'
+            THEN COALESCE({number_w}, {SUSPECT}) END) AS cr,
+          MAX(CASE WHEN q."store" = '{DETAILS}' THEN COALESCE({number_w}, {SUSPECT}) END) AS dr
+        FROM ({parsed_rows}) q
+        GROUP BY {", ".join(f"q.{k}" for k in keys)}{dialect.unordered}
     """
-    host_columns = ", ".join(f"v.{k}" for k in keys[: len(host_key)])
+    # Each account once per store it has data in. A lastlog record is one event, named in `event`, at its
+    # `timestamp`: two different events are suspect, and only a login or logout is activity.
+    codes = " UNION ALL ".join(f"SELECT {i} AS sc" for i in range(1, len(STORES) + 1))
+    activity = "CASE s.sc WHEN 1 THEN u.a1 WHEN 2 THEN u.a2 ELSE u.a3 END"
+    own_registration = "CASE s.sc WHEN 2 THEN u.r2 WHEN 3 THEN CASE WHEN u.ev_hi = 3 THEN u.a3 END END"
+    per_store = f"""
+        SELECT {", ".join(f"u.{k}" for k in host_columns)}, s.sc,
+          CASE WHEN {activity} >= {SUSPECT} OR u.cr >= {SUSPECT} OR u.dr >= {SUSPECT}
+            OR (s.sc = 2 AND u.r2 >= {SUSPECT}) OR (s.sc = 3 AND (u.ev_lo <> u.ev_hi OR u.ev_lo = 0))
+            THEN 1 ELSE 0 END AS suspect,
+          u.acc, u.dis,
+          CASE WHEN s.sc <> 3 OR u.ev_hi IS NULL OR u.ev_hi IN (1, 2) THEN {activity} END AS last,
+          COALESCE(u.cr, {own_registration}, u.dr) AS registered
+        FROM ({per_user}) u JOIN ({codes}) s
+          ON (s.sc = 1 AND u.p1 = 1) OR (s.sc = 2 AND u.p2 = 1) OR (s.sc = 3 AND u.p3 = 1)
+    """
     sql = f"""
-        SELECT {host_columns}, v.sc, v.suspect, v.disabled,
+        SELECT {", ".join(f"v.{k}" for k in host_columns)}, v.sc, v.suspect, v.acc, v.dis,
           {_window_class("v.last", windows)}, CASE WHEN v.last > ? THEN 1 ELSE 0 END,
           {_window_class("v.registered", windows)}, COUNT(*)
-        FROM ({per_user_final}) v
-        GROUP BY {", ".join(str(i) for i in range(1, len(host_key) + 7))}
+        FROM ({per_store}) v
+        GROUP BY {", ".join(str(i) for i in range(1, len(host_key) + 8))}
     """
     window_params = tuple(p for w in windows for p in (now, w))
     # Placeholders in text order: the outer select list comes before the sub-queries.
-    return sql, (*window_params, now, *window_params, *dialect.patterns, *STORES, *host_params, *part_params)
+    return sql, (*window_params, now, *window_params, *dialect.patterns, *stores, *host_params, *part_params)

@@ -63,6 +63,28 @@ def _account_activity(user: str, record: dict[object, PlainValue]) -> Interprete
     return Interpreted(UserActivity(user, _timestamp(record, "timestamp", oddities)), oddities)
 
 
+def account_facts(record: PlainValue | None) -> tuple[float | None, bool]:
+    """An account record's creation time (Prosody 13's `created`) and whether it is disabled: Prosody 13's
+    mod_auth_internal_hashed answers `enabled = not account.disabled`, so anything but nil and false disables."""
+    if not isinstance(record, dict):
+        return None, False
+    return _timestamp(record, "created", []), record.get("disabled") not in (None, False)
+
+
+def registration(created: float | None, registered: float | None, details: float | None) -> float | None:
+    """An account's registration time, by one precedence: Prosody 13's `created` in the account record, else the
+    activity store's own (mod_lastlog2's `registered`, mod_lastlog's `registered` event), else mod_register_ibr's
+    account_details `registered`."""
+    if created is not None:
+        return created
+    return registered if registered is not None else details
+
+
+def registration_time(record: PlainValue | None) -> float | None:
+    """mod_register_ibr's `registered` in an account_details record (the rest of it, form fields, is not read)."""
+    return _timestamp(record, "registered", []) if isinstance(record, dict) else None
+
+
 def _event_time(record: dict[object, PlainValue], key: str, oddities: list[str]) -> float | None:
     entry = record.get(key)
     if entry is None:

@@ -1,25 +1,37 @@
 """A real Prosody (Debian's, with mod_lastlog2 from prosody-modules) in the foreground on a free loopback port, with
 a throwaway config: mod_lastlog2 records logins, mod_admin_socket answers, mod_posix writes the pidfile. Used by the
-integration tests and the chaos soak; a missing Prosody is an error, never a skip."""
+integration tests and the chaos soak; a missing Prosody is an error, never a skip.
+
+By default this machine's own Prosody 0.12 runs; `runtime=prosody_13()` runs Debian 13's Prosody 13 from the tree of
+tools/prosody13-tree.sh instead (fixtures/prosody_runtime.py), chrooted with the test's root directory bound at the
+same path, so its pidfile, admin socket and data are where a 0.12 run puts them (13 writes the pidfile from its core;
+mod_posix, no longer autoloaded there, stays enabled as in Debian's config). On 13, as in Debian's stock 13 config,
+accounts are hashed (internal_plain cannot disable them) and mod_account_activity records logins too."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.integration.servers import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fixtures"))
+
+from prometheus_client.parser import text_string_to_metric_families
+from prosody_runtime import ProsodyRuntime, prosody_012
+
+from tests.integration.servers import free_port, stop_process
 from tests.integration.xmpp_client import XmppError, admin_shell
 
-LASTLOG2 = Path("/usr/lib/prosody/modules/mod_lastlog2/mod_lastlog2.lua")
+LASTLOG2 = "/usr/lib/prosody/modules/mod_lastlog2/mod_lastlog2.lua"
 START_SECONDS = 20.0
 
 CONFIG = """\
@@ -35,10 +47,10 @@ c2s_ports = {{ {c2s} }}
 c2s_direct_tls_ports = {{}}
 legacy_ssl_ports = {{}}
 modules_disabled = {{ "s2s", "s2s_auth_certs" }}
-authentication = "internal_plain"
+authentication = {authentication}
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
-modules_enabled = {{ "saslauth", "lastlog2", "admin_shell", "admin_socket", "posix" }}
+modules_enabled = {{ "saslauth", "lastlog2", "admin_shell", "admin_socket", "posix"{more_modules} }}
 run_as_root = {as_root}
 
 {hosts}
@@ -60,6 +72,7 @@ class LiveProsody:
     process: subprocess.Popen[bytes]
     c2s_port: int
     hosts: tuple[str, ...]
+    runtime: ProsodyRuntime = field(default_factory=prosody_012)
 
     @property
     def data(self) -> Path:
@@ -110,27 +123,36 @@ class LiveProsody:
             raise RuntimeError(f"unexpected answer to c2s:count(): {answer!r}")
         return int(match[1])
 
-    def prosodyctl(self, *args: str) -> None:
-        """Runs `prosodyctl --config <ours> ARGS` (it works on the data files, as on a live server)."""
-        binary = shutil.which("prosodyctl")
-        if binary is None:
+    def prosodyctl(self, *args: str) -> str:
+        """Runs `prosodyctl --config <ours> ARGS` of this Prosody (it works on the data files, as on a live server,
+        or, as `shell ...`, through the admin socket); returns its output."""
+        if not _installed(self.runtime, "prosodyctl"):
             raise RuntimeError("prosodyctl is missing: run `make test`, which installs Debian's prosody")
-        done = subprocess.run(
-            [binary, "--config", str(self.config), *args], capture_output=True, timeout=20, check=False, cwd=self.root
-        )
+        argv = self.runtime.command(["prosodyctl", "--config", str(self.config), *args], binds=[self.root])
+        done = subprocess.run(argv, capture_output=True, timeout=20, check=False, cwd=self.root)
         if done.returncode != 0:
             raise RuntimeError(f"prosodyctl {args[0]} failed: {done.stdout!r} {done.stderr!r}")
+        return done.stdout.decode(errors="replace")
 
 
 @contextmanager
-def running_prosody(root: Path, hosts: Sequence[str], *, preamble: str = "") -> Iterator[LiveProsody]:
-    """Starts Prosody on a free loopback port (three tries), `preamble` (Lua) at the top of its config; always
-    stops it (SIGTERM, then SIGKILL)."""
-    binary = shutil.which("prosody")
-    if binary is None or not LASTLOG2.exists():
+def running_prosody(
+    root: Path,
+    hosts: Sequence[str],
+    *,
+    preamble: str = "",
+    runtime: ProsodyRuntime | None = None,
+    modules: Sequence[str] = (),
+) -> Iterator[LiveProsody]:
+    """Starts Prosody (this machine's 0.12 unless `runtime` says otherwise) on a free loopback port (three tries),
+    `preamble` (Lua) at the top of its config, `modules` enabled besides the usual ones; always stops it by PID
+    (SIGTERM, then SIGKILL)."""
+    runtime = runtime or prosody_012()
+    if not _installed(runtime, "prosody") or not runtime.host_path(LASTLOG2).exists():
         raise RuntimeError(
             "prosody and prosody-modules are missing: run `make test` (tools/install-debian-packages.sh)"
         )
+    root = Path(os.path.abspath(root))
     for _ in range(3):  # a free port can be taken between choosing and binding it
         for name in ("prosody.log", "console.txt", "prosody.pid"):
             (root / name).unlink(missing_ok=True)
@@ -146,27 +168,40 @@ def running_prosody(root: Path, hosts: Sequence[str], *, preamble: str = "") -> 
                 log=lua_string(str(root / "prosody.log")),
                 c2s=port,
                 as_root="true" if os.geteuid() == 0 else "false",
+                # 13: Debian's defaults, hashed accounts (they can be disabled) and mod_account_activity.
+                authentication='"internal_hashed"' if runtime.version == "13" else '"internal_plain"',
+                more_modules="".join(
+                    f", {lua_string(module)}"
+                    for module in (*(["account_activity"] if runtime.version == "13" else []), *modules)
+                ),
                 hosts="".join(f"VirtualHost {lua_string(host)}\n" for host in hosts),
             ),
             encoding="utf-8",
         )
         with (root / "console.txt").open("wb") as console:
             process = subprocess.Popen(
-                [binary, "-F", "--config", str(root / "prosody.cfg.lua")],
+                runtime.command(["prosody", "-F", "--config", str(root / "prosody.cfg.lua")], binds=[root]),
                 cwd=root,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        prosody = LiveProsody(root, process, port, tuple(hosts))
+        prosody = LiveProsody(root, process, port, tuple(hosts), runtime)
         try:
             if _wait_for_start(prosody):
                 yield prosody
                 return
         finally:
-            _stop(process)
+            stop_process(process)
     raise RuntimeError(f"prosody could not listen on a free port in three tries\n{prosody.log_tail()}")
+
+
+def _installed(runtime: ProsodyRuntime, program: str) -> bool:
+    """Whether `program` (prosody, prosodyctl) is there: on this machine's PATH, or in the runtime's tree."""
+    if runtime.root is None:
+        return shutil.which(program) is not None
+    return runtime.host_path(f"/usr/bin/{program}").exists()
 
 
 def _wait_for_start(prosody: LiveProsody) -> bool:
@@ -189,12 +224,17 @@ def _wait_for_start(prosody: LiveProsody) -> bool:
     raise RuntimeError(f"prosody did not start within {START_SECONDS} s\n{prosody.log_tail()}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s; always reaped."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def prosodys_own_counts(admin_socket: Path, http_port: int, host: str) -> dict[str, int]:
+    """What Prosody 13's mod_measure_active_users on `host` computes now (asked to, through the admin socket), read
+    from Prosody's own /metrics."""
+    module = f"require'prosody.core.modulemanager'.get_module({lua_string(host)}, 'measure_active_users')"
+    admin_shell(admin_socket, f">{module}.update_calculations()")
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    prefix = "prosody_mod_measure_active_users__active_users_"
+    return {
+        sample.name.removeprefix(prefix): int(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(prefix) and sample.labels == {"host": host}
+    }

@@ -150,7 +150,9 @@ def step_2_count(steps: dict[int, str], installed: Installed, config: Path, tmp:
     sh.done()
     assert Path(installed.link).name == count[0], f"step 2 runs {count[0]}, step 1 links {installed.link}"
     argv = [*replace(count, count[0], installed.command), "--config", str(config), "--now", str(NOW)]
-    header, *rows = run(*argv, cwd=tmp).splitlines()
+    table_text, _, notes = run(*argv, cwd=tmp).partition("\n\n")  # the table, then how each host is counted
+    header, *rows = table_text.splitlines()
+    assert notes.startswith("[1] "), notes
     columns = re.split(r"\s{2,}", header.strip())
     table = {row.split()[0]: dict(zip(columns, re.split(r"\s{2,}", row.strip()), strict=True)) for row in rows}
     assert set(table) == set(ACTIVE), f"one line per host expected:\n{header}\n" + "\n".join(rows)

@@ -5,30 +5,19 @@ A missing Prosody is a failure, not a skip: `make test` installs it.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from prosody_lastlog.counting import count_hosts
 from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.records import Store
+from prosody_lastlog.rules import Policy
 from prosody_lastlog.windows import DEFAULT_WINDOWS
-from tests.conftest import CASES, FIXTURES
+from tests.conftest import CASES, FIXTURES, load_generator
 
 pytestmark = pytest.mark.integration
-
-
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_fixtures"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_prosody_is_installed() -> None:
@@ -40,7 +29,7 @@ def test_prosody_is_installed() -> None:
 def test_live_prosody_counts_equal_ours(case: str, tmp_path: Path) -> None:
     generator = load_generator()
     expected = generator.generate_case(FIXTURES / "scenarios" / f"{case}.json", tmp_path)
-    result = FileStoreReader(tmp_path / case / "data", store=Store.LASTLOG2).read()
+    result = FileStoreReader(tmp_path / case / "data", policy=Policy(forced_store=Store.LASTLOG2)).read()
     ours = count_hosts(result.hosts.values(), now=expected["now"], windows=DEFAULT_WINDOWS)
     assert not result.problems
     assert expected["active_users"]

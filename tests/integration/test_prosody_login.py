@@ -22,6 +22,7 @@ from prosody_lastlog.discovery import Plan, SourceOptions, plan_sources
 from prosody_lastlog.prosody_server import Detection, ProsodyServer
 from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.records import Store, UserActivity
+from prosody_lastlog.rules import Policy
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.integration.live_prosody import LiveProsody, running_prosody
 from tests.integration.xmpp_client import XmppClient
@@ -36,11 +37,13 @@ FRESH = 2.0  # seconds within which a change in Prosody must show in /metrics
 
 # Before any module loads, os.time() is replaced, as in fixtures/make_fixtures.py, so the test can make mod_lastlog2
 # stamp chosen times (set_clock).
+# Prosody 13 reaches Lua's globals through `Lua` (0.12 has none).
 CLOCK = """\
-local real_time = os.time
+local lua = Lua or _G
+local real_time = lua.os.time
 local clock = {}
-package.loaded["test_clock"] = clock
-os.time = function(t)
+lua.package.loaded["test_clock"] = clock
+lua.os.time = function(t)
 	if t == nil and clock.now ~= nil then return clock.now end
 	return real_time(t)
 end
@@ -54,7 +57,7 @@ def set_clock(prosody: LiveProsody, when: int | None) -> None:
 
 def read_log_entries(prosody: LiveProsody, host: str) -> dict[str, UserActivity]:
     """What mod_lastlog2 has on disk for `host`, read back as users."""
-    result = FileStoreReader(prosody.data, store=Store.LASTLOG2).read()
+    result = FileStoreReader(prosody.data, policy=Policy(forced_store=Store.LASTLOG2)).read()
     data = result.hosts.get(host)
     return {} if data is None else {u.user: u for u in data.users}
 

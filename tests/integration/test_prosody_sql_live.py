@@ -15,10 +15,10 @@ import pytest
 from prosody_lastlog.cli import main
 from prosody_lastlog.database import parse_sql_url
 from prosody_lastlog.records import Store
+from prosody_lastlog.rules import Policy
 from prosody_lastlog.sources import SqlSource
 from prosody_lastlog.windows import DEFAULT_WINDOWS
-from tests.conftest import FIXTURES
-from tests.integration.test_prosody_live import load_generator
+from tests.conftest import FIXTURES, load_generator
 from tests.sql_servers import SqlServer, fresh_mysql_database, fresh_postgres_database
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def test_prosody_sql_counts_equal_ours(server: SqlServer, case: str, tmp_path: P
     generator = load_generator()
     expected = generator.generate_case(FIXTURES / "scenarios" / f"{case}.json", tmp_path, sql=server.prosody_sql())
     for method in ("pushdown", "stream"):
-        source = SqlSource(parse_sql_url(server.url()), store=Store.LASTLOG2, method=method)
+        source = SqlSource(parse_sql_url(server.url()), policy=Policy(forced_store=Store.LASTLOG2), method=method)
         result = source.count(now=expected["now"], windows=DEFAULT_WINDOWS)
         assert not result.problems
         assert set(result.methods.values()) == {method}
