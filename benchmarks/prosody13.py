@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
 
 from prosody_runtime import ProsodyRuntime, prosody_13
-from scan import HOSTS, NOW, Run, run_seed
+from scan import HOSTS, NOW, SEED_USERS, Run, run_seed
 
 from prosody_lastlog.pathnames import encode_name
 
@@ -68,7 +68,7 @@ class DataSet:
 
 def generator_version() -> str:
     """Identifies the generator: a cached data set made by another version is made again."""
-    digest = hashlib.sha256(SEED_SCRIPT.read_bytes() + f"view {VIEW_RECIPE}".encode())
+    digest = hashlib.sha256(SEED_SCRIPT.read_bytes() + SEED_USERS.read_bytes() + f"view {VIEW_RECIPE}".encode())
     return digest.hexdigest()[:16]
 
 

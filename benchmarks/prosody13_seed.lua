@@ -16,12 +16,10 @@ local clock = require "prosody.util.time"
 local mode, data_path = arg[1], arg[2]
 datamanager.set_data_path(data_path)
 
-local DAY = 86400
-local NAME_SHAPES = { "user%d", "first.last%d", "dash-%d", "plus+%d", "under_%d", "j\195\188rgen%d" }
+local seed = dofile((arg[0]:match("^(.*)/") or ".") .. "/seed_users.lua")
+local DAY = seed.DAY
 
--- As prosody_seed.lua: users spread over the hosts, most names needing percent-encoding; 90% logged in within the
--- last ACTIVITY_DAYS, 70% of those logged out again (up to 8 h later, not after now); registered up to a year
--- before the login. On top of that, what Prosody 13 keeps:
+-- The users of prosody_seed.lua (seed_users.lua), and on top of that what Prosody 13 keeps:
 -- - account_activity: {timestamp} of the last login or logout (mod_account_activity sets it on both, as
 --   mod_lastlog2 does its events), for every user who ever logged in;
 -- - accounts: mod_auth_internal_hashed's record (create_user's fields; created = the registration), except for
@@ -29,7 +27,6 @@ local NAME_SHAPES = { "user%d", "first.last%d", "dash-%d", "plus+%d", "under_%d"
 --   (half by an admin, half soft-deleted by mod_user_account_management, with its disabled_meta), as
 --   provider.disable does: the record loaded, changed and stored again;
 -- - EXTRA accounts (a fraction of users) with no activity at all (made by prosodyctl, never logged in).
-local ACTIVITY_DAYS = 120
 local DELETED, DISABLED, EXTRA = 0.03, 0.02, 0.05
 local ITERATION_COUNT = 10000 -- mod_auth_internal_hashed's default_iteration_count
 
@@ -63,19 +60,8 @@ local function disable_account(username, host, when, soft_deleted)
   assert(datamanager.store(username, host, "accounts", account))
 end
 
-local function write(users, now, seed, hosts)
-  math.randomseed(seed)
-  for i = 1, users do
-    local host = hosts[(i % #hosts) + 1]
-    local username = NAME_SHAPES[(i // #hosts) % #NAME_SHAPES + 1]:format(i)  -- every shape on every host
-    local record = {}
-    if math.random() < 0.9 then
-      local login = now - math.random(0, ACTIVITY_DAYS * DAY)
-      record.login = { timestamp = login }
-      if math.random() < 0.7 then record.logout = { timestamp = math.min(now, login + math.random(0, 8 * 3600)) } end
-    end
-    local registered = (record.login and record.login.timestamp or now) - math.random(0, 365 * DAY)
-    record.registered = { timestamp = registered }
+local function write(users, now, random_seed, hosts)
+  seed.each_user(users, now, random_seed, hosts, function(username, host, record)
     assert(datamanager.store(username, host, "lastlog2", record))
     if record.login then
       local last = math.max(record.login.timestamp, record.logout and record.logout.timestamp or 0)
@@ -83,12 +69,12 @@ local function write(users, now, seed, hosts)
     end
     local fate = math.random()
     if fate >= DELETED then
-      create_account(username, host, registered)
+      create_account(username, host, record.registered.timestamp)
       if fate < DELETED + DISABLED then
-        disable_account(username, host, now - math.random(0, ACTIVITY_DAYS * DAY), fate < DELETED + DISABLED / 2)
+        disable_account(username, host, now - math.random(0, seed.ACTIVITY_DAYS * DAY), fate < DELETED + DISABLED / 2)
       end
     end
-  end
+  end)
   for i = 1, math.floor(users * EXTRA) do
     create_account(("quiet%d"):format(i), hosts[(i % #hosts) + 1], now - math.random(0, 2 * 365 * DAY))
   end
@@ -120,19 +106,15 @@ end
 -- the server's internal storage does
 local function count(now, host, store, count_disabled)
   local get_last_active = assert(last_active_in[store], "store is lastlog2 or account_activity")
-  local d1, d7, d30, files = 0, 0, 0, 0
+  local counts, files = { 0, 0, 0 }, 0
   for username in datamanager.users(host, store) do
     files = files + 1
     if count_disabled or is_enabled(username, host) then
       local last_active = get_last_active(username, host)
-      if last_active then
-        if now - last_active < DAY then d1 = d1 + 1 end
-        if now - last_active < DAY * 7 then d7 = d7 + 1 end
-        if now - last_active < DAY * 30 then d30 = d30 + 1 end
-      end
+      if last_active then seed.tally(counts, now, last_active) end
     end
   end
-  return d1, d7, d30, files
+  return counts[1], counts[2], counts[3], files
 end
 
 if mode == "write" then
@@ -140,14 +122,7 @@ if mode == "write" then
 elseif mode == "count" then
   local now, store, rule = tonumber(arg[3]), arg[4], arg[5]
   assert(rule == "enabled" or rule == "everyone", "enabled|everyone")
-  local started = clock.now()
-  local lines = {}
-  for i = 6, #arg do
-    lines[#lines + 1] = table.concat({ arg[i], count(now, arg[i], store, rule == "everyone") }, " ")
-  end
-  local elapsed = clock.now() - started
-  print(table.concat(lines, "\n"))
-  print(("elapsed %.6f"):format(elapsed))
+  seed.report({ table.unpack(arg, 6) }, function(host) return count(now, host, store, rule == "everyone") end, clock.now)
 else
   error("usage: prosody13_seed.lua write|count <data_path> ...")
 end

@@ -29,6 +29,7 @@ from prosody_lastlog.windows import DEFAULT_WINDOWS
 
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "prosody_seed.lua"
+SEED_USERS = HERE / "seed_users.lua"  # the users it writes, shared with prosody13_seed.lua
 NOW = 1_763_900_000
 HOSTS = ("example.com", "chat.example.org", "münchen.example")
 WINDOWS = ("1d", "7d", "30d")
@@ -47,8 +48,9 @@ class Run:
 
 
 def generator_version() -> str:
-    """Identifies the generator (prosody_seed.lua): a cached data set made by another version is made again."""
-    return hashlib.sha256(SEED_SCRIPT.read_bytes()).hexdigest()[:16]
+    """Identifies the generator (prosody_seed.lua and the users it writes): a cached data set made by another version
+    is made again."""
+    return hashlib.sha256(SEED_SCRIPT.read_bytes() + SEED_USERS.read_bytes()).hexdigest()[:16]
 
 
 def generate(data_dir: Path, users: int) -> float:

@@ -110,6 +110,12 @@ class HostIndex:
         self.host = host
         self.store = store
         self.choice = choice or CountingChoice(store)  # how the host is counted: its account rule says who counts
+        rule = self.choice.accounts
+        # Per flags value, whether the rule leaves the user out, and for want of an account: the loops are hot.
+        self._left_out = tuple(
+            rule.leaves_out(disabled=bool(f & _DISABLED), no_account=bool(f & _NO_ACCOUNT)) for f in range(8)
+        )
+        self._no_account_left_out = tuple(rule.for_want_of_account(no_account=bool(f & _NO_ACCOUNT)) for f in range(8))
         self.connected = connected
         self._hash_name = hash_name
         self._table = array("i")  # per position: slot + 1, or 0 if free (linear probing)
@@ -201,15 +207,16 @@ class HostIndex:
         # Lists, not arrays: growing arrays leave holes in the C heap after the sort (measured: ~8 bytes a user).
         active: list[float] = []
         registered: list[float] = []
+        left_out, no_account = self._left_out, self._no_account_left_out
         for slot, flags in enumerate(self._flags):
             if not flags:
                 continue
             last_active, registered_at = self._last_active[slot], self._registered_at[slot]
             if slot in maybe_connected and self._includes(self.connected, slot, self._name(slot)):
                 self._connected += 1
-            elif self._leaves_out(flags):
+            elif left_out[flags]:
                 self._disabled += 1
-                self._no_account += self._for_want_of_account(flags)
+                self._no_account += no_account[flags]
             elif math.isnan(last_active):
                 self._never_active += 1
             else:
@@ -229,9 +236,9 @@ class HostIndex:
         last_active, flags = self._last_active[slot], self._flags[slot]
         if self._includes(connected, slot, name):
             self._connected += sign
-        elif self._leaves_out(flags):
+        elif self._left_out[flags]:
             self._disabled += sign
-            self._no_account += sign if self._for_want_of_account(flags) else 0
+            self._no_account += sign if self._no_account_left_out[flags] else 0
         elif math.isnan(last_active):
             self._never_active += sign
         else:
@@ -250,12 +257,6 @@ class HostIndex:
             and _same(self._registered_at[slot], activity.registered)
             and _same(self._session_open[slot], activity.session_open)
         )
-
-    def _leaves_out(self, flags: int) -> bool:
-        return self.choice.accounts.leaves_out(disabled=bool(flags & _DISABLED), no_account=bool(flags & _NO_ACCOUNT))
-
-    def _for_want_of_account(self, flags: int) -> bool:
-        return self.choice.accounts.for_want_of_account(no_account=bool(flags & _NO_ACCOUNT))
 
     def _includes(self, connected: ConnectedUsers, slot: int, name: str) -> bool:
         return connected.includes(self.host, name, _time_or_none(self._session_open[slot]))

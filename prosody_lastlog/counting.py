@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prosody_lastlog.connected import NOBODY, ConnectedUsers
-from prosody_lastlog.records import CountingChoice, HostData, Store
+from prosody_lastlog.records import AccountRule, CountingChoice, HostData, Store
 from prosody_lastlog.windows import Window
 
 
@@ -54,6 +54,7 @@ def count_host(
     registered = dict.fromkeys((w.label for w in windows), 0)
     never_active = left_out = no_account = future = online = 0
     rule = data.counting.accounts
+    asks = rule is not AccountRule.EVERYONE  # else no account fact matters (and the loop is hot)
     for user in data.users:
         if user.registered is not None:
             _add_within(registered, windows, now - user.registered)
@@ -61,7 +62,7 @@ def count_host(
             online += 1
             for window in windows:
                 active[window.label] += 1
-        elif rule.leaves_out(disabled=user.disabled, no_account=user.no_account):
+        elif asks and rule.leaves_out(disabled=user.disabled, no_account=user.no_account):
             left_out += 1
             no_account += rule.for_want_of_account(no_account=user.no_account)
         elif user.last_active is None:

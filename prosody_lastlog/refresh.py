@@ -164,20 +164,13 @@ class Refresher:
             gone = self._file_hosts.get(source.name, set()) - set(scanned.hosts)
             self.live.index.remove_hosts(gone)
             self._file_hosts[source.name] = set(scanned.hosts)
-            self._log_choices(source.name, scanned.server, {host: i.choice for host, i in scanned.hosts.items()})
             for host, user in changed:  # newer than what the scan read: read again
                 if (choice := self.live.index.choice_of(host)) is not None:
                     activity = source.reader.read_user(host, choice, user, scanned.problems)
                     self.live.index.update(host, choice, user, activity)
         release_free_memory()  # the swapped-out indexes'
+        self._log_choices(source.name, scanned.server, {host: i.choice for host, i in scanned.hosts.items()})
         return scanned.problems
-
-
-def _log_server(source: str, server: ServerFacts | None) -> None:
-    if server is not None:
-        log.debug(
-            "%s: Prosody %s (%s); %s", source, "13" if server.thirteen else "0.12", server.evidence, server.module_note
-        )
 
 
 def _log_problems(source: str, problems: Sequence[ReadProblem]) -> None:
