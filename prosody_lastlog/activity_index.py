@@ -149,6 +149,21 @@ class HostIndex:
         self._store(slot, activity)
         self._count(slot, +1, self.connected, activity.user)
 
+    def get(self, user: str) -> UserActivity | None:
+        """What is known of a user, if present."""
+        slot = self._find(user)
+        if slot < 0 or not self._flags[slot]:
+            return None
+        flags = self._flags[slot]
+        return UserActivity(
+            user,
+            _time_or_none(self._last_active[slot]),
+            _time_or_none(self._registered_at[slot]),
+            disabled=bool(flags & _DISABLED),
+            session_open=_time_or_none(self._session_open[slot]),
+            no_account=bool(flags & _NO_ACCOUNT),
+        )
+
     def remove(self, user: str) -> None:
         """Forgets a user (account deleted, record emptied); unknown users are ignored."""
         slot = self._find(user)
@@ -427,6 +442,12 @@ class ActivityIndex:
                 index.remove(user)
             else:
                 index.set(activity)
+
+    def activity_of(self, host: str, user: str) -> UserActivity | None:
+        """What is known of one user, if anything."""
+        with self._lock:
+            index = self._hosts.get(host)
+            return index.get(user) if index else None
 
     def counts(self, *, now: float, windows: Sequence[Window]) -> dict[str, HostCounts]:
         """Counts of every host as of `now`, sorted by host."""

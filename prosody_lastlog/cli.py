@@ -11,9 +11,10 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from exporters import ExporterConfigError, render_points, validate_exporters
 from exporters.points import Snapshot
@@ -39,6 +40,7 @@ log = logging.getLogger("prosody_lastlog")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 _FATAL = (DataDirError, DatabaseError, ConfigError, OSError, ValueError)
+_RELOAD_SPACING = 1.0  # seconds from a reload's beginning to that of one asked for while it ran
 
 
 class _Parser(argparse.ArgumentParser):
@@ -377,56 +379,89 @@ def _count(args: argparse.Namespace, plan: Plan, windows: Sequence[Window]) -> i
     return 0
 
 
-class _StoppedWhileStarting(BaseException):
-    """SIGTERM or Ctrl-C while starting (the first count): raised where the main thread is, so every cleanup runs
-    on the way out (the scan's processes are ended). Not an Exception: no handler of failures may take it."""
+class _Stopped(BaseException):
+    """SIGTERM or Ctrl-C while a configuration counts (the first one, or a reload's new one): raised where the main
+    thread is, so every cleanup runs on the way out (the scan's processes are ended). Not an Exception: no handler
+    of failures may take it."""
 
     def __init__(self, number: int) -> None:
         super().__init__(number)
         self.number = number
 
 
+class _Signals:
+    """What serve was asked to do. SIGHUP asks for a reload, SIGTERM and Ctrl-C to stop; a stop wins over reloads
+    not yet begun. A SIGHUP while serve waits begins a reload at once; those received while a reload runs make one
+    more, begun _RELOAD_SPACING seconds after that one began, so a storm of SIGHUPs makes a reload or two. While a
+    configuration counts, a stop raises _Stopped at once in the main thread."""
+
+    def __init__(self) -> None:
+        self._wake: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._stop: int | None = None
+        self._reload_asked = False
+        self._next_reload = 0.0  # time.monotonic() from which a reload asked for during the last may begin
+        self._counting = False
+
+    def install(self) -> dict[int, Any]:
+        """Handles serve's signals from now on; returns the handlers they had."""
+        return {number: signal.signal(number, self._receive) for number in (signal.SIGHUP, *_STOP_SIGNALS)}
+
+    def _receive(self, number: int, _: object) -> None:
+        if number == signal.SIGHUP:
+            self._reload_asked = True
+        elif self._stop is None:
+            self._stop = number
+            if self._counting:
+                self._counting = False  # a second signal must not cut the cleanup short
+                raise _Stopped(number)
+        self._wake.put(number)
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        """A stop asked for before or during the block raises _Stopped in it."""
+        self._counting = True
+        try:
+            if self._stop is not None:
+                raise _Stopped(self._stop)
+            yield
+        finally:
+            self._counting = False
+
+    def next(self) -> int:
+        """Waits until asked: the number of a stop signal, else SIGHUP for one reload. The wait wakes up often: the
+        kernel may deliver a signal to another thread, and Python runs handlers only when the main thread runs."""
+        not_before = self._next_reload if self._reload_asked else 0.0  # asked while the last reload ran
+        while self._stop is None:
+            if self._reload_asked and time.monotonic() >= not_before:
+                self._reload_asked = False
+                self._next_reload = time.monotonic() + _RELOAD_SPACING
+                return signal.SIGHUP
+            with suppress(queue.Empty):
+                self._wake.get(timeout=0.2)
+        return self._stop
+
+
 def _serve(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-
-    def queue_signal(number: int, _: object) -> None:
-        signals.put(number)
-
-    def stop_starting(number: int, _: object) -> None:
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, queue_signal)  # a second one must not cut the cleanup short
-        raise _StoppedWhileStarting(number)
-
     # SIGHUP is caught from the start: one sent as "serving" is printed must reload, not kill. SIGTERM and Ctrl-C
     # stop a long first count at once.
-    previous = {signal.SIGHUP: signal.signal(signal.SIGHUP, queue_signal)}
-    previous.update((sig, signal.signal(sig, stop_starting)) for sig in _STOP_SIGNALS)
+    signals = _Signals()
+    previous = signals.install()
     daemon: Daemon | None = None
     try:
-        daemon = _start_daemon(args)
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, queue_signal)
-        while (number := _next_signal(signals)) == signal.SIGHUP:
-            daemon = _reload(daemon, args, argv)
+        with signals.counting():
+            daemon = _start_daemon(args)
+        _announce(daemon)
+        while (number := signals.next()) == signal.SIGHUP:
+            daemon = _reload(daemon, args, argv, counting=signals.counting)
         log.info("stopping on signal %d", number)
-    except _StoppedWhileStarting as stopped:
-        log.info("stopping on signal %d while starting", stopped.number)
+    except _Stopped as stopped:
+        log.info("stopping on signal %d %s", stopped.number, "while starting" if daemon is None else "during a reload")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if daemon is not None:
             daemon.stop()
     return 0
-
-
-def _next_signal(signals: queue.SimpleQueue[int]) -> int:
-    """Waits for a signal the handlers queued. The wait wakes up often: the kernel may deliver a signal to another
-    thread, and Python runs handlers only when the main thread runs, so an endless wait could miss it."""
-    while True:
-        try:
-            return signals.get(timeout=0.2)
-        except queue.Empty:
-            continue
 
 
 def _start_daemon(args: argparse.Namespace) -> Daemon:
@@ -437,7 +472,6 @@ def _start_daemon(args: argparse.Namespace) -> Daemon:
     except BaseException:
         daemon.stop()
         raise
-    _announce(daemon)
     return daemon
 
 
@@ -447,11 +481,17 @@ def _announce(daemon: Daemon) -> None:
     sys.stdout.flush()
 
 
-def _reload(running: Daemon, old_args: argparse.Namespace, argv: Sequence[str] | None) -> Daemon:
+def _reload(
+    running: Daemon,
+    old_args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    counting: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> Daemon:
     """SIGHUP: re-reads the settings file and the Prosody config; a bad new config leaves the old one running.
 
-    The new configuration counts while the old one still serves; push exporters with unchanged settings keep
-    running (and their queues), and an SQL source whose database is down keeps its last counts.
+    The new configuration counts (within `counting`, serve's: a stop signal ends the count at once) while the old
+    one still serves; push exporters with unchanged settings keep running (and their queues), and an SQL source
+    whose database is down keeps its last counts.
     """
     try:
         args = _with_settings_file(build_parser().parse_args(argv), argv)
@@ -461,28 +501,44 @@ def _reload(running: Daemon, old_args: argparse.Namespace, argv: Sequence[str] |
         plan = plan_sources(_source_options(args), environ=os.environ)  # fails here, before anything stops
         options = _serve_options(args)
         validate_exporters(args.exporters)
-    except (SettingsError, ExporterConfigError, *_FATAL) as exc:
-        log.error("reload refused, the running configuration stays: %s", exc)
+        shared = running.exporters if args.exporters == old_args.exporters else None
+        daemon = Daemon(plan, windows=parse_windows(args.window), options=options, exporters=shared)
+    except Exception as exc:  # whatever fails, the running configuration keeps serving
+        log.error("reload refused, the running configuration stays: %s", _failure(exc))
         return running
-    shared = running.exporters if args.exporters == old_args.exporters else None
-    daemon = Daemon(plan, windows=parse_windows(args.window), options=options, exporters=shared)
     try:
-        daemon.count()
-    except _FATAL as exc:
+        with counting():
+            daemon.count()
+    except _Stopped:
         daemon.stop(close_exporters=shared is None)
-        log.error("the new configuration did not start (%s); the running one stays", exc)
+        raise
+    except Exception as exc:
+        daemon.stop(close_exporters=shared is None)
+        log.error("the new configuration did not start (%s); the running one stays", _failure(exc))
         return running
     daemon.live.keep_sql_counts_of(running.live)
     running.stop(close_exporters=shared is None)
     try:
         daemon.serve()
-    except _FATAL as exc:
+    except Exception as exc:
         daemon.stop()
-        log.error("the new configuration did not start (%s); back to the previous one", exc)
-        return _start_daemon(old_args)
+        log.error("the new configuration did not start (%s); back to the previous one", _failure(exc))
+        with counting():
+            daemon = _start_daemon(old_args)
+        _announce(daemon)
+        return daemon
     _announce(daemon)
     log.info("reloaded")
     return daemon
+
+
+def _failure(exc: Exception) -> str:
+    """What a log line says of a failure: its message, or for one no bad setting explains, only its type (with the
+    traceback at debug level: the message of an unforeseen error could hold anything, a user name too)."""
+    if isinstance(exc, (SettingsError, ExporterConfigError, *_FATAL)):
+        return str(exc)
+    log.debug("unexpected failure", exc_info=exc)
+    return f"unexpected {type(exc).__name__} (-v logs where)"
 
 
 def _serve_options(args: argparse.Namespace) -> ServeOptions:

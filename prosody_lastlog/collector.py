@@ -177,8 +177,16 @@ class ActiveUsersCollector(Collector):
             "Files or rows that could not be used, by reason, since start.",
             labels=["source", "reason"],
         )
+        watched = GaugeMetricFamily(
+            "prosody_lastlog_source_watched",
+            "Whether every directory of this file source's data directory is watched as it should be (1) or some "
+            "are polled for want of inotify watches, or it is missing (0); /healthz says which.",
+            labels=["source"],
+        )
         for source in self._view.health():
             up.add_metric([source.name], 1 if source.up else 0)
+            if source.has_watcher:
+                watched.add_metric([source.name], 1 if source.unwatched is None else 0)
             if source.last_success is not None:
                 last.add_metric([source.name], source.last_success)
             if source.duration_seconds is not None:
@@ -203,4 +211,4 @@ class ActiveUsersCollector(Collector):
             detection.add_metric([name], {"mode": mode.value})
         info = InfoMetricFamily("prosody_lastlog_build", "prosody-lastlog build information.")
         info.add_metric([], {"version": __version__})
-        yield from (up, last, duration, problems, tracked, detection, info)
+        yield from (up, last, duration, problems, watched, tracked, detection, info)

@@ -161,6 +161,11 @@ class Daemon:
         """Stops timers, watchers and the server, joining their threads; the push exporters too, unless a reload
         hands them to the next daemon."""
         self.refresher.stop_scans()  # a resync would hold up the timer's thread for up to minutes
+        for source in self.refresher.sources:
+            if isinstance(source, SqlSource):
+                # So would a query (on a locked table, up to the query limit) or a connect. After stop_scans: the
+                # refresh this ends is then taken as stopped on purpose, not logged as a failure.
+                source.cancel()
         for timer in self._timers:
             timer.stop()
         for watcher in self._watchers:
@@ -211,7 +216,7 @@ class Daemon:
         log.info("%s: full resync", source.name)
         started = time.monotonic()
         self.refresher.refresh(source)
-        log.info("%s: full resync ended after %.1f s", source.name, time.monotonic() - started)
+        log.info("%s: full resync ended after %.2f s", source.name, time.monotonic() - started)
 
     def _publish(self, only: Exporter | None = None) -> None:
         """Hands the counts as of now to the push exporters (each queues them and sends on its own thread)."""

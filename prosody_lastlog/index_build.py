@@ -42,11 +42,13 @@ Buffer: TypeAlias = "array[Any] | bytearray"  # the kinds of array an index is m
 
 @dataclass
 class ScannedIndexes:
-    """Every host's index from one full scan, and the problems met."""
+    """Every host's index from one full scan, the problems met, and what could not be read (ReadResult's)."""
 
     hosts: dict[str, HostIndex] = field(default_factory=dict)
     problems: list[ReadProblem] = field(default_factory=list)
     server: ServerFacts | None = None  # what the rules took the server to be
+    unreadable_hosts: set[str] = field(default_factory=set)
+    unreadable_users: dict[str, set[str]] = field(default_factory=dict)
 
 
 class ScanProcessError(OSError):
@@ -107,7 +109,7 @@ def scan_indexes(
     except OSError as exc:  # no process to be had (a limit, a sandbox)
         log.debug("scanning in this process: %s", exc)
         receiver.close()
-        return ScannedIndexes(*_scan(reader, connected, name_hash, progress))
+        return _scan(reader, connected, name_hash, progress)
     finally:
         sender.close()
     try:
@@ -143,15 +145,16 @@ def _receive(receiver: Connection, connected: ConnectedUsers, progress: Progress
         elif kind == "failed":
             raise value
         elif kind == "done":
-            scanned.problems, scanned.server = value
+            scanned.problems, scanned.server, scanned.unreadable_hosts, scanned.unreadable_users = value
             return scanned
 
 
 def _scan(
     reader: FileStoreReader, connected: ConnectedUsers, name_hash: NameHash, progress: Progress | None
-) -> tuple[dict[str, HostIndex], list[ReadProblem], ServerFacts | None]:
+) -> ScannedIndexes:
     read = reader.read(progress)
-    return {index.host: index for index in _indexes(read, connected, name_hash)}, read.problems, read.server
+    hosts = {index.host: index for index in _indexes(read, connected, name_hash)}
+    return ScannedIndexes(hosts, read.problems, read.server, read.unreadable_hosts, read.unreadable_users)
 
 
 def _indexes(read: ReadResult, connected: ConnectedUsers, name_hash: NameHash) -> Iterator[HostIndex]:
@@ -175,7 +178,7 @@ class _Job:
 
 def _child(job: _Job, sender: Connection) -> None:
     """Runs in the child: scans, sends ("progress", files read) if asked, ("host", index) per host, then ("done",
-    (problems, server facts)); or ("failed", the exception)."""
+    (problems, server facts, unreadable hosts, unreadable users)); or ("failed", the exception)."""
     end_with_forker(job.forker)
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)  # not the parent's handlers: a signal just ends the child
@@ -187,7 +190,7 @@ def _child(job: _Job, sender: Connection) -> None:
             read = job.reader.read((lambda files: sender.send(("progress", files))) if job.with_progress else None)
             for index in _indexes(read, job.connected, job.name_hash):
                 _send_index(sender, index)
-            sender.send(("done", (read.problems, read.server)))
+            sender.send(("done", (read.problems, read.server, read.unreadable_hosts, read.unreadable_users)))
         except Exception as exc:  # the parent raises it
             sender.send(("failed", exc))
     except BrokenPipeError:

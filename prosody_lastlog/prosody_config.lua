@@ -24,6 +24,7 @@ local os_clock = os.clock
 local getmetatable, huge = getmetatable, math.huge
 
 local MEMORY_ERROR = "not enough memory" -- what Lua raises when the runtime's max_memory is reached
+local NESTED_TOO_DEEPLY = "the config is nested too deeply" -- for Lua's "C stack overflow", which names no file
 
 ---------------------------------------------------------------------------------------------------------
 -- Positions: errors name the config file and line, like Prosody's own "file:line: message".
@@ -460,9 +461,13 @@ end
 -- Options: config["*"] and config[host], as Prosody's configmanager keeps them.
 
 local config = { ["*"] = {} }
-local warnings = {}
+local warnings, warned = {}, {}
 
-local function warn(message) warnings[#warnings + 1] = message end
+local function warn(message) -- once per message: an assignment repeated in a loop warns once
+	if warned[message] then return end
+	warned[message] = true
+	warnings[#warnings + 1] = message
+end
 
 local function options_of(host)
 	local options = config[host]
@@ -542,6 +547,17 @@ end
 -- Config files: each runs with its own environment whose current host starts as "*".
 
 local run_file -- forward: Include runs files recursively
+
+-- A config file's chunk. Past its C stack limit (deeply nested tables or expressions) Lua's parser fails with
+-- a bare "C stack overflow", naming neither file nor line. (load runs in a pcall: else the parser would hand
+-- that error to the evaluation's message handler, which knows no file being parsed.)
+local function load_file(content, path, env)
+	register_chunk_name(path)
+	local _, chunk, syntax_error = pcall(load, content, "@" .. path, "t", env)
+	if chunk then return chunk end
+	if syntax_error == "C stack overflow" then syntax_error = path .. ": " .. NESTED_TOO_DEEPLY end
+	error(syntax_error, 0)
+end
 
 local function prepped_host_name(name, kind)
 	if name == nil then fail(kind .. " must have a name") end
@@ -640,10 +656,7 @@ local function directives_for(file)
 		path = resolve(file.dir, path)
 		local content, message = read_file(path, "RunScript")
 		if not content then fail("RunScript: " .. message) end
-		register_chunk_name(path)
-		local chunk, syntax_error = load(content, "@" .. path, "t", base)
-		if not chunk then error(syntax_error, 0) end
-		return chunk()
+		return load_file(content, path, base)()
 	end
 
 	local function file_text(path, what)
@@ -708,38 +721,47 @@ local function environment_for(file)
 end
 
 function run_file(content, path, depth)
-	register_chunk_name(path)
 	local file = { host = "*", dir = dirname(path), depth = depth }
-	local chunk, syntax_error = load(content, "@" .. path, "t", environment_for(file))
-	if not chunk then error(syntax_error, 0) end
-	chunk()
+	load_file(content, path, environment_for(file))()
 end
 
 ---------------------------------------------------------------------------------------------------------
 -- Results: plain copies (strings, numbers, booleans, tables) for Python.
+
+-- Depths 0 to 2 are the exported view (root, options, host); an option's value keeps 16 levels of tables.
+local EXPORT_DEPTH = 2 + 16
 
 local function clean_string(s)
 	if utf8_len(s) then return s end
 	return (s_gsub(s, "[\128-\255]", "?"))
 end
 
+-- Python receives its own copy of a value each time a table holds it, so a string or table stored many times
+-- is paid for at each use: in table entries, and in string bytes (counted before a string is scanned).
 local function exporter()
-	local budget, in_progress = limits.max_export_values, {}
+	local entries, bytes, in_progress = limits.max_export_values, limits.max_export_bytes, {}
+	local function too_large(limit, what)
+		error(s_format("the config's option values are too large to export (over %d %s, counting every use)", limit, what), 0)
+	end
 	local function export(value, depth)
 		local kind = type(value)
-		if kind == "string" then return clean_string(value) end
+		if kind == "string" then
+			bytes = bytes - #value
+			if bytes < 0 then too_large(limits.max_export_bytes, "bytes of strings") end
+			return clean_string(value)
+		end
 		if kind == "number" or kind == "boolean" then return value end
 		if kind ~= "table" then return nil end -- functions and the like are nothing a reader can use
 		value = unwrap(value)
-		if depth > 16 or in_progress[value] then return nil end -- cycles and absurd nesting are dropped
+		if depth > EXPORT_DEPTH or in_progress[value] then return nil end -- cycles and absurd nesting are dropped
 		in_progress[value] = true
 		local out = {}
 		for k, v in next, value do
-			budget = budget - 1
-			if budget < 0 then error("the config's option values are too large to export", 0) end
+			entries = entries - 1
+			if entries < 0 then too_large(limits.max_export_values, "table entries") end
 			local key_kind = type(k)
 			if key_kind == "string" or key_kind == "number" or key_kind == "boolean" then
-				out[key_kind == "string" and clean_string(k) or k] = export(v, depth + 1)
+				out[export(k, depth)] = export(v, depth + 1)
 			end
 		end
 		in_progress[value] = nil
@@ -748,21 +770,21 @@ local function exporter()
 	return export
 end
 
+-- { options = { host = { option = value } }, warnings = { ... } }, all of it within the export's budget.
 local function export_config()
-	local export, global = exporter(), config["*"]
-	local out = {}
+	local global, view = config["*"], {}
 	for host, options in pairs(config) do
-		local copy_of_host = {}
+		local host_view = {}
 		for key, value in pairs(options) do
 			-- A host value that is the global table itself counts as unset (Prosody's modulemanager).
 			local shared = host ~= "*" and type(value) == "table" and rawequal(value, global[key])
-			if type(key) == "string" and not shared then copy_of_host[clean_string(key)] = export(value, 1) end
+			if type(key) == "string" and not shared then host_view[key] = value end
 		end
-		out[clean_string(host)] = copy_of_host
+		view[host] = host_view
 	end
-	local plain_warnings = {}
-	for i, message in ipairs(warnings) do plain_warnings[i] = clean_string(full_names(message)) end
-	return out, plain_warnings
+	local full_warnings = {}
+	for i, message in ipairs(warnings) do full_warnings[i] = full_names(message) end
+	return exporter()({ options = view, warnings = full_warnings }, 0)
 end
 
 ---------------------------------------------------------------------------------------------------------
@@ -771,7 +793,20 @@ local function describe_error(err)
 	if type(err) ~= "string" then
 		return config_position() .. "the config raised an error value of type " .. type(err)
 	end
+	if s_find(err, "C stack overflow$") then -- recursion through C functions (pcall, gsub): the config's line
+		return config_position() .. NESTED_TOO_DEEPLY
+	end
 	return full_names(err)
+end
+
+-- The one-line message of a failed evaluation or export; memory errors carry no position of their own.
+local function failure_message(err, main_path)
+	collectgarbage()
+	if err == MEMORY_ERROR then
+		err = (last_position or main_path .. ": ") .. "the config needs more memory than the sandbox allows ("
+			.. limits.max_memory .. " bytes)"
+	end
+	return clean_string(full_names(tostring(err)))
 end
 
 return function(main_path)
@@ -787,14 +822,10 @@ return function(main_path)
 	local ok, err = xpcall(run_main, describe_error)
 	running = false
 	sethook()
-	if not ok then
-		collectgarbage()
-		if err == MEMORY_ERROR then
-			err = (last_position or main_path .. ": ") .. "the config needs more memory than the sandbox allows ("
-				.. limits.max_memory .. " bytes)"
-		end
-		return false, clean_string(full_names(tostring(err)))
-	end
-	local options, plain_warnings = export_config()
-	return true, options, plain_warnings
+	if not ok then return false, failure_message(err, main_path) end
+	last_position = nil -- the export runs no config code
+	local exported, result = pcall(export_config)
+	if exported then return true, result.options, result.warnings end
+	if result ~= MEMORY_ERROR then result = main_path .. ": " .. result end
+	return false, failure_message(result, main_path)
 end

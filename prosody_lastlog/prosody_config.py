@@ -20,6 +20,9 @@ Decisions worth knowing:
   back as a proxy whose `:append{...}` stores the appended copy as the current host's own value.
 - Lua string patterns run in C, out of the instruction hook's reach, so find/match/gmatch/gsub refuse a
   call whose worst-case backtracking (bounded by the subject's runs of matching characters) is too large.
+- Python gets its own copy of a string or table at each place the options hold it, so the export counts each
+  use against its caps (MAX_EXPORT_BYTES, MAX_EXPORT_VALUES): else five lines storing one string 100,000 times
+  would ask for gigabytes. Those caps also bound the export's time, which runs without the instruction hook.
 
 Not emulated: Prosody 13's deprecation warnings for bare Lua globals, C modules (require, lfs, socket),
 coroutines, setmetatable/getmetatable, and modules pulled in by another module's `module:depends()` (but for
@@ -39,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from lupa.lua54 import LuaError, lua_type
+from lupa.lua54 import lua_type
 
 from .database import SqlSettings
 from .records import Store
@@ -57,7 +60,8 @@ MAX_READ_BYTES = 32 * 1024 * 1024
 MAX_FILE_OPERATIONS = 2_000
 MAX_DIR_ENTRIES = 10_000
 MAX_INCLUDE_DEPTH = 20
-MAX_EXPORT_VALUES = 200_000
+MAX_EXPORT_VALUES = 200_000  # table entries handed to Python, each use of a shared table counted
+MAX_EXPORT_BYTES = 16 * 1024 * 1024  # string bytes handed to Python, each use of a shared string counted
 
 # The module that writes each last-activity store; the store name is the module name.
 STORE_MODULES: Mapping[Store, str] = {
@@ -152,6 +156,15 @@ def evaluate_config(path: Path, *, environ: Mapping[str, str]) -> Options:
 
 
 def _evaluate(path: Path, environ: Mapping[str, str]) -> tuple[Options, tuple[str, ...]]:
+    try:
+        return _evaluate_in_sandbox(path, environ)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the runtime's memory cap, ours (MemoryError), whatever else: the config is at fault
+        raise ConfigError(f"{path}: cannot evaluate the config: {str(exc) or type(exc).__name__}") from None
+
+
+def _evaluate_in_sandbox(path: Path, environ: Mapping[str, str]) -> tuple[Options, tuple[str, ...]]:
     lua = restricted_runtime(max_memory=MAX_MEMORY)
     source = resources.files(__package__).joinpath("prosody_config.lua").read_bytes()
     loader = lua.globals().load(source, "=prosody_config.lua", "t")
@@ -168,16 +181,13 @@ def _evaluate(path: Path, environ: Mapping[str, str]) -> tuple[Options, tuple[st
             "max_read_bytes": MAX_READ_BYTES,
             "max_include_depth": MAX_INCLUDE_DEPTH,
             "max_export_values": MAX_EXPORT_VALUES,
+            "max_export_bytes": MAX_EXPORT_BYTES,
         }
     )
     # Bytes on both sides: environment values need not be UTF-8.
     lua_environ = lua.table_from({os.fsencode(k): os.fsencode(v) for k, v in environ.items()})
     paths = lua.table_from({"config": str(path.parent), "data": str(DEFAULT_DATA_PATH)})
-    try:
-        evaluate = loader(hooks, limits, lua_environ, paths)
-        result = evaluate(str(path))
-    except (LuaError, MemoryError, UnicodeError) as exc:
-        raise ConfigError(f"{path}: cannot evaluate the config: {exc}") from None
+    result = loader(hooks, limits, lua_environ, paths)(str(path))
     if not result[0]:
         raise ConfigError(str(result[1]))
     options: Options = {}

@@ -5,6 +5,7 @@ The periodic timer calls `refresh_all`/`refresh`; the file watcher calls `apply_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -12,8 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from prosody_lastlog.database import DatabaseError
-from prosody_lastlog.index_build import ScanProcesses, release_free_memory, scan_indexes
-from prosody_lastlog.readers.files import DataDirError
+from prosody_lastlog.index_build import ScannedIndexes, ScanProcesses, release_free_memory, scan_indexes
+from prosody_lastlog.readers.files import DataDirError, RecordUnreadableError
 from prosody_lastlog.records import CountingChoice, ReadProblem
 from prosody_lastlog.rules import ServerFacts
 from prosody_lastlog.snapshot import LiveCounts
@@ -91,25 +92,31 @@ class Refresher:
         self._on_refresh()
 
     def apply_change(self, host: str, user: str) -> bool:
-        """Re-reads one user's record (and account) after a file event; False if no file source counts that host.
+        """Re-reads one user's record (and account) after a file event. False if it could not be read (what was known
+        of the user stands; try again later); True if applied, or if no file source counts the host.
 
         Call `changed()` after a batch of these.
         """
         source = self.file_source_for_host(host)
         choice = self.live.index.choice_of(host)
         if source is None or choice is None:
-            return False
+            return True
         problems: list[ReadProblem] = []
+        applied = True
         with self._locks[source.name]:
-            activity = source.reader.read_user(host, choice, user, problems)
-            self.live.index.update(host, choice, user, activity)
+            try:
+                activity = source.reader.read_user(host, choice, user, problems)
+            except RecordUnreadableError:
+                applied = False
+            else:
+                self.live.index.update(host, choice, user, activity)
             changed = self._changed_during_scan.get(source.name)
             if changed is not None:
                 changed.add((host, user))
         if problems:
             self.live.add_problems(source.name, Counter(problem.kind for problem in problems))
             _log_problems(source.name, problems)
-        return True
+        return applied
 
     def note_change(self, host: str, user: str) -> bool:
         """While a full scan of the host's source runs: notes a user to re-read as the scan is swapped in (the
@@ -160,17 +167,36 @@ class Refresher:
             raise
         with self._locks[source.name]:
             changed = self._changed_during_scan.pop(source.name)
+            self._keep_what_was_not_read(scanned)
             self.live.index.swap_in(scanned.hosts.values())
-            gone = self._file_hosts.get(source.name, set()) - set(scanned.hosts)
+            gone = self._file_hosts.get(source.name, set()) - set(scanned.hosts) - scanned.unreadable_hosts
             self.live.index.remove_hosts(gone)
-            self._file_hosts[source.name] = set(scanned.hosts)
+            self._file_hosts[source.name] = set(scanned.hosts) | scanned.unreadable_hosts
             for host, user in changed:  # newer than what the scan read: read again
                 if (choice := self.live.index.choice_of(host)) is not None:
-                    activity = source.reader.read_user(host, choice, user, scanned.problems)
-                    self.live.index.update(host, choice, user, activity)
+                    with contextlib.suppress(RecordUnreadableError):  # then what the scan gave stands
+                        activity = source.reader.read_user(host, choice, user, scanned.problems)
+                        self.live.index.update(host, choice, user, activity)
         release_free_memory()  # the swapped-out indexes'
-        self._log_choices(source.name, scanned.server, {host: i.choice for host, i in scanned.hosts.items()})
+        choices = {
+            host: choice for host in self._file_hosts[source.name] if (choice := self.live.index.choice_of(host))
+        }
+        self._log_choices(source.name, scanned.server, choices)
         return scanned.problems
+
+    def _keep_what_was_not_read(self, scanned: ScannedIndexes) -> None:
+        """A read error never removes what was known: a host whose directories could not be listed keeps its index,
+        a user whose files could not be read keeps their facts (only "no such file" means gone)."""
+        for host in scanned.unreadable_hosts:
+            if self.live.index.choice_of(host) is not None:
+                scanned.hosts.pop(host, None)
+        for host, users in scanned.unreadable_users.items():
+            index = scanned.hosts.get(host)
+            if index is None:
+                continue
+            for user in users:
+                if (known := self.live.index.activity_of(host, user)) is not None:
+                    index.set(known)
 
 
 def _log_problems(source: str, problems: Sequence[ReadProblem]) -> None:

@@ -59,14 +59,22 @@ class LiveCounts:
     def succeeded(self, source: str, *, at: float, duration: float, problems: Mapping[str, int]) -> None:
         """Records a successful full refresh (problems: this refresh's read problems by kind)."""
         with self._lock:
-            total = _added(self._health[source].problems, problems)
-            self._health[source] = SourceHealth(source, True, at, duration, total)
+            health = self._health[source]
+            total = _added(health.problems, problems)
+            self._health[source] = replace(
+                health, up=True, last_success=at, duration_seconds=duration, problems=total, error=None
+            )
             self._counted.add(source)
 
     def failed(self, source: str, error: str) -> None:
         """Records a failed refresh; the last good counts stay served."""
         with self._lock:
             self._health[source] = replace(self._health[source], up=False, error=error)
+
+    def set_watch_problem(self, source: str, problem: str | None) -> None:
+        """Says what of a file source's data directory is not watched as it should be (None: all of it is)."""
+        with self._lock:
+            self._health[source] = replace(self._health[source], has_watcher=True, unwatched=problem)
 
     def add_problems(self, source: str, problems: Mapping[str, int]) -> None:
         """Counts read problems met outside a full refresh (a changed file that does not load)."""

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from prosody_lastlog.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.counting import HostCounts, count_hosts
-from prosody_lastlog.database import SqlSettings
+from prosody_lastlog.database import Cancellation, SqlSettings
 from prosody_lastlog.readers import SourceCount
 from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.readers.sql import SqlReader
@@ -35,6 +35,8 @@ class SourceHealth:
     problems: Mapping[str, int] = field(default_factory=dict)  # read problems so far, by kind
     error: str | None = None
     server: ServerFacts | None = None  # what the last successful refresh took the Prosody that wrote it to be
+    has_watcher: bool = False  # a file source in `serve`, whose watcher reports here
+    unwatched: str | None = None  # what of its data directory is not watched as it should be, and why
 
 
 class Source(Protocol):
@@ -78,6 +80,7 @@ class SqlSource:
     policy: Policy = field(default_factory=Policy)
     method: str = "auto"
     name: str = field(init=False)
+    cancellation: Cancellation = field(init=False, repr=False, compare=False, default_factory=Cancellation)
 
     def __post_init__(self) -> None:
         self.name = self.settings.describe() + _store_suffix(self.policy)
@@ -85,8 +88,14 @@ class SqlSource:
     def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
         """Counts in the database (or by streaming rows where it cannot); stored activity only, so `connected`
         is not used (see the README: connected users and SQL)."""
-        reader = SqlReader(self.settings, hosts=self.hosts, policy=self.policy, method=self.method)
+        reader = SqlReader(
+            self.settings, hosts=self.hosts, policy=self.policy, method=self.method, cancellation=self.cancellation
+        )
         return reader.count(now=now, windows=windows)
+
+    def cancel(self) -> None:
+        """Ends the count running at once (it raises StoppedError), and every later one: the daemon is stopping."""
+        self.cancellation.cancel()
 
 
 def _store_suffix(policy: Policy) -> str:

@@ -17,6 +17,8 @@ SQL_DETECT_SECONDS = {  # sql_interval 2 s, + the 5 s connect timeout for a froz
 SQL_RECOVER_SECONDS = 15.0
 PUSH_DETECT_SECONDS = 5.0  # pushes every second, connection refused at once
 DISK_SECONDS = 10.0
+REPLACED_SECONDS = 5.0  # a replaced data directory is noticed within a second (its identity is checked), + slack
+ABUSE_P99_SECONDS = 1.0  # scrapes during the slow-client attack (a loaded 2-core machine; the suite holds 50 ms)
 MAX_SCRAPE_SECONDS = 10.0  # Prometheus' default scrape timeout
 THREADS_TOLERANCE = 2
 FDS_TOLERANCE = 5
@@ -103,6 +105,26 @@ def reload(event: FaultEvent, t0: float) -> Verdict:
     wanted = "reloaded" if event.mode == "good" else "reload refused"
     passed = event.error is None and wanted in answer
     return Verdict(name, passed, answer or (event.error or "no answer"))
+
+
+def data_dir_replaced(event: FaultEvent, log: LogTail, t0: float) -> Verdict:
+    """serve says it watches the new directory within REPLACED_SECONDS (the final count shows it read it)."""
+    name = f"data directory replaced at +{event.start - t0:.0f}"
+    seen = log.matching("was replaced by another directory", since=event.start)
+    after = round(seen[0][0] - event.start, 1) if seen else None
+    passed = after is not None and after <= REPLACED_SECONDS and event.error is None
+    return Verdict(name, passed, f"noticed after {after} s" if after is not None else event.error or "not noticed")
+
+
+def connection_abuse(event: FaultEvent, scrapes: Sequence[Scrape], t0: float) -> Verdict:
+    """Scrapes keep answering, quickly, while slow clients hold connections (failures: scrape_failures)."""
+    name = f"slow clients at +{event.start - t0:.0f}"
+    latencies = sorted(s.latency for s in _within(scrapes, event.start + 1, event.end or event.start))
+    if not latencies:
+        return Verdict(name, False, "no scrape answered during the attack")
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    detail = f"{len(latencies)} scrapes answered, p99 {p99:.3f} s; {'; '.join(event.notes)}"
+    return Verdict(name, p99 <= ABUSE_P99_SECONDS and event.error is None, detail)
 
 
 def scrape_failures(scrapes: Sequence[Scrape], reloads: Sequence[FaultEvent]) -> tuple[Verdict, float]:

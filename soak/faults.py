@@ -6,9 +6,13 @@ after an error, and records each fault as a FaultEvent for the checks.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import shutil
 import signal
+import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -219,3 +223,128 @@ class SighupLane(Lane):
 
     def recover(self, event: FaultEvent) -> None:
         self.config.write(generation=self._generation)  # a bad file never outlives its reload
+
+
+class ConnectionLane(Lane):
+    """Holds many slow HTTP clients on serve's port: each sends part of a request, then one byte every half second,
+    and is opened again when serve closes it (as an attacker would keep the pressure on)."""
+
+    kind = "connections"
+    CLIENTS = 400  # above the connection cap
+    TRICKLE_SECONDS = 0.5
+
+    def __init__(self, port: int, schedule: Schedule) -> None:
+        self.port = port
+        self._clients: list[socket.socket | None] = []
+        self._ceasing = threading.Event()
+        self._attacker: threading.Thread | None = None
+        super().__init__(schedule)
+
+    def inject(self, event: FaultEvent) -> None:
+        self._ceasing.clear()
+        self._clients = [None] * self.CLIENTS
+        self._attacker = threading.Thread(target=self._attack, args=(event,), name="soak-slow-clients", daemon=True)
+        self._attacker.start()
+
+    def _attack(self, event: FaultEvent) -> None:
+        reopened = 0
+        while not self._ceasing.is_set():
+            for place, client in enumerate(self._clients):
+                try:
+                    if client is None:
+                        self._clients[place] = self._open()
+                    else:
+                        client.sendall(b"a")
+                except OSError:
+                    if client is not None:
+                        client.close()
+                        reopened += 1
+                    self._clients[place] = None
+            self._ceasing.wait(self.TRICKLE_SECONDS)
+        event.notes.append(f"{self.CLIENTS} slow clients, {reopened} closed by serve and opened again")
+
+    def _open(self) -> socket.socket:
+        client = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+        try:
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: soak\r\nX-Slow: ")
+        except OSError:
+            client.close()
+            raise
+        return client
+
+    def recover(self, event: FaultEvent) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._ceasing.set()
+        if self._attacker is not None:
+            self._attacker.join()
+            self._attacker = None
+        for client in self._clients:
+            if client is not None:
+                client.close()
+        self._clients = []
+
+
+class DataDirLane(Lane):
+    """Replaces the data directory under its name with a copy of it, as an admin restoring or migrating it would
+    (`mv data.new data`); exchanged atomically, so Prosody and the generator never meet a missing directory."""
+
+    kind = "datadir"
+
+    def __init__(self, data: Path, schedule: Schedule) -> None:
+        self.data = data
+        self.old = data.with_name(data.name + ".replaced")
+        super().__init__(schedule)
+
+    def mode(self, number: int) -> str:
+        return "replaced"
+
+    def inject(self, event: FaultEvent) -> None:
+        copy = self.data.with_name(self.data.name + ".new")
+        shutil.rmtree(copy, ignore_errors=True)
+        sockets = _copy_live_tree(self.data, copy)
+        for path in sockets:  # a socket stays bound when renamed: Prosody's admin socket keeps working
+            path.rename(copy / path.relative_to(self.data))
+        _exchange(copy, self.data)
+        copy.rename(self.old)
+        event.notes.append(f"inode {self.data.stat().st_ino} replaced {self.old.stat().st_ino}")
+
+    def recover(self, event: FaultEvent) -> None:
+        self.close()
+
+    def close(self) -> None:
+        shutil.rmtree(self.old, ignore_errors=True)
+
+
+def _copy_live_tree(source: Path, target: Path) -> list[Path]:
+    """Copies a tree that Prosody and the generator write to meanwhile: scratch files (`*~`) and files renamed or
+    deleted under the copy are left out (the rescan after the exchange reads what the new tree holds). Returns the
+    sockets found, which are not copied."""
+    sockets = []
+    for directory, _, names in os.walk(source):
+        relative = Path(directory).relative_to(source)
+        (target / relative).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            path = Path(directory) / name
+            try:
+                mode = path.lstat().st_mode
+                if stat.S_ISSOCK(mode):
+                    sockets.append(path)
+                elif stat.S_ISREG(mode) and not name.endswith("~"):
+                    shutil.copy2(path, target / relative / name)
+            except FileNotFoundError:
+                continue
+    return sockets
+
+
+_RENAME_EXCHANGE = 2  # renameat2(2)
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> None:
+    """Swaps two paths atomically (renameat2 with RENAME_EXCHANGE)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number), str(second))

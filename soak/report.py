@@ -114,6 +114,10 @@ def _fault_verdicts(state: State) -> list[Verdict]:
             verdicts.append(checks.push_outage(event, EXPORTER_OF[event.kind], state.scrapes, drain, state.t0))
         elif event.kind == "disk":
             verdicts.append(checks.disk_outage(event, state.log, state.t0))
+        elif event.kind == "datadir":
+            verdicts.append(checks.data_dir_replaced(event, state.log, state.t0))
+        elif event.kind == "connections":
+            verdicts.append(checks.connection_abuse(event, state.scrapes, state.t0))
         else:
             verdicts.append(checks.reload(event, state.t0))
     return verdicts

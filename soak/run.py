@@ -19,7 +19,7 @@ from typing import Any
 
 from soak import report
 from soak.config import ServeConfig, SqlHosts
-from soak.faults import DiskLane, Lane, Schedule, ServerLane, SighupLane, SqlLane
+from soak.faults import ConnectionLane, DataDirLane, DiskLane, Lane, Schedule, ServerLane, SighupLane, SqlLane
 from soak.generator import FileGenerator, SqlGenerator
 from soak.observe import LogTail, Poller, ProcSample, Scrape, proc_sample, scrape
 from soak.setup import schedules, serve, small_filesystem, snapshot_code, wait_for
@@ -234,6 +234,8 @@ def _lanes(rig: Rig, state: report.State, plan: dict[str, Schedule], scrapes: Po
         rig.influx,
         DiskLane(rig.work / "textfile", plan["disk"]),
         SighupLane(state.daemon.pid, rig.config, state.log, plan["sighup"], reload_allowed),
+        ConnectionLane(rig.config.listen_port, plan["connections"]),
+        DataDirLane(rig.prosody.data, plan["datadir"]),
     ]
 
 

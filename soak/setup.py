@@ -118,6 +118,8 @@ def schedules(duration: float, *, smoke: bool, seed: int) -> dict[str, Schedule]
             "influxd": [(3.0, 8.0)],
             "disk": [(3.0, 6.0)],
             "sighup": [(26.0, 0.0), (31.0, 0.0)],
+            "connections": [(14.0, 8.0)],
+            "datadir": [(20.0, 2.0)],
         }
     rng = random.Random(seed)
     bounds = {  # (gap, hold) ranges in seconds
@@ -127,6 +129,8 @@ def schedules(duration: float, *, smoke: bool, seed: int) -> dict[str, Schedule]
         "influxd": ((15, 45), (8, 25)),
         "disk": ((20, 50), (6, 15)),
         "sighup": ((20, 40), (0, 0)),
+        "connections": ((30, 60), (10, 30)),
+        "datadir": ((40, 90), (2, 5)),
     }
     plans: dict[str, Schedule] = {}
     for lane, (gap, hold) in bounds.items():

@@ -365,7 +365,7 @@ def test_reading_the_data_dir_does_not_wake_the_watcher(
 def test_lost_events_rescan_the_data_dir(daemon: Daemon, sample_tree: Path, caplog: pytest.LogCaptureFixture) -> None:
     """When the kernel's queue overflowed, some change is unknown: the data directory is scanned again, once."""
     rescans = spy(daemon, "refresh")
-    handler = watcher._Handler(daemon._watchers[0])
+    handler = watcher._Handler(daemon._watchers[0], str(sample_tree), str(sample_tree))
     handler.dispatch(EventsLostEvent(str(sample_tree), is_directory=True))
     wait_for(lambda: bool(rescans))
     time.sleep(0.3)

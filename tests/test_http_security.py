@@ -251,7 +251,7 @@ def test_stop_ends_idle_keep_alive_connections_at_once(plain_server: MetricsServ
     conn.request("GET", "/metrics")
     conn.getresponse().read()
     started = time.monotonic()
-    plain_server.stop()  # its thread waits for this client's next request, for up to 10 s
+    plain_server.stop()  # the connection waits for this client's next request, for up to 10 s
     assert time.monotonic() - started < 2
     conn.close()
 

@@ -525,3 +525,92 @@ def test_what_decides_which_accounts_count_and_where_modules_are(tmp_path: Path)
     assert set(plain.stores) == {AA, L2}  # mod_measure_active_users depends on lastlog2
     assert (hosts["anon.example"].auth_provider, hosts["anon.example"].count_disabled) == ("anonymous", True)
     assert hosts["rooms.example"].auth_provider is None and hosts["rooms.example"].is_component
+
+
+# --- what the export to Python may cost, and nesting past Lua's limits --------------------------------------
+
+# The five lines of issue 17: one string, stored many times, passes every limit of the evaluation.
+FAN_OUT = 'local s = string.rep("x", {size})\npadding = {{}}\nfor i = 1, {uses} do padding[i] = s end\n'
+
+
+@pytest.mark.parametrize(
+    ("size", "uses"),
+    [
+        (200, 100_000),  # 20 MB of copies: over the budget only when each use is counted
+        (4 * 1024 * 1024, 100_000),  # 400 GB of copies: the evaluation used to scan them for minutes
+    ],
+)
+def test_a_string_stored_many_times_is_refused_quickly_naming_the_file(size: int, uses: int, tmp_path: Path) -> None:
+    path = tmp_path / "prosody.cfg.lua"
+    path.write_text(FAN_OUT.format(size=size, uses=uses))
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as raised:
+        load_prosody_config(path, environ={})
+    assert time.monotonic() - started < TIME_LIMIT
+    assert str(raised.value) == (
+        f"{path}: the config's option values are too large to export (over 16777216 bytes of strings, "
+        "counting every use)"
+    )
+
+
+def test_a_string_stored_many_times_within_the_budget_is_exported(tmp_path: Path) -> None:
+    options = evaluate(tmp_path, FAN_OUT.format(size=100, uses=100_000))  # 10 MB in Python
+    padding = options["*"]["padding"]
+    assert isinstance(padding, dict) and len(padding) == 100_000 and padding[100_000] == "x" * 100
+
+
+def test_options_count_in_the_export_budget(tmp_path: Path) -> None:
+    path = tmp_path / "prosody.cfg.lua"
+    path.write_text('for i = 1, 210000 do _ENV["option" .. i] = true end\n')
+    with pytest.raises(ConfigError) as raised:
+        load_prosody_config(path, environ={})
+    assert str(raised.value).startswith(f"{path}: the config's option values are too large to export (over 200000")
+
+
+@pytest.mark.parametrize("failure", [MemoryError(), RecursionError("maximum recursion depth exceeded")])
+def test_any_failure_of_the_evaluation_is_a_config_error_naming_the_file(
+    failure: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(value: object) -> PlainValue:
+        raise failure
+
+    monkeypatch.setattr("prosody_lastlog.prosody_config._to_python", fail)
+    path = tmp_path / "prosody.cfg.lua"
+    path.write_text('VirtualHost "a.example"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_prosody_config(path, environ={})
+    assert str(raised.value) == f"{path}: cannot evaluate the config: {str(failure) or type(failure).__name__}"
+
+
+DEEP = 300  # Lua's parser and its calls through C stop at 200 levels
+NESTED_TOO_DEEPLY = {  # config text → where the message says it is: Lua's parser cannot tell the line
+    "x = " + "{" * DEEP + "}" * DEEP + "\n": "",
+    "x = " + "(" * DEEP + "1" + ")" * DEEP + "\n": "",
+    "x = " + " .. ".join(['"a"'] * DEEP) + "\n": "",
+    "x = " + "not " * DEEP + "true\n": "",
+    "local function f() local ok, e = pcall(f) error(e, 0) end\nf()\n": r":\d+",
+    "local function f() return ('x'):gsub('.', f) end\nf()\n": r":\d+",
+}
+
+
+@pytest.mark.parametrize(("text", "line"), NESTED_TOO_DEEPLY.items())
+def test_a_config_nested_too_deeply_is_named_with_its_file(text: str, line: str, tmp_path: Path) -> None:
+    path = tmp_path / "prosody.cfg.lua"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_prosody_config(path, environ={})
+    assert re.fullmatch(f"{re.escape(str(path))}{line}: the config is nested too deeply", str(raised.value))
+
+
+def test_an_included_file_nested_too_deeply_is_the_one_named(tmp_path: Path) -> None:
+    (tmp_path / "deep.cfg.lua").write_text("x = " + "{" * DEEP + "}" * DEEP + "\n")
+    (tmp_path / "prosody.cfg.lua").write_text('Include "deep.cfg.lua"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_prosody_config(tmp_path / "prosody.cfg.lua", environ={})
+    assert str(raised.value) == f"{tmp_path}/deep.cfg.lua: the config is nested too deeply"
+
+
+def test_a_warning_repeated_in_a_loop_is_given_once(tmp_path: Path) -> None:
+    path = tmp_path / "prosody.cfg.lua"
+    path.write_text("for i = 1, 100000 do\n  x = i\nend\n")
+    assert load_prosody_config(path, environ={}).warnings == (f"{path}:2: Duplicate option 'x'",)

@@ -19,7 +19,15 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_SECONDS = 90.0
-FAULTS = {"postgresql stop", "mariadb freeze", "carbon outage", "influxd outage", "disk outage"}
+FAULTS = {
+    "postgresql stop",
+    "mariadb freeze",
+    "carbon outage",
+    "influxd outage",
+    "disk outage",
+    "connections outage",
+    "datadir replaced",
+}
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from prosody_lastlog.cli import build_parser
+from prosody_lastlog.http_server import MAX_CONNECTIONS
 
 UNIT = Path(__file__).resolve().parent.parent / "contrib" / "prosody-lastlog.service"
 
@@ -31,3 +32,12 @@ def test_runs_unprivileged_read_only_in_the_prosody_group() -> None:
     assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "true"
     assert "/var/lib/prosody" in service["ReadOnlyPaths"]
     assert service["CapabilityBoundingSet"] == ""
+
+
+def test_limits_fit_the_daemons_own_bounds() -> None:
+    """Descriptors for every HTTP connection the daemon allows and its own; memory accounted and capped; a stop
+    timeout above the daemon's own stop bound (docs/robustness.md)."""
+    service = read_unit()["Service"]
+    assert int(service["LimitNOFILE"]) >= 2 * MAX_CONNECTIONS
+    assert service["MemoryAccounting"] == "yes" and service["MemoryHigh"] and service["MemoryMax"]
+    assert int(service["TimeoutStopSec"].removesuffix("s")) >= 10

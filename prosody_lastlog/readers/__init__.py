@@ -16,6 +16,10 @@ class ReadResult:
     hosts: dict[str, HostData] = field(default_factory=dict)
     problems: list[ReadProblem] = field(default_factory=list)
     server: ServerFacts | None = None  # what the rules took the server to be (None: nothing was read)
+    # What could not be read for a reason other than "no such file": not known to be gone. A daemon keeps what it
+    # knew of them. Hosts whose directories could not be listed, and per host the users whose files could not be read.
+    unreadable_hosts: set[str] = field(default_factory=set)
+    unreadable_users: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

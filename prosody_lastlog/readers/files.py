@@ -47,11 +47,16 @@ class DataDirError(Exception):
     """The data directory itself is missing or unreadable (one file's trouble is a ReadProblem)."""
 
 
+class RecordUnreadableError(Exception):
+    """A file of one user's record could not be read for a reason other than "no such file" (permissions, no
+    descriptor left): whether the record is gone is not known, so what was known of it stands."""
+
+
 Scandir = Callable[[str], Iterable[os.DirEntry[str]]]
 Progress = Callable[[int], None]
-# From some of a host's files: its records and the problems met.
-_Read = tuple[str, list[ActivityRow], list[ReadProblem]]
-_Records = tuple[str, list[UserActivity], list[ReadProblem]]  # the same, records made into UserActivity
+# From some of a host's files: its records, the problems met, and the users whose files could not be read.
+_Read = tuple[str, list[ActivityRow], list[ReadProblem], list[str]]
+_Records = tuple[str, list[UserActivity], list[ReadProblem], list[str]]  # the same, records made into UserActivity
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,17 +148,21 @@ class FileStoreReader:
         self._loader = _Loader()
 
     def read(self, progress: Progress | None = None) -> ReadResult:
-        """Scans the whole tree; raises DataDirError only if the data directory cannot be listed.
+        """Scans the whole tree; raises DataDirError only if the data directory cannot be listed. What cannot be read
+        for another reason than "no such file" is a problem, and named in the result's `unreadable_*`.
 
         `progress`, if given, is called with the number of user files read so far, about every BATCH_SIZE files.
         Records and problems come in the same order however many processes read (see `_Loader._activity`).
         """
         result = ReadResult()
         entries = [(host, path, self._host_entries(path, result.problems)) for host, path in self._host_dirs(result)]
-        server = self.policy.server({name for _, _, names in entries for name in names})
+        server = self.policy.server({name for _, _, names in entries for name in names or ()})
         result.server = server
         listed: list[_Files] = []
         for host, host_dir, names in entries:
+            if names is None:
+                result.unreadable_hosts.add(host)
+                continue
             choice = self.policy.choose(host, {store for store in Store if encode_store(store.value) in names}, server)
             if choice is None:
                 continue
@@ -163,6 +172,9 @@ class FileStoreReader:
                 continue  # --store names a store this host has no data in: zeros
             accounts = self._accounts(host_dir, names, choice, server.thirteen, result.problems)
             files = self._user_files(directory, result.problems)
+            if accounts is None or files is None:
+                result.unreadable_hosts.add(host)
+                continue
             listed.append(_Files(host, choice.store, directory, self._where(directory), files, accounts))
         total = sum(len(files.names) for files in listed)
         workers = min(self._workers, total // MIN_FILES_PER_WORKER)
@@ -171,16 +183,19 @@ class FileStoreReader:
                 read = [_records(part) for part in _read_serially(self._loader, listed, progress or _ignore)]
             else:
                 read = _Parallel(self._loader, _shares(listed, workers), progress).run()
-            for host, users, problems in read:
+            for host, users, problems, unreadable in read:
                 result.hosts[host].users.extend(users)
                 result.problems.extend(problems)
+                if unreadable:
+                    result.unreadable_users.setdefault(host, set()).update(unreadable)
         return result
 
     def read_user(
         self, host: str, choice: CountingChoice, user: str, problems: list[ReadProblem]
     ) -> UserActivity | None:
         """Reads one user's record again after a change (with its account's, as a full read would); None when it is
-        gone or unusable (then a problem)."""
+        gone or unusable (then a problem). Raises RecordUnreadableError (after adding the problem) when one of its files
+        cannot be read for another reason than "no such file"."""
         host_dir = os.path.join(self._data_dir, encode_name(host))
         name = encode_name(user) + _DAT
         path = os.path.join(host_dir, encode_store(choice.store.value), name)
@@ -199,21 +214,27 @@ class FileStoreReader:
         with _AccountFiles(
             self._loader, self._one_account(host_dir, name, choice, problems), self._where(host_dir), problems
         ) as accounts:
-            return UserActivity(*accounts.complete(name, row))
+            row = accounts.complete(name, row)
+            if accounts.unreadable:
+                raise RecordUnreadableError(problems[-1].where)
+            return UserActivity(*row)
 
     def _accounts(
         self, host_dir: str, names: set[str], choice: CountingChoice, thirteen: bool, problems: list[ReadProblem]
-    ) -> _Accounts:
+    ) -> _Accounts | None:
         """What a full read of the host takes from its account directories: Prosody 13's account files (`created`,
-        `disabled`) and, for users with no registration time otherwise, mod_register_ibr's account_details."""
+        `disabled`) and, for users with no registration time otherwise, mod_register_ibr's account_details; None
+        if one of them cannot be listed."""
         check = choice.accounts is AccountRule.ENABLED
-        listed: frozenset[str] = frozenset()
+        listed: list[str] | None = []
         if _ACCOUNTS in names and (thirteen or check):
-            listed = frozenset(self._user_files(os.path.join(host_dir, _ACCOUNTS), problems))
-        details: frozenset[str] = frozenset()
+            listed = self._user_files(os.path.join(host_dir, _ACCOUNTS), problems)
+        details: list[str] | None = []
         if _DETAILS in names:
-            details = frozenset(self._user_files(os.path.join(host_dir, _DETAILS), problems))
-        return _Accounts(host_dir, listed, read=thirteen, check=check, details=details)
+            details = self._user_files(os.path.join(host_dir, _DETAILS), problems)
+        if listed is None or details is None:
+            return None
+        return _Accounts(host_dir, frozenset(listed), read=thirteen, check=check, details=frozenset(details))
 
     def _one_account(self, host_dir: str, name: str, choice: CountingChoice, problems: list[ReadProblem]) -> _Accounts:
         """The account directories' part in one user's record: as `_accounts`, for that user's file only."""
@@ -240,7 +261,16 @@ class FileStoreReader:
         for entry in entries:
             host = decode_name(entry.name)
             # Other modules keep directories here too (`_global`, `http_file_share`): not host names, not ours.
-            if host is None or not _is_dir(entry) or (self._hosts and host not in self._hosts):
+            if host is None or (self._hosts and host not in self._hosts):
+                continue
+            try:
+                if not entry.is_dir():  # a link to a directory is followed, as Prosody follows it
+                    continue
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # a link whose target cannot be looked at: not known to be gone
+                problems.append(ReadProblem(entry.name, "unreadable", exc.strerror or str(exc)))
+                result.unreadable_hosts.add(host)
                 continue
             if host in seen:
                 problems.append(ReadProblem(entry.name, "unexpected", f"a second directory for host {host}"))
@@ -248,28 +278,32 @@ class FileStoreReader:
             seen.add(host)
             yield host, entry.path
 
-    def _host_entries(self, host_dir: str, problems: list[ReadProblem]) -> set[str]:
+    def _host_entries(self, host_dir: str, problems: list[ReadProblem]) -> set[str] | None:
         """The stores a host directory holds: its subdirectories (per-user stores) and, without `.dat`, its files
-        (host-level records such as Prosody 13's `cron.dat`)."""
+        (host-level records such as Prosody 13's `cron.dat`); None if it cannot be listed (then a problem)."""
         try:
             entries = list(self._scandir(host_dir))
+            names = {entry.name for entry in entries if _is_dir(entry)}
+        except FileNotFoundError:
+            return set()  # removed since listed
         except OSError as exc:
             problems.append(ReadProblem(self._where(host_dir), "unreadable", exc.strerror or str(exc)))
-            return set()
-        names = {entry.name for entry in entries if _is_dir(entry)}
+            return None
         return names | {entry.name[: -len(_DAT)] for entry in entries if entry.name.endswith(_DAT)}
 
-    def _user_files(self, store_dir: str, problems: list[ReadProblem]) -> list[str]:
+    def _user_files(self, store_dir: str, problems: list[ReadProblem]) -> list[str] | None:
         """The names of the regular `<user>.dat` files of a store (or `accounts`) directory; other entries so named
-        become problems.
+        become problems. None if it cannot be listed (then a problem); none if it is gone.
 
         Names are decoded as the files are read (where a name Prosody cannot write becomes a problem).
         """
         try:
             entries = list(self._scandir(store_dir))
+        except FileNotFoundError:
+            return []  # removed since the host's listing: Prosody deletes a store whose last record emptied
         except OSError as exc:
             problems.append(ReadProblem(self._where(store_dir), "unreadable", exc.strerror or str(exc)))
-            return []
+            return None
         names: list[str] = []
         for entry in entries:
             # Prosody's users() takes every name ending in .dat; `<user>.dat~` is a scratch file mid-write.
@@ -288,7 +322,7 @@ class FileStoreReader:
 
     def _read_regular_file(self, path: str, problems: list[ReadProblem]) -> bytes | None:
         """The text of a user's file, if it is a regular file and usable; None if it is gone (the record was emptied
-        or the account deleted) or not usable (then a problem)."""
+        or the account deleted) or not usable (then a problem); RecordUnreadableError if it cannot be read."""
         if not self._is_regular_file(path, problems):
             return None
         try:
@@ -296,8 +330,7 @@ class FileStoreReader:
         except FileNotFoundError:
             return None  # removed between listing and reading: Prosody deletes emptied records
         except OSError as exc:
-            problems.append(ReadProblem(self._where(path), "unreadable", exc.strerror or str(exc)))
-            return None
+            raise self._unreadable(path, exc, problems) from exc
         why = _unusable(text)
         if why is not None:
             problems.append(ReadProblem(self._where(path), *why))
@@ -305,7 +338,8 @@ class FileStoreReader:
         return text
 
     def _is_regular_file(self, path: str, problems: list[ReadProblem]) -> bool:
-        """Whether `path` is a regular file; one that is not, or cannot be looked at, is a problem; none is not."""
+        """Whether `path` is a regular file; one that is not is a problem, none is not; RecordUnreadableError if it
+        cannot be looked at."""
         try:
             if stat.S_ISREG(os.lstat(path).st_mode):
                 return True
@@ -313,8 +347,13 @@ class FileStoreReader:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            problems.append(ReadProblem(self._where(path), "unreadable", exc.strerror or str(exc)))
+            raise self._unreadable(path, exc, problems) from exc
         return False
+
+    def _unreadable(self, path: str, exc: OSError, problems: list[ReadProblem]) -> RecordUnreadableError:
+        """The problem of a file that cannot be read, added; and the exception that says so."""
+        problems.append(ReadProblem(self._where(path), "unreadable", exc.strerror or str(exc)))
+        return RecordUnreadableError(problems[-1].where)
 
     def _where(self, path: str) -> str:
         return path[len(self._prefix) :] if path.startswith(self._prefix) else path
@@ -337,15 +376,24 @@ class _Loader:
     def read(self, files: _Files, progress: Progress, done_before: int) -> _Read:
         """What `files` hold, and the problems met; `progress` gets the files done (plus `done_before`)."""
         problems: list[ReadProblem] = []
+        unreadable: list[str] = []  # users
         try:
             directory = os.open(files.directory, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return files.host, [], problems, unreadable  # removed since listed: the host's last record emptied
         except OSError as exc:
             problems.append(ReadProblem(files.where, "unreadable", exc.strerror or str(exc)))
-            return files.host, [], problems
+            return files.host, [], problems, [user for name in files.names if (user := _user_name(name)) is not None]
         try:
             with _AccountFiles(self, files.accounts, files.where.rpartition("/")[0], problems) as accounts:
-                rows = self._activity(files, directory, accounts, problems, progress=progress, done_before=done_before)
-            return files.host, rows, problems
+                rows = self._activity(
+                    files, directory, accounts, problems, unreadable, progress=progress, done_before=done_before
+                )
+            if accounts.unreadable:  # their account facts are not known: nor is whether they count
+                left_out = {user for name in accounts.unreadable if (user := _user_name(name)) is not None}
+                rows = [row for row in rows if row[0] not in left_out]
+                unreadable.extend(left_out)
+            return files.host, rows, problems, unreadable
         finally:
             os.close(directory)
 
@@ -355,11 +403,13 @@ class _Loader:
         directory: int,
         accounts: _AccountFiles,
         problems: list[ReadProblem],
+        unreadable: list[str],
         *,
         progress: Progress,
         done_before: int,
     ) -> list[ActivityRow]:
-        """The records of `files` (in the open `directory`), each completed by `accounts`.
+        """The records of `files` (in the open `directory`), each completed by `accounts`; users whose file cannot be
+        read are added to `unreadable`.
 
         They come in listing order, but those of files the sandbox evaluates (gathered for it) come at the end of
         their batch: the BATCH_SIZE files from a multiple of BATCH_SIZE in the listing. The order is thus the same
@@ -385,6 +435,7 @@ class _Loader:
                 continue  # removed between listing and reading: Prosody deletes emptied records
             except OSError as exc:
                 problems.append(ReadProblem(f"{files.where}/{name}", "unreadable", exc.strerror or str(exc)))
+                unreadable.append(user)
                 continue
             row = recognize(user, text)
             if row is None:
@@ -437,6 +488,7 @@ class _AccountFiles:
         self._host_where = host_where
         self._problems = problems
         self.needed = bool(accounts.names or accounts.check or accounts.details)  # else records stay as they are
+        self.unreadable: set[str] = set()  # `<user>.dat` whose account files could not be read: rows not to trust
         self._directories: dict[str, int] = {}
 
     def __enter__(self) -> _AccountFiles:
@@ -495,6 +547,7 @@ class _AccountFiles:
             return None
         except OSError as exc:
             self._problems.append(ReadProblem(where, "unreadable", exc.strerror or str(exc)))
+            self.unreadable.add(name)
             return None
         if (why := _unusable(text)) is not None:
             self._problems.append(ReadProblem(where, *why))
@@ -515,8 +568,8 @@ def _interpreted(
 
 
 def _records(read: _Read) -> _Records:
-    host, rows, problems = read
-    return host, list(starmap(UserActivity, rows)), problems
+    host, rows, problems, unreadable = read
+    return host, list(starmap(UserActivity, rows)), problems, unreadable
 
 
 def _read_serially(loader: _Loader, listed: list[_Files], progress: Progress) -> list[_Read]:
@@ -696,9 +749,11 @@ def _user_name(name: str) -> str | None:
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """Whether an entry is a directory (a link to one followed); False if it is gone, OSError if that cannot be
+    told (a link whose target cannot be looked at)."""
     try:
         return entry.is_dir()
-    except OSError:
+    except FileNotFoundError:
         return False
 
 

@@ -15,7 +15,16 @@ from itertools import chain, groupby
 from typing import Any
 
 from prosody_lastlog.counting import HostCounts, count_hosts
-from prosody_lastlog.database import Connection, DatabaseError, NoAnswerError, SqlSettings, connect, first_line
+from prosody_lastlog.database import (
+    Cancellation,
+    Connection,
+    DatabaseError,
+    NoAnswerError,
+    SqlSettings,
+    StoppedError,
+    connect,
+    first_line,
+)
 from prosody_lastlog.readers import ReadResult, SourceCount
 from prosody_lastlog.readers import sql_queries as queries
 from prosody_lastlog.readers.stores import account_facts, interpret, registration, registration_time
@@ -41,7 +50,10 @@ class _NotUtf8Error(Exception):
 
 
 class SqlReader:
-    """Reads the stores of Prosody's mod_storage_sql table `prosody(host, user, store, key, type, value)`."""
+    """Reads the stores of Prosody's mod_storage_sql table `prosody(host, user, store, key, type, value)`.
+
+    `cancellation`, when cancelled, ends the reading at once with StoppedError.
+    """
 
     def __init__(
         self,
@@ -51,6 +63,7 @@ class SqlReader:
         policy: Policy | None = None,
         method: str = "auto",
         parts: int = PARTS,
+        cancellation: Cancellation | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown SQL counting method {method!r}")
@@ -59,15 +72,16 @@ class SqlReader:
         self._policy = policy or Policy()
         self._method = method
         self._parts = max(1, parts)
+        self._cancellation = cancellation or Cancellation()
 
     def read(self) -> ReadResult:
         """Streams every row of the chosen store per host into activity records."""
-        with _connection(self._settings) as connection:
+        with _connection(self._settings, self._cancellation) as connection:
             return self._read(connection, self._hosts)
 
     def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
         """Counts per host: one aggregate query in the engine, else (or for hosts with odd rows) the stream."""
-        with _connection(self._settings) as connection:
+        with _connection(self._settings, self._cancellation) as connection:
             server = self._server(connection)
             result = SourceCount(server=server)
             to_stream: list[str] | None = None  # None: every host this reader covers
@@ -180,9 +194,14 @@ class SqlReader:
         failures: tuple[type[Exception], ...] = (DatabaseError, *connection.errors)
         try:
             with ThreadPoolExecutor(max_workers=parts) as pool:
-                return list(chain.from_iterable(pool.map(partial(self._aggregate, dialect), statements)))
-        except NoAnswerError:
-            raise  # streaming would wait for the same silent server again
+                try:
+                    return list(chain.from_iterable(pool.map(partial(self._aggregate, dialect), statements)))
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):  # stopping (SIGTERM during a count): the pool must not wait
+                        self._cancellation.cancel()  # for its queries, which may wait on a lock for minutes
+                    raise
+        except (NoAnswerError, StoppedError):
+            raise  # streaming would wait for the same silent server again, or start work that is cancelled
         except failures as exc:
             # E.g. PostgreSQL meeting text that is not JSON: the stream reports the rows at fault.
             log.warning(
@@ -194,7 +213,7 @@ class SqlReader:
 
     def _aggregate(self, dialect: queries.Dialect, statement: tuple[str, tuple[object, ...]]) -> list[tuple[Any, ...]]:
         """One part of the aggregate, on a connection of its own whose session settings die with it."""
-        connection = connect(self._settings)
+        connection = connect(self._settings, self._cancellation)
         try:
             for setting in dialect.session:
                 connection.query(setting)
@@ -467,8 +486,8 @@ def _host_name(key: Sequence[Any]) -> str | None:
 
 
 @contextmanager
-def _connection(settings: SqlSettings) -> Iterator[Connection]:
-    connection = connect(settings)
+def _connection(settings: SqlSettings, cancellation: Cancellation) -> Iterator[Connection]:
+    connection = connect(settings, cancellation)
     try:
         try:
             connection.query('SELECT 1 FROM "prosody" WHERE 1 = 0')

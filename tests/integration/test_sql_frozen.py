@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, closing, contextmanager
 import pytest
 
 from prosody_lastlog import database
-from prosody_lastlog.database import Connection, NoAnswerError, SqlSettings, parse_sql_url
+from prosody_lastlog.database import Cancellation, Connection, NoAnswerError, SqlSettings, parse_sql_url
 from prosody_lastlog.readers import sql as sql_reader
 from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.integration.private_sql import PrivateServer, private_mariadb, private_postgres
@@ -91,8 +91,8 @@ def test_a_count_frozen_in_its_aggregate_fails_at_once_instead_of_streaming(
     instead, as for an aggregate the database refuses, would wait on the same silent server again."""
     opened: list[Connection] = []
 
-    def connect_then_freeze_on_the_second(settings: SqlSettings) -> Connection:
-        connection = quick(database.connect(settings))
+    def connect_then_freeze_on_the_second(settings: SqlSettings, cancellation: Cancellation) -> Connection:
+        connection = quick(database.connect(settings, cancellation))
         opened.append(connection)
         if len(opened) == 2:
             server.freeze()
