@@ -63,6 +63,18 @@ class Cancellation:
                     cut()
 
     @contextmanager
+    def on_stop(self) -> Iterator[None]:
+        """Cancels when a stop signal is handled in this thread while the body runs (SIGTERM during a count, raised
+        as an exception that is not an Exception): unwinding alone would leave queries running on the server, e.g.
+        waiting for a lock, and would wait for those of other threads."""
+        try:
+            yield
+        except BaseException as exc:
+            if not isinstance(exc, Exception | GeneratorExit):  # GeneratorExit: a stream the reader stopped reading
+                self.cancel()
+            raise
+
+    @contextmanager
     def cutting(self, cut: Callable[[], None], settings: SqlSettings) -> Iterator[None]:
         """While the body runs, cancel() calls `cut`; StoppedError at once if cancel() came first."""
         with self._lock:
@@ -182,7 +194,7 @@ class Connection:
         no read timeout, so the socket is shut down under the waiting driver, which then fails at once.
         """
         timed_out, stopped = threading.Event(), threading.Event()
-        with self.cancellation.cutting(partial(self._stop, stopped), self.settings), self._stopping_ends_it():
+        with self.cancellation.cutting(partial(self._stop, stopped), self.settings), self.cancellation.on_stop():
             if self.socket_fd is None:  # SQLite: a local file, no server to freeze
                 with self._raising(stopped, timed_out):
                     yield
@@ -196,17 +208,6 @@ class Connection:
             finally:
                 timer.cancel()
                 timer.join()  # gone before the caller goes on, so no query leaves a thread behind
-
-    @contextmanager
-    def _stopping_ends_it(self) -> Iterator[None]:
-        """A stop signal handled in this thread while the query runs (SIGTERM during a count) cancels the work:
-        leaving the query alone would leave it running on the server, e.g. waiting for a lock."""
-        try:
-            yield
-        except BaseException as exc:
-            if not isinstance(exc, Exception | GeneratorExit):  # GeneratorExit: a stream the reader stopped reading
-                self.cancellation.cancel()
-            raise
 
     @contextmanager
     def _raising(self, stopped: threading.Event, timed_out: threading.Event) -> Iterator[None]:

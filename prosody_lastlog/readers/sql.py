@@ -193,13 +193,9 @@ class SqlReader:
         ]
         failures: tuple[type[Exception], ...] = (DatabaseError, *connection.errors)
         try:
-            with ThreadPoolExecutor(max_workers=parts) as pool:
-                try:
-                    return list(chain.from_iterable(pool.map(partial(self._aggregate, dialect), statements)))
-                except BaseException as exc:
-                    if not isinstance(exc, Exception):  # stopping (SIGTERM during a count): the pool must not wait
-                        self._cancellation.cancel()  # for its queries, which may wait on a lock for minutes
-                    raise
+            # Cancelled on a stop before the pool waits for its queries, which may wait on a lock for minutes.
+            with ThreadPoolExecutor(max_workers=parts) as pool, self._cancellation.on_stop():
+                return list(chain.from_iterable(pool.map(partial(self._aggregate, dialect), statements)))
         except (NoAnswerError, StoppedError):
             raise  # streaming would wait for the same silent server again, or start work that is cancelled
         except failures as exc:
