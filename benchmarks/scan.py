@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prosody_lastlog.counting import count_hosts
+from prosody_lastlog.core.counting import count_hosts
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.rules import Policy
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.readers.files import FileStoreReader
-from prosody_lastlog.records import Store
-from prosody_lastlog.rules import Policy
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "prosody_seed.lua"

@@ -86,7 +86,7 @@ import prosody13
 import scan
 import sql_count
 
-from prosody_lastlog.records import Store
+from prosody_lastlog.core.model import Store
 
 HERE = Path(__file__).resolve().parent
 FLOOR_SOURCE = HERE / "io_floor.c"

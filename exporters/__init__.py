@@ -15,8 +15,9 @@ from typing import Protocol, cast
 
 from exporters.graphite import format_plaintext
 from exporters.influx import format_line_protocol
-from exporters.points import Snapshot, points_of
+from exporters.points import points_of
 from exporters.runner import ExportStatus
+from prosody_lastlog.core.counting import Snapshot
 
 ENTRY_POINT_GROUP = "prosody_lastlog.exporters"
 BUILTIN = {  # name -> "module:factory", imported only when configured

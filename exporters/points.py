@@ -7,11 +7,9 @@ One Point is one value of one series: the same families as /metrics, without the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.windows import Window
+from prosody_lastlog.core.counting import Snapshot
 
 WINDOWED = ("active_users", "registrations")
 PER_HOST = ("accounts", "accounts_never_active", "connected_users")
@@ -26,15 +24,6 @@ class Point:
     window: str | None
     value: int
     timestamp: int
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The counts of every host as of `taken` (Unix seconds), for the windows counted."""
-
-    taken: float
-    counts: Mapping[str, HostCounts]
-    windows: Sequence[Window]
 
 
 def aligned(timestamp: float, interval: float) -> int:

@@ -15,7 +15,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from exporters.points import Point, Snapshot, aligned, points_of
+from exporters.points import Point, aligned, points_of
+from prosody_lastlog.core.counting import Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from exporters import ExporterConfigError, render_points, validate_exporters
-from exporters.points import Snapshot
 from prosody_lastlog import __version__
 from prosody_lastlog.atomic_write import write_atomically
-from prosody_lastlog.connected import NOBODY
-from prosody_lastlog.counting import HostCounts, total_counts
+from prosody_lastlog.core.connected import NOBODY
+from prosody_lastlog.core.counting import HostCounts, Snapshot, total_counts
+from prosody_lastlog.core.model import ReadProblem, Store
+from prosody_lastlog.core.windows import Window, parse_window, parse_windows
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.database import DatabaseError
 from prosody_lastlog.discovery import DEFAULT_DATA_DIR, Plan, SourceOptions, plan_sources
@@ -30,11 +31,9 @@ from prosody_lastlog.prosody_config import ConfigError
 from prosody_lastlog.prosody_server import ConnectedProbe, Detection
 from prosody_lastlog.readers.files import MAX_WORKERS, DataDirError
 from prosody_lastlog.readers.sql import METHODS
-from prosody_lastlog.records import ReadProblem, Store
 from prosody_lastlog.report import render_json, render_prometheus, render_table, to_json_document
 from prosody_lastlog.settings_file import SettingsError, read_settings_file
 from prosody_lastlog.sources import count_all
-from prosody_lastlog.windows import Window, parse_window, parse_windows
 
 log = logging.getLogger("prosody_lastlog")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -22,11 +22,11 @@ from prometheus_client.registry import Collector
 
 from exporters.runner import ExportStatus
 from prosody_lastlog import __version__
-from prosody_lastlog.connected import ConnectedMode
-from prosody_lastlog.counting import HostCounts, total_counts
-from prosody_lastlog.records import PROBLEM_KINDS
-from prosody_lastlog.sources import SourceHealth
-from prosody_lastlog.windows import Window
+from prosody_lastlog.core.connected import ConnectedMode
+from prosody_lastlog.core.counting import HostCounts, total_counts
+from prosody_lastlog.core.health import SourceHealth
+from prosody_lastlog.core.model import PROBLEM_KINDS
+from prosody_lastlog.core.windows import Window
 
 CACHE_NOTE = (
     "From a cache: the daemon refreshes it by file watcher and periodic resync, counting as of the scrape or push."

@@ -15,10 +15,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporters import Exporter, build_exporters
-from exporters.points import Snapshot
 from prosody_lastlog.atomic_write import write_atomically
 from prosody_lastlog.collector import ActiveUsersCollector
-from prosody_lastlog.counting import total_counts
+from prosody_lastlog.core.counting import Snapshot, total_counts
+from prosody_lastlog.core.windows import Window
 from prosody_lastlog.database import CONNECT_TIMEOUT_SECONDS
 from prosody_lastlog.discovery import Plan
 from prosody_lastlog.http_server import DEFAULT_PORT, MetricsServer
@@ -28,7 +28,6 @@ from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.sources import FileSource, SqlSource
 from prosody_lastlog.timer import PeriodicTimer
 from prosody_lastlog.watcher import DataDirWatcher, watch_file_sources
-from prosody_lastlog.windows import Window
 
 log = logging.getLogger(__name__)
 

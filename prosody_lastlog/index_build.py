@@ -27,12 +27,12 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeAlias
 
-from prosody_lastlog.activity_index import HostIndex, NameHash
-from prosody_lastlog.connected import ConnectedUsers
+from prosody_lastlog.core.connected import ConnectedUsers
+from prosody_lastlog.core.index import HostIndex, NameHash
+from prosody_lastlog.core.model import ReadProblem
+from prosody_lastlog.core.rules import ServerFacts
 from prosody_lastlog.readers import ReadResult
 from prosody_lastlog.readers.files import FileStoreReader, Progress, end_with_forker, forker_of, process_context
-from prosody_lastlog.records import ReadProblem
-from prosody_lastlog.rules import ServerFacts
 
 log = logging.getLogger(__name__)
 

@@ -44,10 +44,10 @@ from typing import Any, TypeAlias
 
 from lupa.lua54 import lua_type
 
-from .database import SqlSettings
-from .records import Store
-from .rules import DEFAULT_AUTH
-from .sandbox import PlainValue, restricted_runtime
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.rules import DEFAULT_AUTH
+from prosody_lastlog.database import SqlSettings
+from prosody_lastlog.sandbox import PlainValue, restricted_runtime
 
 DEFAULT_DATA_PATH = Path("/var/lib/prosody")  # Debian's CFG_DATADIR (/usr/bin/prosody)
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from prosody_lastlog.rules import InstalledProsody, MeasureModule, ModuleStore
+from prosody_lastlog.core.rules import InstalledProsody, MeasureModule, ModuleStore
 
 # Where packages put Prosody's own code (CFG_SOURCEDIR) and modules (CFG_PLUGINDIR): Debian's, then a source build's.
 SOURCE_DIRS = (Path("/usr/lib/prosody"), Path("/usr/local/lib/prosody"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from xml.etree.ElementTree import Element, ParseError, XMLPullParser
 from xml.sax.saxutils import escape
 
-from prosody_lastlog.connected import NOBODY, ConnectedMode, ConnectedUsers
+from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedUsers
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 from prometheus_client import CollectorRegistry, generate_latest
 
 from prosody_lastlog.collector import ActiveUsersCollector
-from prosody_lastlog.connected import ConnectedMode
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import CountingChoice, ReadProblem
-from prosody_lastlog.rules import ServerFacts
-from prosody_lastlog.sources import SourceHealth
-from prosody_lastlog.windows import Window
+from prosody_lastlog.core.connected import ConnectedMode
+from prosody_lastlog.core.counting import HostCounts
+from prosody_lastlog.core.health import SourceHealth
+from prosody_lastlog.core.model import CountingChoice, ReadProblem
+from prosody_lastlog.core.rules import ServerFacts
+from prosody_lastlog.core.windows import Window
 
 
 def to_json_document(

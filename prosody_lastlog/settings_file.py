@@ -16,10 +16,10 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.windows import parse_window
 from prosody_lastlog.prosody_server import Detection
 from prosody_lastlog.readers.sql import METHODS
-from prosody_lastlog.records import Store
-from prosody_lastlog.windows import parse_window
 
 
 class SettingsError(Exception):

@@ -9,12 +9,12 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
-from prosody_lastlog.activity_index import ActivityIndex
-from prosody_lastlog.connected import NOBODY, ConnectedMode, ConnectedUsers
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import CountingChoice
-from prosody_lastlog.sources import SourceHealth, zero_counts
-from prosody_lastlog.windows import Window
+from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedUsers
+from prosody_lastlog.core.counting import HostCounts, zero_counts
+from prosody_lastlog.core.health import SourceHealth
+from prosody_lastlog.core.index import ActivityIndex
+from prosody_lastlog.core.model import CountingChoice
+from prosody_lastlog.core.windows import Window
 
 
 class LiveCounts:

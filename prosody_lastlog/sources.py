@@ -10,33 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from prosody_lastlog.connected import NOBODY, ConnectedUsers
-from prosody_lastlog.counting import HostCounts, count_hosts
+from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
+from prosody_lastlog.core.counting import count_hosts, zero_counts
+from prosody_lastlog.core.health import SourceHealth
+from prosody_lastlog.core.model import AccountRule, CountingChoice
+from prosody_lastlog.core.rules import Policy, ServerFacts
+from prosody_lastlog.core.windows import Window
 from prosody_lastlog.database import Cancellation, SqlSettings
 from prosody_lastlog.readers import SourceCount
 from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.readers.sql import SqlReader
-from prosody_lastlog.records import AccountRule, CountingChoice
-from prosody_lastlog.rules import Policy, ServerFacts
-from prosody_lastlog.windows import Window
 
 log = logging.getLogger(__name__)
 _NAMED_HOSTS = 10  # hosts a log line names; the others are counted
-
-
-@dataclass
-class SourceHealth:
-    """How the last refresh of one source went."""
-
-    name: str
-    up: bool = False
-    last_success: float | None = None
-    duration_seconds: float | None = None
-    problems: Mapping[str, int] = field(default_factory=dict)  # read problems so far, by kind
-    error: str | None = None
-    server: ServerFacts | None = None  # what the last successful refresh took the Prosody that wrote it to be
-    has_watcher: bool = False  # a file source in `serve`, whose watcher reports here
-    unwatched: str | None = None  # what of its data directory is not watched as it should be, and why
 
 
 class Source(Protocol):
@@ -149,9 +135,3 @@ def log_choices(source: str, server: ServerFacts | None, choices: Mapping[str, C
                  choice.accounts_reason)  # fmt: skip
         if choice.accounts is AccountRule.NOBODY:
             log.warning("%s: only connected users count, as in Prosody 13: %s", named, choice.accounts_reason)
-
-
-def zero_counts(choice: CountingChoice, windows: Sequence[Window]) -> HostCounts:
-    """The counts of a host that exists but has no data yet."""
-    zeros = dict.fromkeys((w.label for w in windows), 0)
-    return HostCounts(choice.store, 0, 0, 0, 0, zeros, dict(zeros), choice=choice)

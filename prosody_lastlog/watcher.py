@@ -44,8 +44,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from prosody_lastlog.core.model import Store
 from prosody_lastlog.pathnames import decode_name
-from prosody_lastlog.records import Store
 from prosody_lastlog.refresh import Refresher
 from prosody_lastlog.sources import FileSource
 

@@ -13,9 +13,10 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from exporters.points import Snapshot, aligned, points_of
+from exporters.points import aligned, points_of
 from exporters.runner import PushExporter
 from prosody_lastlog.cli import main
+from prosody_lastlog.core.counting import Snapshot
 
 
 def install_tap(tap: TextIO) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prosody_lastlog.connected import ConnectedMode, ConnectedUsers
-from prosody_lastlog.counting import count_host, count_hosts
-from prosody_lastlog.records import AccountRule, CountingChoice, HostData, Store, UserActivity
-from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
+from prosody_lastlog.core.connected import ConnectedMode, ConnectedUsers
+from prosody_lastlog.core.counting import count_host, count_hosts
+from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, Store, UserActivity
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window
 
 NOW = 1_763_900_000
 DAY = 86400

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from prosody_lastlog.cli import main
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.conftest import CASES
 from tests.test_daemon import SAMPLE_NOW, get, wait_for
 

@@ -9,11 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from prosody_lastlog.counting import HostCounts, count_hosts
+from prosody_lastlog.core.counting import HostCounts, count_hosts
+from prosody_lastlog.core.model import AccountRule, Store
+from prosody_lastlog.core.rules import Policy
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.readers.files import FileStoreReader
-from prosody_lastlog.records import AccountRule, Store
-from prosody_lastlog.rules import Policy
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.conftest import CASES, case_data
 
 STORE_SCRIPT = Path(__file__).with_name("datamanager_store.lua")

@@ -14,11 +14,11 @@ from prometheus_client import generate_latest
 
 from exporters import BUILTIN, _factory
 from prosody_lastlog.cli import build_parser, main
+from prosody_lastlog.core.model import PROBLEM_KINDS
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.records import PROBLEM_KINDS
 from prosody_lastlog.settings_file import KEYS
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

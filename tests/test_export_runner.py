@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import pytest
 
 from exporters import ExporterConfigError, build_exporters
-from exporters.points import Point, Snapshot, aligned, points_of
+from exporters.points import Point, aligned, points_of
 from exporters.runner import ExportError, PushExporter
-from prosody_lastlog.records import CountingChoice, Store
-from prosody_lastlog.sources import zero_counts
-from prosody_lastlog.windows import DEFAULT_WINDOWS
+from prosody_lastlog.core.counting import Snapshot, zero_counts
+from prosody_lastlog.core.model import CountingChoice, Store
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 
 NOW = 1_763_900_010  # 30 s into a minute
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from prosody_lastlog.core.model import ReadProblem, Store, StoreBasis
+from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.pathnames import encode_name
 from prosody_lastlog.readers import ReadResult, files
 from prosody_lastlog.readers.files import MAX_FILE_SIZE, MAX_WORKERS, DataDirError, FileStoreReader, default_workers
-from prosody_lastlog.records import ReadProblem, Store, StoreBasis
-from prosody_lastlog.rules import Policy
 from tests.conftest import case_data
 
 

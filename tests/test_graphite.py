@@ -22,11 +22,11 @@ from exporters.graphite import (
     datagrams,
     format_plaintext,
 )
-from exporters.points import Point, Snapshot, aligned, points_of
+from exporters.points import Point, aligned, points_of
 from exporters.runner import ExportError
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import Store
-from prosody_lastlog.windows import Window
+from prosody_lastlog.core.counting import HostCounts, Snapshot
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.windows import Window
 
 T = 1_700_000_000
 WINDOWS = (Window(86400, "1d"), Window(7 * 86400, "7d"))

@@ -22,15 +22,15 @@ import pymysql
 import pytest
 
 from prosody_lastlog.cli import main
-from prosody_lastlog.counting import HostCounts
+from prosody_lastlog.core.counting import HostCounts, zero_counts
+from prosody_lastlog.core.model import PROBLEM_KINDS, CountingChoice, ReadProblem, Store
+from prosody_lastlog.core.rules import InstalledProsody, Policy
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.database import SqlSettings, parse_sql_url
 from prosody_lastlog.pathnames import decode_name
 from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.readers.sql import SqlReader
-from prosody_lastlog.records import PROBLEM_KINDS, CountingChoice, ReadProblem, Store
-from prosody_lastlog.rules import InstalledProsody, Policy
-from prosody_lastlog.sources import FileSource, zero_counts
-from prosody_lastlog.windows import DEFAULT_WINDOWS
+from prosody_lastlog.sources import FileSource
 from tests import prosody_table
 from tests.conftest import CASES, FIXTURES, as_nobody, case_data
 from tests.prosody_table import Row

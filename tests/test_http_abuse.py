@@ -32,9 +32,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import prosody_lastlog
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.http_server import MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS, MAX_LINE, MetricsServer, load_tls
 from prosody_lastlog.snapshot import LiveCounts
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.test_http_security import Values, self_signed
 
 PACKAGE_ROOT = Path(prosody_lastlog.__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ import json, logging, os, resource, sys, time
 from prometheus_client import CollectorRegistry, Gauge
 from prosody_lastlog.http_server import MetricsServer, load_tls
 from prosody_lastlog.snapshot import LiveCounts
-from prosody_lastlog.windows import DEFAULT_WINDOWS
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 options = json.loads(sys.argv[1])

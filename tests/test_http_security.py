@@ -23,6 +23,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
 from prosody_lastlog.http_server import (
@@ -34,7 +35,6 @@ from prosody_lastlog.http_server import (
     load_tls,
 )
 from prosody_lastlog.snapshot import LiveCounts
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 
 ACCEPTS = [
     "",

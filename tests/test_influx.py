@@ -27,11 +27,11 @@ from exporters.influx import (
     format_line_protocol,
     post_lines,
 )
-from exporters.points import PER_HOST, WINDOWED, Point, Snapshot, aligned, points_of
+from exporters.points import PER_HOST, WINDOWED, Point, aligned, points_of
 from exporters.runner import ExportError, PushExporter, RejectedBatchError
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import Store
-from prosody_lastlog.windows import Window
+from prosody_lastlog.core.counting import HostCounts, Snapshot
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.windows import Window
 from tests.http_recorder import recording_server
 from tests.integration.servers import free_port
 from tests.line_protocol import Line, parse

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from prosody_lastlog.core.model import Store, StoreBasis
+from prosody_lastlog.core.rules import ModuleStore, Policy
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.database import SqlSettings
 from prosody_lastlog.discovery import SourceOptions, plan_sources
 from prosody_lastlog.prosody_install import find_installed
 from prosody_lastlog.readers import SourceCount
-from prosody_lastlog.records import Store, StoreBasis
-from prosody_lastlog.rules import ModuleStore, Policy
 from prosody_lastlog.sources import FileSource, SqlSource, count_all
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.conftest import CASES
 
 # The account_activity cases are Prosody 0.12 imitating Prosody 13's store (see test_account_activity_store_counts).

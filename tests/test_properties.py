@@ -28,12 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 from fuzz.oracles import ConfigOracle, DataFileOracle, dictionary_tokens, same_activity
 from prosody_lastlog.cli import main
 from prosody_lastlog.collector import ActiveUsersCollector
-from prosody_lastlog.connected import NOBODY, ConnectedMode, ConnectedUsers
-from prosody_lastlog.counting import HostCounts, count_host, count_hosts, total_counts
-from prosody_lastlog.http_server import Exposition
-from prosody_lastlog.pathnames import encode_name, encode_store
-from prosody_lastlog.readers.files import MAX_FILE_SIZE, FileStoreReader
-from prosody_lastlog.records import (
+from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedUsers
+from prosody_lastlog.core.counting import HostCounts, count_host, count_hosts, total_counts
+from prosody_lastlog.core.health import SourceHealth
+from prosody_lastlog.core.model import (
     PROBLEM_KINDS,
     AccountRule,
     CountingChoice,
@@ -42,9 +40,11 @@ from prosody_lastlog.records import (
     Store,
     UserActivity,
 )
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window
+from prosody_lastlog.http_server import Exposition
+from prosody_lastlog.pathnames import encode_name, encode_store
+from prosody_lastlog.readers.files import MAX_FILE_SIZE, FileStoreReader
 from prosody_lastlog.report import render_prometheus
-from prosody_lastlog.sources import SourceHealth
-from prosody_lastlog.windows import DEFAULT_WINDOWS, Window
 from tests.conftest import CASES
 from tests.line_protocol import parse as parse_line_protocol
 

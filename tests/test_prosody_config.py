@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from prosody_lastlog.core.model import Store
 from prosody_lastlog.database import SqlSettings
 from prosody_lastlog.prosody_config import (
     DEFAULT_DATA_PATH,
@@ -23,7 +24,6 @@ from prosody_lastlog.prosody_config import (
     evaluate_config,
     load_prosody_config,
 )
-from prosody_lastlog.records import Store
 from prosody_lastlog.sandbox import PlainValue
 
 from .conftest import FIXTURES

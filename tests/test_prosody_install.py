@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from prosody_lastlog.core.rules import ModuleStore
 from prosody_lastlog.prosody_install import SOURCE_DIRS, find_installed, read_module
-from prosody_lastlog.rules import ModuleStore
 from tests.prosody13_cases import account_activity_variant, prosody_13
 
 MODULE = "mod_measure_active_users"

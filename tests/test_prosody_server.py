@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog.connected import ConnectedMode
+from prosody_lastlog.core.connected import ConnectedMode
 from prosody_lastlog.prosody_server import (
     AdminSocketError,
     ConnectedProbe,

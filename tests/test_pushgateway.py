@@ -18,15 +18,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from exporters.points import PER_HOST, WINDOWED, Point, Snapshot, points_of
+from exporters.points import PER_HOST, WINDOWED, Point, points_of
 from exporters.pushgateway import Gateway, create, exposition
 from exporters.runner import ExportError
 from prosody_lastlog.collector import ActiveUsersCollector
-from prosody_lastlog.connected import ConnectedMode
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import Store
-from prosody_lastlog.sources import SourceHealth
-from prosody_lastlog.windows import DEFAULT_WINDOWS
+from prosody_lastlog.core.connected import ConnectedMode
+from prosody_lastlog.core.counting import HostCounts, Snapshot
+from prosody_lastlog.core.health import SourceHealth
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from tests.http_recorder import Recorder, recording_server
 
 TAKEN = 1_763_900_010

@@ -1,12 +1,12 @@
 """The one set of rules deciding how a host is counted: which Prosody wrote the data, which module it runs, which
-store and which accounts count (prosody_lastlog/rules.py)."""
+store and which accounts count (prosody_lastlog/core/rules.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from prosody_lastlog.records import AccountRule, Store, StoreBasis
-from prosody_lastlog.rules import (
+from prosody_lastlog.core.model import AccountRule, Store, StoreBasis
+from prosody_lastlog.core.rules import (
     HostConfig,
     InstalledProsody,
     MeasureModule,

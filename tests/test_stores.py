@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from prosody_lastlog.core.model import Store, UserActivity
 from prosody_lastlog.readers.stores import interpret
-from prosody_lastlog.records import Store, UserActivity
 from prosody_lastlog.sandbox import PlainValue
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prosody_lastlog.windows import DEFAULT_WINDOWS, Window, parse_window, parse_windows
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window, parse_window, parse_windows
 
 
 @pytest.mark.parametrize(

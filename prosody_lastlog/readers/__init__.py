@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import HostData, ReadProblem
-from prosody_lastlog.rules import ServerFacts
+from prosody_lastlog.core.counting import HostCounts
+from prosody_lastlog.core.model import HostData, ReadProblem
+from prosody_lastlog.core.rules import ServerFacts
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from prosody_lastlog.records import Store
+from prosody_lastlog.core.model import Store
 
 MAX_BYTES = 4096
 

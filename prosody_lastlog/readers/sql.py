@@ -14,7 +14,10 @@ from functools import partial
 from itertools import chain, groupby
 from typing import Any
 
-from prosody_lastlog.counting import HostCounts, count_hosts
+from prosody_lastlog.core.counting import HostCounts, count_hosts
+from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, ReadProblem, Store, UserActivity
+from prosody_lastlog.core.rules import THIRTEEN_INDEX, THIRTEEN_STORES, Policy, ServerFacts
+from prosody_lastlog.core.windows import Window
 from prosody_lastlog.database import (
     Cancellation,
     Connection,
@@ -28,10 +31,7 @@ from prosody_lastlog.database import (
 from prosody_lastlog.readers import ReadResult, SourceCount
 from prosody_lastlog.readers import sql_queries as queries
 from prosody_lastlog.readers.stores import account_facts, interpret, registration, registration_time
-from prosody_lastlog.records import AccountRule, CountingChoice, HostData, ReadProblem, Store, UserActivity
-from prosody_lastlog.rules import THIRTEEN_INDEX, THIRTEEN_STORES, Policy, ServerFacts
 from prosody_lastlog.sandbox import PlainValue
-from prosody_lastlog.windows import Window
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prosody_lastlog.records import Store
-from prosody_lastlog.rules import THIRTEEN_INDEX
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.rules import THIRTEEN_INDEX
 
 STORES = tuple(store.value for store in Store)  # the activity stores; a store's code is its place here, from 1
 ACCOUNTS, DETAILS = "accounts", "account_details"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from prosody_lastlog.records import Store, UserActivity
+from prosody_lastlog.core.model import Store, UserActivity
 from prosody_lastlog.sandbox import PlainValue
 
 # mod_lastlog's first version stored no `event`; its own reader then assumed "login".

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from exporters.graphite import create
-from exporters.points import Snapshot, aligned
+from exporters.points import aligned
 from exporters.runner import PushExporter
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import Store
-from prosody_lastlog.windows import Window
+from prosody_lastlog.core.counting import HostCounts, Snapshot
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.windows import Window
 from tests.integration.push_servers import CarbonServer, carbon_cache
 from tests.integration.servers import free_port
 

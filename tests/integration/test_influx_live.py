@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from exporters.influx import create, format_line_protocol, post_lines, write_url
-from exporters.points import PER_HOST, WINDOWED, Snapshot, aligned, points_of
+from exporters.points import PER_HOST, WINDOWED, aligned, points_of
 from exporters.runner import ExportError, PushExporter, RejectedBatchError
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import Store
-from prosody_lastlog.windows import DEFAULT_WINDOWS
+from prosody_lastlog.core.counting import HostCounts, Snapshot
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from tests.integration.push_servers import INFLUX_ADMIN, INFLUX_PASSWORD, InfluxServer, influxd
 from tests.integration.servers import free_port
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog.counting import count_hosts
+from prosody_lastlog.core.counting import count_hosts
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.rules import Policy
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.readers.files import FileStoreReader
-from prosody_lastlog.records import Store
-from prosody_lastlog.rules import Policy
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.conftest import CASES, FIXTURES, load_generator
 
 pytestmark = pytest.mark.integration

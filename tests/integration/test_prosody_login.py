@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from prosody_lastlog.core.model import Store, UserActivity
+from prosody_lastlog.core.rules import Policy
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import Plan, SourceOptions, plan_sources
 from prosody_lastlog.prosody_server import Detection, ProsodyServer
 from prosody_lastlog.readers.files import FileStoreReader
-from prosody_lastlog.records import Store, UserActivity
-from prosody_lastlog.rules import Policy
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.integration.live_prosody import LiveProsody, running_prosody
 from tests.integration.xmpp_client import XmppClient
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from exporters.points import Snapshot, points_of
+from exporters.points import points_of
 from exporters.pushgateway import create
 from exporters.runner import PushExporter
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import Store
-from prosody_lastlog.windows import DEFAULT_WINDOWS
+from prosody_lastlog.core.counting import HostCounts, Snapshot
+from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from tests.integration.push_servers import pushgateway, pushgateway_samples, run_server
 from tests.integration.servers import free_port, query, running
 

@@ -11,9 +11,9 @@ from contextlib import AbstractContextManager, closing, contextmanager
 import pytest
 
 from prosody_lastlog import database
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.database import Cancellation, Connection, NoAnswerError, SqlSettings, parse_sql_url
 from prosody_lastlog.readers import sql as sql_reader
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests.integration.private_sql import PrivateServer, private_mariadb, private_postgres
 from tests.integration.test_sql_restart import DATABASE, load_fixture
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.windows import DEFAULT_WINDOWS
 from tests import prosody_table
 from tests.conftest import CASES
 from tests.integration.private_sql import PrivateServer, private_mariadb, private_postgres

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from prosody_lastlog.connected import NOBODY, ConnectedUsers
-from prosody_lastlog.records import AccountRule, CountingChoice, HostData, Store
-from prosody_lastlog.windows import Window
+from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
+from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, Store
+from prosody_lastlog.core.windows import Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,15 @@ class HostCounts:
         """Active in the shortest window over active in the longest (DAU/MAU by default); None if undefined."""
         denominator = self.active[longest.label]
         return self.active[shortest.label] / denominator if denominator else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The counts of every host as of `taken` (Unix seconds), for the windows counted."""
+
+    taken: float
+    counts: Mapping[str, HostCounts]
+    windows: Sequence[Window]
 
 
 def count_host(
@@ -121,3 +130,9 @@ def _add_within(counts: dict[str, int], windows: Sequence[Window], age: float) -
 
 def _host_name(data: HostData) -> str:
     return data.host
+
+
+def zero_counts(choice: CountingChoice, windows: Sequence[Window]) -> HostCounts:
+    """The counts of a host that exists but has no data yet."""
+    zeros = dict.fromkeys((w.label for w in windows), 0)
+    return HostCounts(choice.store, 0, 0, 0, 0, zeros, dict(zeros), choice=choice)

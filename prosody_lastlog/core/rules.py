@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from prosody_lastlog.records import AccountRule, CountingChoice, Store, StoreBasis
+from prosody_lastlog.core.model import AccountRule, CountingChoice, Store, StoreBasis
 
 # The auth provider whose `is_enabled` Prosody 13 asks, and Prosody's default provider.
 HASHED = "internal_hashed"

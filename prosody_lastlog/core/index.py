@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Siz
 from hashlib import blake2b
 from itertools import islice
 
-from prosody_lastlog.connected import NOBODY, ConnectedUsers
-from prosody_lastlog.counting import HostCounts
-from prosody_lastlog.records import CountingChoice, Store, UserActivity
-from prosody_lastlog.windows import Window
+from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
+from prosody_lastlog.core.counting import HostCounts
+from prosody_lastlog.core.model import CountingChoice, Store, UserActivity
+from prosody_lastlog.core.windows import Window
 
 _NO_TIME = math.nan  # a missing time; the readers never give NaN (non-finite timestamps are dropped)
 # Per-slot flags. A slot without _PRESENT is a removed user, reused if the name comes back.
