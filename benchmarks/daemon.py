@@ -36,7 +36,7 @@ from types import TracebackType
 from prometheus_client.parser import text_string_to_metric_families
 from scan import HOSTS, NOW, WINDOWS, generate, generator_version, warm_page_cache
 
-from prosody_lastlog.pathnames import encode_name
+from prosody_lastlog.prosody.pathnames import encode_name
 
 HERE = Path(__file__).resolve().parent
 DAY = 86400

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
 from prosody_runtime import ProsodyRuntime, prosody_13
 from scan import HOSTS, NOW, SEED_USERS, Run, run_seed
 
-from prosody_lastlog.pathnames import encode_name
+from prosody_lastlog.prosody.pathnames import encode_name
 
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "prosody13_seed.lua"

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prosody_lastlog.core.model import PROBLEM_KINDS, CountingChoice, ReadProblem, Store, UserActivity
-from prosody_lastlog.pathnames import encode_name, encode_store
-from prosody_lastlog.prosody_config import ConfigError, ProsodyConfig, load_prosody_config
-from prosody_lastlog.readers.canonical import activity_reader, parse
+from prosody_lastlog.prosody.canonical import activity_reader, parse
+from prosody_lastlog.prosody.config import ConfigError, ProsodyConfig, load_prosody_config
+from prosody_lastlog.prosody.decode import interpret
+from prosody_lastlog.prosody.pathnames import encode_name, encode_store
+from prosody_lastlog.prosody.sandbox import MAX_DEPTH, Loaded, LuaSandbox
 from prosody_lastlog.readers.files import MAX_FILE_SIZE, FileStoreReader
-from prosody_lastlog.readers.stores import interpret
-from prosody_lastlog.sandbox import MAX_DEPTH, Loaded, LuaSandbox
 
 HOST = "fuzz.example"
 USER = "fuzz"

@@ -27,8 +27,8 @@ from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.database import DatabaseError
 from prosody_lastlog.discovery import DEFAULT_DATA_DIR, Plan, SourceOptions, plan_sources
 from prosody_lastlog.http_server import DEFAULT_PORT, load_credentials, load_tls
-from prosody_lastlog.prosody_config import ConfigError
-from prosody_lastlog.prosody_server import ConnectedProbe, Detection
+from prosody_lastlog.prosody.config import ConfigError
+from prosody_lastlog.prosody.running import ConnectedProbe, Detection
 from prosody_lastlog.readers.files import MAX_WORKERS, DataDirError
 from prosody_lastlog.readers.sql import METHODS
 from prosody_lastlog.report import render_json, render_prometheus, render_table, to_json_document

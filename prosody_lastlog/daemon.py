@@ -22,7 +22,7 @@ from prosody_lastlog.core.windows import Window
 from prosody_lastlog.database import CONNECT_TIMEOUT_SECONDS
 from prosody_lastlog.discovery import Plan
 from prosody_lastlog.http_server import DEFAULT_PORT, MetricsServer
-from prosody_lastlog.prosody_server import ConnectedProbe, Detection
+from prosody_lastlog.prosody.running import ConnectedProbe, Detection
 from prosody_lastlog.refresh import Refresher
 from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.sources import FileSource, SqlSource

@@ -1,4 +1,4 @@
-"""Connections to Prosody's SQL database (SQLite3, PostgreSQL, MySQL/MariaDB), read-only, and SQL URLs."""
+"""Connections to Prosody's SQL database (SQLite3, PostgreSQL, MySQL/MariaDB), read-only, with deadlines."""
 
 from __future__ import annotations
 
@@ -14,22 +14,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
-DRIVERS = ("SQLite3", "PostgreSQL", "MySQL")  # Prosody's names for them
+from prosody_lastlog.prosody.sql_settings import DRIVERS, SqlSettings
+
 CONNECT_TIMEOUT_SECONDS = 5  # bound on opening a connection, the whole handshake with it
 QUERY_TIMEOUT_SECONDS = 600  # bound on one query, all its rows read: a frozen server fails the count, not hangs it
 CANCEL_REQUEST_SECONDS = 1.0  # bound on PostgreSQL's cancel request when stopping (a frozen server never answers)
 # How long a connect given up at its deadline may take to end: MySQL's is cut, psycopg's ends at its own deadline.
 _ENDING_SECONDS = 1.0
 SQLITE_BUSY_SECONDS = 5.0
-_URL_SCHEMES = {
-    "sqlite": "SQLite3",
-    "postgresql": "PostgreSQL",
-    "postgres": "PostgreSQL",
-    "mysql": "MySQL",
-    "mariadb": "MySQL",
-}
 
 
 class DatabaseError(Exception):
@@ -95,59 +89,6 @@ class Cursor(Protocol):
     def fetchall(self) -> list[tuple[Any, ...]]: ...
     def fetchmany(self, size: int = ..., /) -> list[tuple[Any, ...]]: ...
     def close(self) -> Any: ...
-
-
-@dataclass(frozen=True)
-class SqlSettings:
-    """Where Prosody's `prosody` table lives, as in its `sql = {...}` option."""
-
-    driver: str  # "SQLite3" | "PostgreSQL" | "MySQL"
-    database: str  # for SQLite3: the file's path
-    host: str | None = None
-    port: int | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def describe(self) -> str:
-        """A name for logs and errors, without the password."""
-        if self.driver == "SQLite3":
-            return f"SQLite3 {self.database}"
-        user = f"{self.username}@" if self.username else ""
-        port = f":{self.port}" if self.port else ""
-        return f"{self.driver} {user}{self.host or 'localhost'}{port}/{self.database}"
-
-
-def parse_sql_url(url: str, *, password: str | None = None) -> SqlSettings:
-    """Reads `sqlite:///path`, `postgresql://user[:pw]@host:port/db` or `mysql://user@host:port/db`.
-
-    `password` (from --sql-password-file) wins over one written in the URL.
-    """
-    parts = urlsplit(url)
-    driver = _URL_SCHEMES.get(parts.scheme.lower())
-    if driver is None:
-        raise ValueError(f"unsupported SQL URL scheme {parts.scheme!r}: use sqlite, postgresql or mysql")
-    if driver == "SQLite3":
-        if not parts.path.startswith("/"):
-            raise ValueError("an sqlite URL needs an absolute file path: sqlite:///var/lib/prosody/prosody.sqlite")
-        path = "/" + unquote(parts.path).lstrip("/")  # sqlite:///abs and sqlite:////abs both mean /abs
-        if path == "/":
-            raise ValueError("an sqlite URL needs a file path: sqlite:///var/lib/prosody/prosody.sqlite")
-        return SqlSettings(driver, path)
-    database = unquote(parts.path.lstrip("/"))
-    if not database:
-        raise ValueError(f"the {parts.scheme} URL names no database: {parts.scheme}://user@host:port/prosody")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"invalid port in the {parts.scheme} URL") from exc
-    return SqlSettings(
-        driver,
-        database,
-        host=parts.hostname,
-        port=port,
-        username=unquote(parts.username) if parts.username else None,
-        password=password if password is not None else (unquote(parts.password) if parts.password else None),
-    )
 
 
 @dataclass

@@ -10,10 +10,10 @@ from pathlib import Path
 from prosody_lastlog.core.connected import ConnectedMode
 from prosody_lastlog.core.model import CountingChoice, Store
 from prosody_lastlog.core.rules import HostConfig, InstalledProsody, Policy
-from prosody_lastlog.database import SqlSettings, parse_sql_url
-from prosody_lastlog.prosody_config import HostSettings, load_prosody_config
-from prosody_lastlog.prosody_install import find_installed
-from prosody_lastlog.prosody_server import DEFAULT_PIDFILES, ProsodyServer
+from prosody_lastlog.prosody.config import HostSettings, load_prosody_config
+from prosody_lastlog.prosody.install import find_installed
+from prosody_lastlog.prosody.running import DEFAULT_PIDFILES, ProsodyServer
+from prosody_lastlog.prosody.sql_settings import SqlSettings, parse_sql_url
 from prosody_lastlog.sources import FileSource, Source, SqlSource
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prosody_lastlog.core.model import Store
 from prosody_lastlog.core.windows import parse_window
-from prosody_lastlog.prosody_server import Detection
+from prosody_lastlog.prosody.running import Detection
 from prosody_lastlog.readers.sql import METHODS
 
 

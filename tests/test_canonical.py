@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from lupa.lua54 import LuaRuntime
 
 from prosody_lastlog.core.model import Store, UserActivity
-from prosody_lastlog.pathnames import decode_name
-from prosody_lastlog.readers.canonical import MAX_BYTES, account_fields, activity_reader, parse
-from prosody_lastlog.readers.stores import interpret
-from prosody_lastlog.sandbox import LuaSandbox
+from prosody_lastlog.prosody.canonical import MAX_BYTES, account_fields, activity_reader, parse
+from prosody_lastlog.prosody.decode import interpret
+from prosody_lastlog.prosody.pathnames import decode_name
+from prosody_lastlog.prosody.sandbox import LuaSandbox
 from tests.conftest import CASES
 
 PROSODY_LIB = os.environ.get("PROSODY_LIB", "/usr/lib/prosody")

@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 
 from prosody_lastlog.cli import _setup_logging, main
-from prosody_lastlog.pathnames import encode_name
+from prosody_lastlog.prosody.pathnames import encode_name
 from tests.conftest import case_data
 from tests.test_daemon import prosody_writes
 
@@ -171,7 +171,7 @@ def test_count_counts_users_connected_since_prosody_started(capsys: pytest.Captu
     pidfile = tmp_path / "prosody.pid"
     pidfile.write_text(f"{os.getpid()}\n")  # a running process, said to have started 3 days ago
     args = ["count", "--data-dir", str(data), "--format", "json", "--pidfile", str(pidfile)]
-    with mock.patch("prosody_lastlog.prosody_server._process_start", return_value=now - 3 * 86400):
+    with mock.patch("prosody_lastlog.prosody.running._process_start", return_value=now - 3 * 86400):
         document = json.loads(run(capsys, *args, "--connected", "heuristic")[1])
         assert document["connected_detection"] == "heuristic"
         assert document["hosts"]["example.com"]["connected"] == 1

@@ -10,7 +10,7 @@ import pytest
 from prosody_lastlog.cli import main
 from prosody_lastlog.core.rules import InstalledProsody
 from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.prosody_server import ProsodyServer
+from prosody_lastlog.prosody.running import ProsodyServer
 from prosody_lastlog.sources import FileSource, SqlSource
 from tests.conftest import CASES, case_data
 

@@ -26,8 +26,8 @@ from prosody_lastlog.core.counting import HostCounts, zero_counts
 from prosody_lastlog.core.model import PROBLEM_KINDS, CountingChoice, ReadProblem, Store
 from prosody_lastlog.core.rules import InstalledProsody, Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.database import SqlSettings, parse_sql_url
-from prosody_lastlog.pathnames import decode_name
+from prosody_lastlog.prosody.pathnames import decode_name
+from prosody_lastlog.prosody.sql_settings import SqlSettings, parse_sql_url
 from prosody_lastlog.readers.files import FileStoreReader
 from prosody_lastlog.readers.sql import SqlReader
 from prosody_lastlog.sources import FileSource

@@ -12,9 +12,9 @@ import pytest
 from prosody_lastlog.core.model import Store, StoreBasis
 from prosody_lastlog.core.rules import ModuleStore, Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.database import SqlSettings
 from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.prosody_install import find_installed
+from prosody_lastlog.prosody.install import find_installed
+from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.readers import SourceCount
 from prosody_lastlog.sources import FileSource, SqlSource, count_all
 from tests.conftest import CASES

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prosody_lastlog.pathnames import decode_name, encode_name, encode_store
+from prosody_lastlog.prosody.pathnames import decode_name, encode_name, encode_store
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ from prosody_lastlog.core.model import (
 )
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window
 from prosody_lastlog.http_server import Exposition
-from prosody_lastlog.pathnames import encode_name, encode_store
+from prosody_lastlog.prosody.pathnames import encode_name, encode_store
 from prosody_lastlog.readers.files import MAX_FILE_SIZE, FileStoreReader
 from prosody_lastlog.report import render_prometheus
 from tests.conftest import CASES

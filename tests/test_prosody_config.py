@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from prosody_lastlog.core.model import Store
-from prosody_lastlog.database import SqlSettings
-from prosody_lastlog.prosody_config import (
+from prosody_lastlog.prosody.config import (
     DEFAULT_DATA_PATH,
     DISABLED,
     NO_STORE_MODULE,
@@ -24,7 +23,8 @@ from prosody_lastlog.prosody_config import (
     evaluate_config,
     load_prosody_config,
 )
-from prosody_lastlog.sandbox import PlainValue
+from prosody_lastlog.prosody.sandbox import PlainValue
+from prosody_lastlog.prosody.sql_settings import SqlSettings
 
 from .conftest import FIXTURES
 
@@ -574,7 +574,7 @@ def test_any_failure_of_the_evaluation_is_a_config_error_naming_the_file(
     def fail(value: object) -> PlainValue:
         raise failure
 
-    monkeypatch.setattr("prosody_lastlog.prosody_config._to_python", fail)
+    monkeypatch.setattr("prosody_lastlog.prosody.config._to_python", fail)
     path = tmp_path / "prosody.cfg.lua"
     path.write_text('VirtualHost "a.example"\n')
     with pytest.raises(ConfigError) as raised:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from prosody_lastlog.core.rules import ModuleStore
-from prosody_lastlog.prosody_install import SOURCE_DIRS, find_installed, read_module
+from prosody_lastlog.prosody.install import SOURCE_DIRS, find_installed, read_module
 from tests.prosody13_cases import account_activity_variant, prosody_13
 
 MODULE = "mod_measure_active_users"

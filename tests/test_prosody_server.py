@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from prosody_lastlog.core.connected import ConnectedMode
-from prosody_lastlog.prosody_server import (
+from prosody_lastlog.prosody.running import (
     AdminSocketError,
     ConnectedProbe,
     Detection,

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from prosody_lastlog.sandbox import BATCH_BYTES, BATCH_SIZE, LuaSandbox, _batches, restricted_runtime
+from prosody_lastlog.prosody.sandbox import BATCH_BYTES, BATCH_SIZE, LuaSandbox, _batches, restricted_runtime
 
 LASTLOG2_FILE = (
     b'return {\n\t["registered"] = {\n\t\t["timestamp"] = 1690000000;\n\t};\n'

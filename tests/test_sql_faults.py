@@ -30,8 +30,8 @@ from prosody_lastlog.database import (
     DatabaseError,
     StoppedError,
     connect,
-    parse_sql_url,
 )
+from prosody_lastlog.prosody.sql_settings import parse_sql_url
 from tests.integration.private_sql import PrivateServer, private_mariadb, private_postgres
 from tests.integration.servers import free_port
 from tests.integration.test_sql_restart import DATABASE, load_fixture

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from prosody_lastlog.core.model import AccountRule, Store
 from prosody_lastlog.core.rules import HostConfig, InstalledProsody, Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS, parse_windows
-from prosody_lastlog.database import DatabaseError, SqlSettings, parse_sql_url
+from prosody_lastlog.database import DatabaseError
+from prosody_lastlog.prosody.sql_settings import SqlSettings, parse_sql_url
 from prosody_lastlog.readers import sql_queries as queries
 from prosody_lastlog.readers.sql import SqlReader
 from tests import prosody_table

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from prosody_lastlog.core.model import Store, UserActivity
-from prosody_lastlog.readers.stores import interpret
-from prosody_lastlog.sandbox import PlainValue
+from prosody_lastlog.prosody.decode import interpret
+from prosody_lastlog.prosody.sandbox import PlainValue
 
 
 def test_lastlog2_last_activity_is_the_later_of_login_and_logout() -> None:

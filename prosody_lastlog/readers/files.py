@@ -24,11 +24,11 @@ from pathlib import Path
 
 from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, ReadProblem, Store, UserActivity
 from prosody_lastlog.core.rules import Policy
-from prosody_lastlog.pathnames import decode_name, encode_name, encode_store
+from prosody_lastlog.prosody.canonical import ActivityRow, account_fields, activity_reader, parse
+from prosody_lastlog.prosody.decode import account_facts, interpret, registration, registration_time
+from prosody_lastlog.prosody.pathnames import decode_name, encode_name, encode_store
+from prosody_lastlog.prosody.sandbox import BATCH_SIZE, Loaded, LuaSandbox, PlainValue
 from prosody_lastlog.readers import ReadResult
-from prosody_lastlog.readers.canonical import ActivityRow, account_fields, activity_reader, parse
-from prosody_lastlog.readers.stores import account_facts, interpret, registration, registration_time
-from prosody_lastlog.sandbox import BATCH_SIZE, Loaded, LuaSandbox, PlainValue
 
 MAX_FILE_SIZE = 256 * 1024  # a real last-activity file is a few hundred bytes
 MAX_WORKERS = 4  # the default cap on processes: beyond a few, the kernel's and the disk's share of the work dominates

@@ -23,15 +23,15 @@ from prosody_lastlog.database import (
     Connection,
     DatabaseError,
     NoAnswerError,
-    SqlSettings,
     StoppedError,
     connect,
     first_line,
 )
+from prosody_lastlog.prosody.decode import account_facts, interpret, registration, registration_time
+from prosody_lastlog.prosody.sandbox import PlainValue
+from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.readers import ReadResult, SourceCount
 from prosody_lastlog.readers import sql_queries as queries
-from prosody_lastlog.readers.stores import account_facts, interpret, registration, registration_time
-from prosody_lastlog.sandbox import PlainValue
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
 from prosody_lastlog.discovery import Plan, SourceOptions, plan_sources
-from prosody_lastlog.prosody_server import Detection, ProsodyServer
+from prosody_lastlog.prosody.running import Detection, ProsodyServer
 from prosody_lastlog.readers.files import FileStoreReader
 from tests.integration.live_prosody import LiveProsody, running_prosody
 from tests.integration.xmpp_client import XmppClient

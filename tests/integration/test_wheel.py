@@ -117,4 +117,4 @@ def test_the_wheel_holds_only_the_packages(built: Built) -> None:
     with zipfile.ZipFile(built.wheel) as archive:
         names = set(archive.namelist())
     assert {name.split("/", 1)[0] for name in names} == WHEEL_TOP
-    assert {"prosody_lastlog/py.typed", "exporters/py.typed", "prosody_lastlog/prosody_config.lua"} <= names
+    assert {"prosody_lastlog/py.typed", "exporters/py.typed", "prosody_lastlog/prosody/config.lua"} <= names

@@ -1,4 +1,4 @@
--- Evaluates a Prosody config file (prosody.cfg.lua) in a read-only sandbox; driven by prosody_config.py.
+-- Evaluates a Prosody config file (prosody.cfg.lua) in a read-only sandbox; driven by config.py.
 --
 -- Written for prosody-lastlog from the documented behaviour of Prosody's configmanager (0.12 and 13.x):
 -- global assignments are options of the current host, VirtualHost/Component switch the current host,

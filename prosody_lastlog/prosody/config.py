@@ -1,6 +1,6 @@
 """Zero-configuration discovery: where a Prosody server keeps its last-activity data, read from its config.
 
-The config (prosody.cfg.lua) is a Lua program. prosody_config.lua evaluates it the way Prosody's
+The config (prosody.cfg.lua) is a Lua program. config.lua evaluates it the way Prosody's
 configmanager does, in a private runtime from `restricted_runtime` that offers only a read-only subset of
 Lua (no require/os.execute/os.exit/debug, read-mode io.open only), caps instructions, memory, file reads and
 pattern-matching cost, and reaches files only through the read-only callables defined here. From the
@@ -46,8 +46,8 @@ from lupa.lua54 import lua_type
 
 from prosody_lastlog.core.model import Store
 from prosody_lastlog.core.rules import DEFAULT_AUTH
-from prosody_lastlog.database import SqlSettings
-from prosody_lastlog.sandbox import PlainValue, restricted_runtime
+from prosody_lastlog.prosody.sandbox import PlainValue, restricted_runtime
+from prosody_lastlog.prosody.sql_settings import DRIVERS, SqlSettings
 
 DEFAULT_DATA_PATH = Path("/var/lib/prosody")  # Debian's CFG_DATADIR (/usr/bin/prosody)
 
@@ -76,7 +76,6 @@ COMPONENT_INHERITABLE_MODULES = frozenset(
 )
 MEASURE_MODULE = "measure_active_users"
 ACCOUNTS = "accounts"
-SQL_DRIVERS = ("SQLite3", "PostgreSQL", "MySQL")
 NO_STORE_MODULE = "no lastlog2, lastlog or account_activity module enabled"
 DISABLED = "disabled (enabled = false)"
 
@@ -166,10 +165,10 @@ def _evaluate(path: Path, environ: Mapping[str, str]) -> tuple[Options, tuple[st
 
 def _evaluate_in_sandbox(path: Path, environ: Mapping[str, str]) -> tuple[Options, tuple[str, ...]]:
     lua = restricted_runtime(max_memory=MAX_MEMORY)
-    source = resources.files(__package__).joinpath("prosody_config.lua").read_bytes()
-    loader = lua.globals().load(source, "=prosody_config.lua", "t")
+    source = resources.files(__package__).joinpath("config.lua").read_bytes()
+    loader = lua.globals().load(source, "=config.lua", "t")
     if isinstance(loader, tuple):  # nil and a message: our own Lua file is broken
-        raise RuntimeError(f"prosody_config.lua does not load: {loader[1]}")
+        raise RuntimeError(f"config.lua does not load: {loader[1]}")
     hooks = lua.table_from({"read_file": _read_file, "list_dir": _list_dir, "nameprep": _nameprep})
     limits = lua.table_from(
         {
@@ -389,8 +388,8 @@ def _sql_settings(options: Options, host: str, data_path: Path) -> SqlSettings:
     if not isinstance(sql, dict):
         raise _UnusableHostError("the sql option is not a table")
     driver = sql.get("driver")
-    if driver not in SQL_DRIVERS:
-        raise _UnusableHostError(f"sql driver {driver!r} is not one of {', '.join(SQL_DRIVERS)}")
+    if driver not in DRIVERS:
+        raise _UnusableHostError(f"sql driver {driver!r} is not one of {', '.join(DRIVERS)}")
     database = sql.get("database")
     if driver == "SQLite3":
         database = "prosody.sqlite" if database is None else database

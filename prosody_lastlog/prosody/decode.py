@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from prosody_lastlog.core.model import Store, UserActivity
-from prosody_lastlog.sandbox import PlainValue
+from prosody_lastlog.prosody.sandbox import PlainValue
 
 # mod_lastlog's first version stored no `event`; its own reader then assumed "login".
 _LASTLOG_ACTIVITY_EVENTS = {None, "login", "logout"}
