@@ -25,7 +25,7 @@ from prosody_lastlog.core.counting import count_hosts
 from prosody_lastlog.core.model import Store
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.sources.files import FileStoreReader
 
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "prosody_seed.lua"

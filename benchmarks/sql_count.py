@@ -35,10 +35,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.database import Connection, connect
 from prosody_lastlog.prosody.sql_settings import parse_sql_url
-from prosody_lastlog.readers import sql_queries as queries
-from prosody_lastlog.readers.sql import PARTS, SqlReader
+from prosody_lastlog.sources import sql_queries as queries
+from prosody_lastlog.sources.database import Connection, connect
+from prosody_lastlog.sources.sql import PARTS, SqlReader
 from tests import prosody_table
 from tests.sql_servers import SqlServer, fresh_mysql_database, fresh_postgres_database
 

@@ -19,7 +19,7 @@ from prosody_lastlog.prosody.config import ConfigError, ProsodyConfig, load_pros
 from prosody_lastlog.prosody.decode import interpret
 from prosody_lastlog.prosody.pathnames import encode_name, encode_store
 from prosody_lastlog.prosody.sandbox import MAX_DEPTH, Loaded, LuaSandbox
-from prosody_lastlog.readers.files import MAX_FILE_SIZE, FileStoreReader
+from prosody_lastlog.sources.files import MAX_FILE_SIZE, FileStoreReader
 
 HOST = "fuzz.example"
 USER = "fuzz"

@@ -24,16 +24,16 @@ from prosody_lastlog.core.counting import HostCounts, Snapshot, total_counts
 from prosody_lastlog.core.model import ReadProblem, Store
 from prosody_lastlog.core.windows import Window, parse_window, parse_windows
 from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.database import DatabaseError
-from prosody_lastlog.discovery import DEFAULT_DATA_DIR, Plan, SourceOptions, plan_sources
 from prosody_lastlog.http_server import DEFAULT_PORT, load_credentials, load_tls
 from prosody_lastlog.prosody.config import ConfigError
 from prosody_lastlog.prosody.running import ConnectedProbe, Detection
-from prosody_lastlog.readers.files import MAX_WORKERS, DataDirError
-from prosody_lastlog.readers.sql import METHODS
 from prosody_lastlog.report import render_json, render_prometheus, render_table, to_json_document
 from prosody_lastlog.settings_file import SettingsError, read_settings_file
-from prosody_lastlog.sources import count_all
+from prosody_lastlog.sources.database import DatabaseError
+from prosody_lastlog.sources.files import MAX_WORKERS, DataDirError
+from prosody_lastlog.sources.kinds import count_all
+from prosody_lastlog.sources.plan import DEFAULT_DATA_DIR, Plan, SourceOptions, plan_sources
+from prosody_lastlog.sources.sql import METHODS
 
 log = logging.getLogger("prosody_lastlog")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

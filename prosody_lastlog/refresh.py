@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 
 from prosody_lastlog.core.model import CountingChoice, ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
-from prosody_lastlog.database import DatabaseError
-from prosody_lastlog.index_build import ScannedIndexes, ScanProcesses, release_free_memory, scan_indexes
-from prosody_lastlog.readers.files import DataDirError, RecordUnreadableError
 from prosody_lastlog.snapshot import LiveCounts
-from prosody_lastlog.sources import FileSource, Source, SqlSource, log_choices
+from prosody_lastlog.sources.database import DatabaseError
+from prosody_lastlog.sources.files import DataDirError, RecordUnreadableError
+from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, release_free_memory, scan_indexes
+from prosody_lastlog.sources.kinds import FileSource, Source, SqlSource, log_choices
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from prosody_lastlog.core.model import Store
 from prosody_lastlog.core.windows import parse_window
 from prosody_lastlog.prosody.running import Detection
-from prosody_lastlog.readers.sql import METHODS
+from prosody_lastlog.sources.sql import METHODS
 
 
 class SettingsError(Exception):

@@ -2,7 +2,7 @@
 
 One Prosody config lets one `serve` read all sources: the hosts of the real Prosody and the generated hosts use
 the file store (its data_path), while the SQL hosts say `storage = "sql"` with their own `sql` table, pointing at
-the private PostgreSQL and MariaDB (prosody_lastlog/discovery.py plans one source per store and SQL server).
+the private PostgreSQL and MariaDB (prosody_lastlog/sources/plan.py plans one source per store and SQL server).
 """
 
 from __future__ import annotations

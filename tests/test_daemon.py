@@ -21,9 +21,9 @@ from watchdog.events import EventsLostEvent
 from prosody_lastlog import refresh, watcher
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.index_build import ScannedIndexes, scan_indexes
-from prosody_lastlog.sources import FileSource
+from prosody_lastlog.sources.index_build import ScannedIndexes, scan_indexes
+from prosody_lastlog.sources.kinds import FileSource
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.conftest import case_data
 
 SAMPLE_NOW = json.loads((case_data("sample").parent / "expected.json").read_text())["now"]

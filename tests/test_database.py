@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from prosody_lastlog.database import CONNECT_TIMEOUT_SECONDS, DatabaseError, connect
 from prosody_lastlog.prosody.sql_settings import parse_sql_url
+from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS, DatabaseError, connect
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from prosody_lastlog.core.counting import HostCounts, count_hosts
 from prosody_lastlog.core.model import AccountRule, Store
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.sources.files import FileStoreReader
 from tests.conftest import CASES, case_data
 
 STORE_SCRIPT = Path(__file__).with_name("datamanager_store.lua")

@@ -9,9 +9,9 @@ import pytest
 
 from prosody_lastlog.cli import main
 from prosody_lastlog.core.rules import InstalledProsody
-from prosody_lastlog.discovery import SourceOptions, plan_sources
 from prosody_lastlog.prosody.running import ProsodyServer
-from prosody_lastlog.sources import FileSource, SqlSource
+from prosody_lastlog.sources.kinds import FileSource, SqlSource
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.conftest import CASES, case_data
 
 NOW = json.loads((CASES / "sample" / "expected.json").read_text())["now"]

@@ -28,9 +28,9 @@ from prosody_lastlog.core.rules import InstalledProsody, Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.prosody.pathnames import decode_name
 from prosody_lastlog.prosody.sql_settings import SqlSettings, parse_sql_url
-from prosody_lastlog.readers.files import FileStoreReader
-from prosody_lastlog.readers.sql import SqlReader
-from prosody_lastlog.sources import FileSource
+from prosody_lastlog.sources.files import FileStoreReader
+from prosody_lastlog.sources.kinds import FileSource
+from prosody_lastlog.sources.sql import SqlReader
 from tests import prosody_table
 from tests.conftest import CASES, FIXTURES, as_nobody, case_data
 from tests.prosody_table import Row

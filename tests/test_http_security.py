@@ -25,7 +25,6 @@ from prometheus_client.registry import Collector
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.discovery import SourceOptions, plan_sources
 from prosody_lastlog.http_server import (
     SWITCH_INTERVAL,
     Exposition,
@@ -35,6 +34,7 @@ from prosody_lastlog.http_server import (
     load_tls,
 )
 from prosody_lastlog.snapshot import LiveCounts
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 
 ACCEPTS = [
     "",

@@ -11,8 +11,8 @@ import pytest
 
 from prosody_lastlog.core.model import AccountRule, Store, StoreBasis
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.sources import count_all
+from prosody_lastlog.sources.kinds import count_all
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.prosody13_cases import VARIANTS, case, module_dir, write_config
 
 CASES_13 = ["prosody13", "prosody13-sqlite"]

@@ -43,10 +43,10 @@ from psycopg import sql
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.discovery import SourceOptions, plan_sources
 from prosody_lastlog.http_server import DEFAULT_PORT
 from prosody_lastlog.prosody.pathnames import decode_name, encode_name
 from prosody_lastlog.prosody.sandbox import LuaSandbox, PlainValue
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests import prosody_table
 from tests.conftest import CASES, FIXTURES, case_data
 from tests.http_recorder import Recorder, Request, recording_server

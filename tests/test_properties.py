@@ -43,8 +43,8 @@ from prosody_lastlog.core.model import (
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window
 from prosody_lastlog.http_server import Exposition
 from prosody_lastlog.prosody.pathnames import encode_name, encode_store
-from prosody_lastlog.readers.files import MAX_FILE_SIZE, FileStoreReader
 from prosody_lastlog.report import render_prometheus
+from prosody_lastlog.sources.files import MAX_FILE_SIZE, FileStoreReader
 from tests.conftest import CASES
 from tests.line_protocol import parse as parse_line_protocol
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog.readers.files import MIN_FILES_PER_WORKER
+from prosody_lastlog.sources.files import MIN_FILES_PER_WORKER
 from tests.conftest import case_data
 
 USERS = 3 * MIN_FILES_PER_WORKER  # enough for reading processes on a machine of two CPUs or more

@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 
-from prosody_lastlog import database
-from prosody_lastlog.database import (
+from prosody_lastlog.prosody.sql_settings import parse_sql_url
+from prosody_lastlog.sources import database
+from prosody_lastlog.sources.database import (
     CONNECT_TIMEOUT_SECONDS,
     Cancellation,
     DatabaseError,
     StoppedError,
     connect,
 )
-from prosody_lastlog.prosody.sql_settings import parse_sql_url
 from tests.integration.private_sql import PrivateServer, private_mariadb, private_postgres
 from tests.integration.servers import free_port
 from tests.integration.test_sql_restart import DATABASE, load_fixture

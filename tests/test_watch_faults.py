@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.readers import files
-from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.sources import files
+from prosody_lastlog.sources.files import FileStoreReader
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.integration.servers import free_port, stop_process
 from tests.test_daemon import SAMPLE_NOW, active, get, prosody_writes, wait_for
 

@@ -11,7 +11,7 @@ import pytest
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.discovery import SourceOptions, plan_sources
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.conftest import case_data
 from tests.integration.servers import node_exporter, prometheus, query
 

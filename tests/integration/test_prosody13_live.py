@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog.discovery import SourceOptions, plan_sources
 from prosody_lastlog.prosody.running import ConnectedProbe
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.integration.live_prosody import prosodys_own_counts, running_prosody
 from tests.integration.servers import free_port
 from tests.integration.test_prosody_login import (

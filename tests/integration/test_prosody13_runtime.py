@@ -21,8 +21,8 @@ import pymysql
 import pytest
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.discovery import SourceOptions, plan_sources
-from prosody_lastlog.sources import count_all
+from prosody_lastlog.sources.kinds import count_all
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.conftest import CASES, FIXTURES, load_generator
 from tests.integration.live_prosody import running_prosody
 from tests.integration.xmpp_client import XmppClient, XmppError

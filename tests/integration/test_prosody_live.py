@@ -14,7 +14,7 @@ from prosody_lastlog.core.counting import count_hosts
 from prosody_lastlog.core.model import Store
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.sources.files import FileStoreReader
 from tests.conftest import CASES, FIXTURES, load_generator
 
 pytestmark = pytest.mark.integration

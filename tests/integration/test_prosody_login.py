@@ -21,9 +21,9 @@ from prosody_lastlog.core.model import Store, UserActivity
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.discovery import Plan, SourceOptions, plan_sources
 from prosody_lastlog.prosody.running import Detection, ProsodyServer
-from prosody_lastlog.readers.files import FileStoreReader
+from prosody_lastlog.sources.files import FileStoreReader
+from prosody_lastlog.sources.plan import Plan, SourceOptions, plan_sources
 from tests.integration.live_prosody import LiveProsody, running_prosody
 from tests.integration.xmpp_client import XmppClient
 

@@ -10,11 +10,11 @@ from contextlib import AbstractContextManager, closing, contextmanager
 
 import pytest
 
-from prosody_lastlog import database
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.database import Cancellation, Connection, NoAnswerError
 from prosody_lastlog.prosody.sql_settings import SqlSettings, parse_sql_url
-from prosody_lastlog.readers import sql as sql_reader
+from prosody_lastlog.sources import database
+from prosody_lastlog.sources import sql as sql_reader
+from prosody_lastlog.sources.database import Cancellation, Connection, NoAnswerError
 from tests.integration.private_sql import PrivateServer, private_mariadb, private_postgres
 from tests.integration.test_sql_restart import DATABASE, load_fixture
 

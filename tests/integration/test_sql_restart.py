@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.discovery import SourceOptions, plan_sources
+from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests import prosody_table
 from tests.conftest import CASES
 from tests.integration.private_sql import PrivateServer, private_mariadb, private_postgres

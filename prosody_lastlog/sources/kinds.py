@@ -16,11 +16,11 @@ from prosody_lastlog.core.health import SourceHealth
 from prosody_lastlog.core.model import AccountRule, CountingChoice
 from prosody_lastlog.core.rules import Policy, ServerFacts
 from prosody_lastlog.core.windows import Window
-from prosody_lastlog.database import Cancellation
 from prosody_lastlog.prosody.sql_settings import SqlSettings
-from prosody_lastlog.readers import SourceCount
-from prosody_lastlog.readers.files import FileStoreReader
-from prosody_lastlog.readers.sql import SqlReader
+from prosody_lastlog.sources.database import Cancellation
+from prosody_lastlog.sources.files import FileStoreReader
+from prosody_lastlog.sources.results import SourceCount
+from prosody_lastlog.sources.sql import SqlReader
 
 log = logging.getLogger(__name__)
 _NAMED_HOSTS = 10  # hosts a log line names; the others are counted

@@ -18,7 +18,11 @@ from prosody_lastlog.core.counting import HostCounts, count_hosts
 from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, ReadProblem, Store, UserActivity
 from prosody_lastlog.core.rules import THIRTEEN_INDEX, THIRTEEN_STORES, Policy, ServerFacts
 from prosody_lastlog.core.windows import Window
-from prosody_lastlog.database import (
+from prosody_lastlog.prosody.decode import account_facts, interpret, registration, registration_time
+from prosody_lastlog.prosody.sandbox import PlainValue
+from prosody_lastlog.prosody.sql_settings import SqlSettings
+from prosody_lastlog.sources import sql_queries as queries
+from prosody_lastlog.sources.database import (
     Cancellation,
     Connection,
     DatabaseError,
@@ -27,11 +31,7 @@ from prosody_lastlog.database import (
     connect,
     first_line,
 )
-from prosody_lastlog.prosody.decode import account_facts, interpret, registration, registration_time
-from prosody_lastlog.prosody.sandbox import PlainValue
-from prosody_lastlog.prosody.sql_settings import SqlSettings
-from prosody_lastlog.readers import ReadResult, SourceCount
-from prosody_lastlog.readers import sql_queries as queries
+from prosody_lastlog.sources.results import ReadResult, SourceCount
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from prosody_lastlog.prosody.config import HostSettings, load_prosody_config
 from prosody_lastlog.prosody.install import find_installed
 from prosody_lastlog.prosody.running import DEFAULT_PIDFILES, ProsodyServer
 from prosody_lastlog.prosody.sql_settings import SqlSettings, parse_sql_url
-from prosody_lastlog.sources import FileSource, Source, SqlSource
+from prosody_lastlog.sources.kinds import FileSource, Source, SqlSource
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from prosody_lastlog.core.connected import ConnectedUsers
 from prosody_lastlog.core.index import HostIndex, NameHash
 from prosody_lastlog.core.model import ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
-from prosody_lastlog.readers import ReadResult
-from prosody_lastlog.readers.files import FileStoreReader, Progress, end_with_forker, forker_of, process_context
+from prosody_lastlog.sources.files import FileStoreReader, Progress, end_with_forker, forker_of, process_context
+from prosody_lastlog.sources.results import ReadResult
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from prosody_lastlog.prosody.canonical import ActivityRow, account_fields, activ
 from prosody_lastlog.prosody.decode import account_facts, interpret, registration, registration_time
 from prosody_lastlog.prosody.pathnames import decode_name, encode_name, encode_store
 from prosody_lastlog.prosody.sandbox import BATCH_SIZE, Loaded, LuaSandbox, PlainValue
-from prosody_lastlog.readers import ReadResult
+from prosody_lastlog.sources.results import ReadResult
 
 MAX_FILE_SIZE = 256 * 1024  # a real last-activity file is a few hundred bytes
 MAX_WORKERS = 4  # the default cap on processes: beyond a few, the kernel's and the disk's share of the work dominates
