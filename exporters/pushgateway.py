@@ -25,8 +25,8 @@ from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.registry import Collector
 
 from exporters.points import PER_HOST, WINDOWED, Point
+from exporters.prometheus import COUNT_HELP
 from exporters.runner import ExportError, PushExporter
-from prosody_lastlog.collector import COUNT_HELP
 
 NAME = "pushgateway"
 ERROR_BODY_CHARS = 300  # of the gateway's explanation of a refusal, kept in the error message

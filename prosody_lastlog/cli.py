@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from exporters import ExporterConfigError, render_points, validate_exporters
+from exporters.http import DEFAULT_PORT, load_credentials, load_tls
+from exporters.text import render_json, render_prometheus, render_table, to_json_document
+from exporters.textfile import write_atomically
 from prosody_lastlog import __version__
-from prosody_lastlog.atomic_write import write_atomically
 from prosody_lastlog.core.connected import NOBODY
 from prosody_lastlog.core.counting import HostCounts, Snapshot, total_counts
 from prosody_lastlog.core.model import ReadProblem, Store
 from prosody_lastlog.core.windows import Window, parse_window, parse_windows
-from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.http_server import DEFAULT_PORT, load_credentials, load_tls
+from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.prosody.config import ConfigError
 from prosody_lastlog.prosody.running import ConnectedProbe, Detection
-from prosody_lastlog.report import render_json, render_prometheus, render_table, to_json_document
 from prosody_lastlog.settings_file import SettingsError, read_settings_file
 from prosody_lastlog.sources.database import DatabaseError
 from prosody_lastlog.sources.files import MAX_WORKERS, DataDirError

@@ -7,13 +7,13 @@ import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from prosody_lastlog.collector import ActiveUsersCollector
+from exporters.prometheus import ActiveUsersCollector
 from prosody_lastlog.core.connected import ConnectedMode, ConnectedUsers
 from prosody_lastlog.core.counting import zero_counts
 from prosody_lastlog.core.model import CountingChoice, Store, UserActivity
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.snapshot import LiveCounts
-from prosody_lastlog.timer import PeriodicTimer
+from prosody_lastlog.daemon.state import LiveCounts
+from prosody_lastlog.daemon.timer import PeriodicTimer
 
 NOW = 1_763_900_000
 

@@ -17,14 +17,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporters import BUILTIN, validate_exporters
+from exporters.http import DEFAULT_PORT
+from exporters.prometheus import ActiveUsersCollector
 from exporters.runner import ExportStatus
 from prosody_lastlog.cli import build_parser
-from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.core.model import CountingChoice, Store, UserActivity
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.http_server import DEFAULT_PORT
+from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.settings_file import KEYS, read_settings_file
-from prosody_lastlog.snapshot import LiveCounts
 from tests.test_systemd_unit import UNIT, read_unit
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"

@@ -18,9 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from watchdog.events import EventsLostEvent
 
-from prosody_lastlog import refresh, watcher
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.daemon import Daemon, ServeOptions
+from prosody_lastlog.daemon import refresh, watcher
+from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.sources.index_build import ScannedIndexes, scan_indexes
 from prosody_lastlog.sources.kinds import FileSource
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources

@@ -12,7 +12,7 @@ import pytest
 
 from prosody_lastlog.cli import main
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.daemon import Daemon, ServeOptions
+from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.conftest import CASES
 from tests.test_daemon import SAMPLE_NOW, get, wait_for

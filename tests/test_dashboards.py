@@ -22,12 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from dashboards import generate
 from exporters.influx import format_line_protocol
 from exporters.points import points_of
+from exporters.prometheus import COUNT_HELP, ActiveUsersCollector
 from exporters.runner import ExportStatus
-from prosody_lastlog.collector import COUNT_HELP, ActiveUsersCollector
 from prosody_lastlog.core.counting import Snapshot
 from prosody_lastlog.core.model import CountingChoice, Store, UserActivity
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.snapshot import LiveCounts
+from prosody_lastlog.daemon.state import LiveCounts
 
 DASHBOARDS = Path(generate.__file__).parent
 PLUGIN = {"prosody-active-users.json": "prometheus", "prosody-active-users-influxdb.json": "influxdb"}

@@ -32,9 +32,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import prosody_lastlog
+from exporters.http import MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS, MAX_LINE, MetricsServer, load_tls
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.http_server import MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS, MAX_LINE, MetricsServer, load_tls
-from prosody_lastlog.snapshot import LiveCounts
+from prosody_lastlog.daemon.state import LiveCounts
 from tests.test_http_security import Values, self_signed
 
 PACKAGE_ROOT = Path(prosody_lastlog.__file__).resolve().parent.parent
@@ -47,8 +47,8 @@ P99_LIMIT = 0.050  # seconds: the issue's bound for a normal scraper during an a
 SERVER = """
 import json, logging, os, resource, sys, time
 from prometheus_client import CollectorRegistry, Gauge
-from prosody_lastlog.http_server import MetricsServer, load_tls
-from prosody_lastlog.snapshot import LiveCounts
+from exporters.http import MetricsServer, load_tls
+from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -653,7 +653,7 @@ def test_the_cap_is_logged_once_when_hit_and_once_when_over(caplog: pytest.LogCa
                            request_deadline=0.5)  # fmt: skip
     server.start()
     try:
-        with caplog.at_level(logging.INFO, logger="prosody_lastlog.http_server"):
+        with caplog.at_level(logging.INFO, logger="exporters.http"):
             clients = [socket.create_connection(address(server), timeout=5) for _ in range(12)]
             deadline = time.monotonic() + 5  # their deadline, half a second without the cap, the accept loop's poll
             while time.monotonic() < deadline and not any(r.levelname == "INFO" for r in caplog.records):

@@ -23,9 +23,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.http_server import (
+from exporters.http import (
     SWITCH_INTERVAL,
     Exposition,
     MetricsServer,
@@ -33,7 +31,9 @@ from prosody_lastlog.http_server import (
     load_credentials,
     load_tls,
 )
-from prosody_lastlog.snapshot import LiveCounts
+from prosody_lastlog.core.windows import DEFAULT_WINDOWS
+from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
+from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 
 ACCEPTS = [

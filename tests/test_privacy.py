@@ -41,9 +41,9 @@ import pymysql
 import pytest
 from psycopg import sql
 
+from exporters.http import DEFAULT_PORT
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.daemon import Daemon, ServeOptions
-from prosody_lastlog.http_server import DEFAULT_PORT
+from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.prosody.pathnames import decode_name, encode_name
 from prosody_lastlog.prosody.sandbox import LuaSandbox, PlainValue
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources

@@ -25,9 +25,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
+from exporters.http import Exposition
+from exporters.prometheus import ActiveUsersCollector
+from exporters.text import render_prometheus
 from fuzz.oracles import ConfigOracle, DataFileOracle, dictionary_tokens, same_activity
 from prosody_lastlog.cli import main
-from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedUsers
 from prosody_lastlog.core.counting import HostCounts, count_host, count_hosts, total_counts
 from prosody_lastlog.core.health import SourceHealth
@@ -41,9 +43,7 @@ from prosody_lastlog.core.model import (
     UserActivity,
 )
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window
-from prosody_lastlog.http_server import Exposition
 from prosody_lastlog.prosody.pathnames import encode_name, encode_store
-from prosody_lastlog.report import render_prometheus
 from prosody_lastlog.sources.files import MAX_FILE_SIZE, FileStoreReader
 from tests.conftest import CASES
 from tests.line_protocol import parse as parse_line_protocol

@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from exporters.points import PER_HOST, WINDOWED, Point, points_of
+from exporters.prometheus import ActiveUsersCollector
 from exporters.pushgateway import Gateway, create, exposition
 from exporters.runner import ExportError
-from prosody_lastlog.collector import ActiveUsersCollector
 from prosody_lastlog.core.connected import ConnectedMode
 from prosody_lastlog.core.counting import HostCounts, Snapshot
 from prosody_lastlog.core.health import SourceHealth

@@ -20,7 +20,7 @@ import pytest
 
 from prosody_lastlog import cli
 from prosody_lastlog.cli import _reload, _start_daemon, build_parser
-from prosody_lastlog.daemon import Daemon
+from prosody_lastlog.daemon.lifecycle import Daemon
 from tests.integration.servers import free_port
 
 STOP_SECONDS = 5.0  # the bound from SIGTERM to exit

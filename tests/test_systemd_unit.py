@@ -6,8 +6,8 @@ import configparser
 import shlex
 from pathlib import Path
 
+from exporters.http import MAX_CONNECTIONS
 from prosody_lastlog.cli import build_parser
-from prosody_lastlog.http_server import MAX_CONNECTIONS
 
 UNIT = Path(__file__).resolve().parent.parent / "contrib" / "prosody-lastlog.service"
 

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.daemon import Daemon, ServeOptions
+from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.sources import files
 from prosody_lastlog.sources.files import FileStoreReader
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources

@@ -20,7 +20,7 @@ import pytest
 from dashboards.generate import HERE as DASHBOARD_DIR
 from prosody_lastlog.core.model import PROBLEM_KINDS
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.daemon import Daemon, ServeOptions
+from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.conftest import case_data
 from tests.integration.push_servers import InfluxServer, influxd

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.daemon import Daemon, ServeOptions
+from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.conftest import case_data
 from tests.integration.servers import node_exporter, prometheus, query

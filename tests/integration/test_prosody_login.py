@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prosody_lastlog.core.model import Store, UserActivity
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
-from prosody_lastlog.daemon import Daemon, ServeOptions
+from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.prosody.running import Detection, ProsodyServer
 from prosody_lastlog.sources.files import FileStoreReader
 from prosody_lastlog.sources.plan import Plan, SourceOptions, plan_sources

@@ -15,19 +15,19 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporters import Exporter, build_exporters
-from prosody_lastlog.atomic_write import write_atomically
-from prosody_lastlog.collector import ActiveUsersCollector
+from exporters.http import DEFAULT_PORT, MetricsServer
+from exporters.prometheus import ActiveUsersCollector
+from exporters.textfile import write_atomically
 from prosody_lastlog.core.counting import Snapshot, total_counts
 from prosody_lastlog.core.windows import Window
-from prosody_lastlog.http_server import DEFAULT_PORT, MetricsServer
+from prosody_lastlog.daemon.refresh import Refresher
+from prosody_lastlog.daemon.state import LiveCounts
+from prosody_lastlog.daemon.timer import PeriodicTimer
+from prosody_lastlog.daemon.watcher import DataDirWatcher, watch_file_sources
 from prosody_lastlog.prosody.running import ConnectedProbe, Detection
-from prosody_lastlog.refresh import Refresher
-from prosody_lastlog.snapshot import LiveCounts
 from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS
 from prosody_lastlog.sources.kinds import FileSource, SqlSource
 from prosody_lastlog.sources.plan import Plan
-from prosody_lastlog.timer import PeriodicTimer
-from prosody_lastlog.watcher import DataDirWatcher, watch_file_sources
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from prosody_lastlog.core.model import CountingChoice, ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
-from prosody_lastlog.snapshot import LiveCounts
+from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.sources.database import DatabaseError
 from prosody_lastlog.sources.files import DataDirError, RecordUnreadableError
 from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, release_free_memory, scan_indexes

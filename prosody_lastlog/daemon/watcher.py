@@ -45,8 +45,8 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from prosody_lastlog.core.model import Store
+from prosody_lastlog.daemon.refresh import Refresher
 from prosody_lastlog.prosody.pathnames import decode_name
-from prosody_lastlog.refresh import Refresher
 from prosody_lastlog.sources.kinds import FileSource
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from exporters.prometheus import CountsView
 from prosody_lastlog import __version__
-from prosody_lastlog.snapshot import LiveCounts
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class MetricsServer:
     def __init__(
         self,
         registry: Collector,
-        live: LiveCounts,
+        live: CountsView,
         *,
         host: str,
         port: int,
@@ -681,7 +681,7 @@ def _rendering_key(families: Iterable[Metric]) -> list[tuple[object, ...]] | Non
     return key
 
 
-def health_problems(live: LiveCounts, *, now: float, max_age_seconds: Mapping[str, float]) -> list[str]:
+def health_problems(live: CountsView, *, now: float, max_age_seconds: Mapping[str, float]) -> list[str]:
     """Why /healthz should fail: sources whose last refresh failed or is older than their `max_age_seconds`, and
     file sources whose data directory is not watched as it should be."""
     problems = []
@@ -738,7 +738,7 @@ class _Site:
     def __init__(
         self,
         exposition: Exposition,
-        live: LiveCounts,
+        live: CountsView,
         max_age_seconds: Mapping[str, float],
         clock: Callable[[], float],
         credentials: Mapping[str, str],

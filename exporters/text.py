@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from prosody_lastlog.collector import ActiveUsersCollector
+from exporters.prometheus import ActiveUsersCollector
 from prosody_lastlog.core.connected import ConnectedMode
 from prosody_lastlog.core.counting import HostCounts
 from prosody_lastlog.core.health import SourceHealth
