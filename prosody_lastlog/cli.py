@@ -28,7 +28,7 @@ from prosody_lastlog.core.windows import Window, parse_window, parse_windows
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.prosody.config import ConfigError
 from prosody_lastlog.prosody.running import ConnectedProbe, Detection
-from prosody_lastlog.settings_file import SettingsError, read_settings_file
+from prosody_lastlog.settings import SettingsError, read_settings_file
 from prosody_lastlog.sources.database import DatabaseError
 from prosody_lastlog.sources.files import MAX_WORKERS, DataDirError
 from prosody_lastlog.sources.kinds import count_all

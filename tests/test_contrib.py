@@ -24,7 +24,7 @@ from prosody_lastlog.cli import build_parser
 from prosody_lastlog.core.model import CountingChoice, Store, UserActivity
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon.state import LiveCounts
-from prosody_lastlog.settings_file import KEYS, read_settings_file
+from prosody_lastlog.settings import KEYS, read_settings_file
 from tests.test_systemd_unit import UNIT, read_unit
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"

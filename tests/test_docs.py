@@ -17,7 +17,7 @@ from prosody_lastlog.cli import build_parser, main
 from prosody_lastlog.core.model import PROBLEM_KINDS
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
-from prosody_lastlog.settings_file import KEYS
+from prosody_lastlog.settings import KEYS
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ import pytest
 
 from prosody_lastlog.cli import _reload, _start_daemon, _with_settings_file, build_parser, main
 from prosody_lastlog.daemon.lifecycle import Daemon
-from prosody_lastlog.settings_file import SettingsError, read_settings_file
+from prosody_lastlog.settings import SettingsError, read_settings_file
 from tests.conftest import case_data
 from tests.integration.servers import free_port
 
