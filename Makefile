@@ -21,6 +21,7 @@ lint: $(BIN)/prosody-lastlog
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # the layer rule: [tool.importlinter] in pyproject.toml
 
 test: $(BIN)/prosody-lastlog lint
 	tools/install-debian-packages.sh

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from exporters import ExporterConfigError, render_points, validate_exporters
 from exporters.http import DEFAULT_PORT, load_credentials, load_tls
+from exporters.secrets import read_secret
 from exporters.text import render_json, render_prometheus, render_table, to_json_document
 from exporters.textfile import write_atomically
 from prosody_lastlog import __version__
@@ -321,7 +322,7 @@ def _source_options(args: argparse.Namespace) -> SourceOptions:
         config=args.config,
         data_dir=args.data_dir,
         sql_url=args.sql,
-        sql_password=_read_password(args.sql_password_file),
+        sql_password=read_secret(args.sql_password_file) if args.sql_password_file else None,
         sql_method=args.sql_method,
         hosts=args.host,
         store=Store(args.store) if args.store else None,
@@ -558,15 +559,6 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         credentials=load_credentials(args.basic_auth_file) if args.basic_auth_file else None,
         exporters=args.exporters,
     )
-
-
-def _read_password(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
-    except OSError as exc:
-        raise OSError(f"cannot read the SQL password file {path}: {exc.strerror}") from exc
 
 
 def _setup_logging(*, verbose: bool, daemon: bool) -> None:
