@@ -1,25 +1,46 @@
-"""Pluggable push exporters: each sends the same snapshot of counts to one monitoring system.
+"""Every output of prosody-lastlog, and the public API of push exporters (`__all__`), built-in or plugin.
 
-An exporter is anything with `name`, `publish(snapshot)`, `close()` and `status()` (the Exporter protocol);
-exporters.runner.PushExporter is the usual one. It is made by a factory called with the keyword-only settings of
-its TOML section, `[exporters.<name>]`. Built-ins are listed in BUILTIN; third-party packages add theirs through
-the `prosody_lastlog.exporters` entry-point group (see the README's example plugin).
+An exporter is anything with `name`, `interval`, `start()`, `publish(snapshot)`, `close()` and `status()` (the
+Exporter protocol); PushExporter is the usual one, around a `send(points)` that raises ExportError. It is made by a
+factory called with the keyword-only settings of its TOML section, `[exporters.<name>]`, and started after: a
+factory only checks its settings and builds. Built-ins are listed in BUILTIN; third-party packages add theirs
+through the ENTRY_POINT_GROUP entry-point group (contrib/example-exporter-plugin is one).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
 from typing import Protocol, cast
 
-from exporters.graphite import format_plaintext
-from exporters.influx import format_line_protocol
-from exporters.points import points_of
-from exporters.runner import ExportStatus
+from exporters.families import COUNT_FAMILIES, CountFamily
+from exporters.points import Point, aligned, points_of
+from exporters.runner import ExportError, ExportStatus, PushExporter, RejectedBatchError
+from exporters.secrets import SecretFileError, read_secret, secret_setting
 from prosody_lastlog.core.counting import Snapshot
 
+__all__ = [  # what a third-party exporter needs
+    "COUNT_FAMILIES",
+    "ENTRY_POINT_GROUP",
+    "CountFamily",
+    "ExportError",
+    "ExportStatus",
+    "Exporter",
+    "Point",
+    "PushExporter",
+    "RejectedBatchError",
+    "SecretFileError",
+    "Snapshot",
+    "aligned",
+    "points_of",
+    "read_secret",
+    "secret_setting",
+]
+
 ENTRY_POINT_GROUP = "prosody_lastlog.exporters"
+# The port of `serve`'s /metrics: 9100-9999 (Prometheus' default port allocations) is fully taken; 10522 echoes
+# XMPP's 5222
+DEFAULT_PORT = 10522
 BUILTIN = {  # name -> "module:factory", imported only when configured
     "graphite": "exporters.graphite:create",
     "influxdb": "exporters.influx:create",
@@ -33,11 +54,14 @@ class Exporter(Protocol):
     name: str
     interval: float  # seconds between snapshots
 
+    def start(self) -> None:
+        """Starts its threads, if any: called once, after every configured exporter was built."""
+
     def publish(self, snapshot: Snapshot) -> None:
         """Queues or sends the snapshot; must return at once."""
 
     def close(self) -> None:
-        """Stops threads and releases sockets and files."""
+        """Stops threads and releases sockets and files; also called on an exporter never started."""
 
     def status(self) -> ExportStatus:
         """Errors, queue length and drops so far."""
@@ -52,6 +76,8 @@ class ExporterConfigError(Exception):
 
 def available() -> dict[str, str]:
     """Every exporter name that can be configured, with where its factory lives (built-ins, then plugins)."""
+    from importlib.metadata import entry_points  # noqa: PLC0415 (slow to import, needed only with exporters)
+
     names = dict(BUILTIN)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         names.setdefault(entry.name, entry.value)
@@ -59,7 +85,7 @@ def available() -> dict[str, str]:
 
 
 def build_exporters(sections: Mapping[str, Mapping[str, object]]) -> list[Exporter]:
-    """Makes one exporter per `[exporters.<name>]` section; every problem is reported at once."""
+    """Makes one exporter per `[exporters.<name>]` section, not started; every problem is reported at once."""
     known = available()
     built: list[Exporter] = []
     problems = []
@@ -81,7 +107,8 @@ def build_exporters(sections: Mapping[str, Mapping[str, object]]) -> list[Export
 
 
 def validate_exporters(sections: Mapping[str, Mapping[str, object]]) -> None:
-    """Raises ExporterConfigError listing every problem of the sections; builds and closes them to check."""
+    """Raises ExporterConfigError listing every problem of the sections; builds them (which starts nothing) to check
+    their settings, then closes them."""
     for exporter in build_exporters(sections):
         exporter.close()
 
@@ -89,9 +116,14 @@ def validate_exporters(sections: Mapping[str, Mapping[str, object]]) -> None:
 def render_points(snapshot: Snapshot, wire_format: str) -> str:
     """One snapshot in a push format, for `count --format influx|graphite`, stamped with the snapshot's second
     (line protocol in nanoseconds, what Telegraf and InfluxDB assume when not told otherwise)."""
+    # The formatter is imported here, so a count in another format does not load the push transports.
     points = points_of(snapshot, timestamp=int(snapshot.taken))
     if wire_format == "influx":
+        from exporters.influx import format_line_protocol  # noqa: PLC0415
+
         return format_line_protocol(points, precision="ns").decode("utf-8")
+    from exporters.graphite import format_plaintext  # noqa: PLC0415
+
     return format_plaintext(points).decode("ascii")
 
 

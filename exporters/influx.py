@@ -33,6 +33,7 @@ from pathlib import Path
 
 from exporters.points import Point
 from exporters.runner import ExportError, PushExporter, RejectedBatchError
+from exporters.secrets import secret_setting
 from prosody_lastlog import __version__
 
 NAME = "influxdb"
@@ -215,10 +216,10 @@ def create(
             database=database,
             retention_policy=retention_policy,
             username=username,
-            password=_secret("password", password, password_file),
+            password=secret_setting("password", password, password_file),
             org=org,
             bucket=bucket,
-            token=_secret("token", token, token_file),
+            token=secret_setting("token", token, token_file),
         )
         deliver = partial(post_lines, target, headers=headers, compress=gzip, timeout=float(timeout))
 
@@ -238,21 +239,6 @@ def _file_path(file: str) -> Path:
     if not path.parent.is_dir():
         raise ValueError(f"file: the directory {str(path.parent)!r} does not exist")
     return path
-
-
-def _secret(setting: str, value: str, file: str) -> str:
-    """The secret given directly, or the first line of `<setting>_file`."""
-    if not file:
-        return value
-    if value:
-        raise ValueError(f"{setting}, {setting}_file: set only one of them")
-    try:
-        lines = Path(file).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{setting}_file: cannot read {file!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not lines or not lines[0]:
-        raise ValueError(f"{setting}_file: the first line of {file!r} is empty")
-    return lines[0]
 
 
 def _http_target(

@@ -17,30 +17,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from exporters.families import COUNT_FAMILIES
 from exporters.runner import ExportStatus
 from prosody_lastlog import __version__
 from prosody_lastlog.core.connected import ConnectedMode
-from prosody_lastlog.core.counting import HostCounts, total_counts
+from prosody_lastlog.core.counting import ALL_HOSTS, HostCounts, totals_only
 from prosody_lastlog.core.health import SourceHealth
 from prosody_lastlog.core.model import PROBLEM_KINDS
 from prosody_lastlog.core.windows import Window
 
-CACHE_NOTE = (
-    "From a cache: the daemon refreshes it by file watcher and periodic resync, counting as of the scrape or push."
-)
-COUNT_HELP = {  # the count families, shared with the Pushgateway exporter so both say the same
-    "prosody_active_users": "Accounts active within the window (now - last login/logout < window), as "
-    f"mod_measure_active_users counts them. Do not sum over window. {CACHE_NOTE}",
-    "prosody_registrations": f"Accounts registered within the window. {CACHE_NOTE}",
-    "prosody_accounts": f"Accounts with last-activity data. {CACHE_NOTE}",
-    "prosody_accounts_never_active": f"Accounts with last-activity data but no login or logout. {CACHE_NOTE}",
-    "prosody_connected_users": "Accounts connected now, counted active in every window as mod_measure_active_users "
-    "does; 0 where connected users are not detected (see prosody_lastlog_connected_detection_info). "
-    f"{CACHE_NOTE}",
-}
 COMPAT_WINDOWS = ("1d", "7d", "30d")  # the gauges mod_measure_active_users defines
 
 
@@ -86,7 +75,7 @@ class ActiveUsersCollector(Collector):
         if self._per_host:
             yield self._counting_family(counts)
         else:
-            counts = {"all": total_counts(counts, self._windows)} if counts else {}
+            counts = totals_only(counts, self._windows)
         yield from self._count_families(counts)
         if self._compat:
             yield from self._compat_families(counts)
@@ -116,20 +105,12 @@ class ActiveUsersCollector(Collector):
         yield from (errors, queued, dropped)
 
     def _count_families(self, counts: Mapping[str, HostCounts]) -> Iterator[GaugeMetricFamily]:
-        def family(name: str, *labels: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, COUNT_HELP[name], labels=["host", *labels])
-
-        active, registrations = family("prosody_active_users", "window"), family("prosody_registrations", "window")
-        accounts, never = family("prosody_accounts"), family("prosody_accounts_never_active")
-        connected = family("prosody_connected_users")
-        for host, host_counts in counts.items():
-            for window in self._windows:
-                active.add_metric([host, window.label], host_counts.active[window.label])
-                registrations.add_metric([host, window.label], host_counts.registered[window.label])
-            accounts.add_metric([host], host_counts.accounts)
-            never.add_metric([host], host_counts.never_active)
-            connected.add_metric([host], host_counts.connected)
-        yield from (active, registrations, accounts, never, connected)
+        for family in COUNT_FAMILIES:
+            metric = GaugeMetricFamily(f"prosody_{family.name}", family.help, labels=list(family.labels))
+            for host, host_counts in counts.items():
+                for window, value in family.samples(host_counts, self._windows):
+                    metric.add_metric([host] if window is None else [host, window], value)
+            yield metric
 
     @staticmethod
     def _counting_family(counts: Mapping[str, HostCounts]) -> InfoMetricFamily:
@@ -198,7 +179,7 @@ class ActiveUsersCollector(Collector):
         )
         tracked_users = self._view.tracked_users()
         if not self._per_host:
-            tracked_users = {"all": sum(tracked_users.values())} if tracked_users else {}
+            tracked_users = {ALL_HOSTS: sum(tracked_users.values())} if tracked_users else {}
         for host, users in tracked_users.items():
             tracked.add_metric([host], users)
         detection = InfoMetricFamily(
@@ -212,3 +193,46 @@ class ActiveUsersCollector(Collector):
         info = InfoMetricFamily("prosody_lastlog_build", "prosody-lastlog build information.")
         info.add_metric([], {"version": __version__})
         yield from (up, last, duration, problems, watched, tracked, detection, info)
+
+
+class _FixedView:
+    """Counts and health of a finished one-shot count, for the collector."""
+
+    def __init__(
+        self, counts: Mapping[str, HostCounts], health: Sequence[SourceHealth], detection: Mapping[str, ConnectedMode]
+    ) -> None:
+        self._counts = dict(counts)
+        self._health = health
+        self._detection = detection
+
+    def counts(self, *, now: float) -> dict[str, HostCounts]:
+        return self._counts
+
+    def health(self) -> Sequence[SourceHealth]:
+        return self._health
+
+    def tracked_users(self) -> Mapping[str, int]:
+        return {}
+
+    def connected_detection(self) -> Mapping[str, ConnectedMode]:
+        return self._detection
+
+
+def render_prometheus(
+    counts: Mapping[str, HostCounts],
+    health: Sequence[SourceHealth],
+    *,
+    now: int,
+    windows: Sequence[Window],
+    per_host: bool = True,
+    compat: bool = False,
+    detection: Mapping[str, ConnectedMode] | None = None,
+) -> str:
+    """Prometheus text exposition (no timestamps: node_exporter's textfile collector rejects them)."""
+    registry = CollectorRegistry(auto_describe=False)
+    detection = detection or {h.name: ConnectedMode.NONE for h in health}
+    collector = ActiveUsersCollector(
+        _FixedView(counts, health, detection), windows=windows, per_host=per_host, compat=compat, clock=lambda: now
+    )
+    registry.register(collector)
+    return generate_latest(registry).decode("utf-8")

@@ -16,7 +16,6 @@ import socket
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.client import HTTPException
-from pathlib import Path
 from urllib.error import HTTPError, URLError
 
 from prometheus_client import generate_latest, push_to_gateway
@@ -24,9 +23,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.registry import Collector
 
-from exporters.points import PER_HOST, WINDOWED, Point
-from exporters.prometheus import COUNT_HELP
+from exporters.families import COUNT_FAMILIES
+from exporters.points import Point
 from exporters.runner import ExportError, PushExporter
+from exporters.secrets import secret_setting
 
 NAME = "pushgateway"
 ERROR_BODY_CHARS = 300  # of the gateway's explanation of a refusal, kept in the error message
@@ -117,12 +117,8 @@ class _PointsCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = {
-            name: GaugeMetricFamily(
-                f"{self._prefix}_{name}",
-                COUNT_HELP[f"prosody_{name}"],
-                labels=["host", "window"] if name in WINDOWED else ["host"],
-            )
-            for name in WINDOWED + PER_HOST
+            family.name: GaugeMetricFamily(f"{self._prefix}_{family.name}", family.help, labels=list(family.labels))
+            for family in COUNT_FAMILIES
         }
         for point in self._points:
             if point.name not in families:
@@ -165,17 +161,7 @@ def _grouping_key(grouping: Mapping[str, str]) -> dict[str, str]:
 def _password(password: str, password_file: str) -> str:
     if not isinstance(password, str) or not isinstance(password_file, str):
         raise ValueError("password, password_file: must be strings")
-    if password and password_file:
-        raise ValueError("password, password_file: set only one of them")
-    if not password_file:
-        return password
-    try:
-        secret = Path(password_file).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"password_file: cannot read {password_file}: {type(exc).__name__}") from None
-    if not secret:
-        raise ValueError(f"password_file: {password_file} is empty")
-    return secret
+    return secret_setting("password", password, password_file)
 
 
 def _explanation(error: HTTPError) -> str:

@@ -1,9 +1,10 @@
 """Runs one push target on its own thread, so a slow or dead target never holds up counting, scrapes or others.
 
-publish() only queues points. The thread sends them in batches through the exporter's `send`; a failed send is
-retried after an exponential backoff with jitter (1 s, 2 s, 4 s, ... up to 5 minutes), the points staying queued
-(they carry their own timestamps, so nothing is lost across an outage shorter than the queue holds). Past
-`max_points` the oldest are dropped and counted. Errors are logged once per state change, not per attempt.
+Built first, started after: the constructor only checks and stores, start() starts the thread. publish() only
+queues points. The thread sends them in batches through the exporter's `send`; a failed send is retried after an
+exponential backoff with jitter (1 s, 2 s, 4 s, ... up to 5 minutes), the points staying queued (they carry their
+own timestamps, so nothing is lost across an outage shorter than the queue holds). Past `max_points` the oldest
+are dropped and counted. Errors are logged once per state change, not per attempt.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class PushExporter:
         self._closing = False
         self._stopping = threading.Event()  # set by close(): ends a backoff wait
         self._thread = threading.Thread(target=self._run, name=f"prosody-lastlog-{name}", daemon=True)
+
+    def start(self) -> None:
+        """Starts the sending thread (once)."""
         self._thread.start()
 
     def publish(self, snapshot: Snapshot) -> None:
@@ -93,12 +97,14 @@ class PushExporter:
             return self._condition.wait_for(lambda: not self._queue and not self._sending, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stops the thread after one last attempt to send what is queued (bounded by `timeout`)."""
+        """Stops the thread after one last attempt to send what is queued (bounded by `timeout`); never started,
+        there is nothing to stop."""
         with self._condition:
             self._closing = True
             self._condition.notify_all()
         self._stopping.set()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
         if self._queue:
             log.warning("%s: stopped with %d point(s) unsent", self.name, len(self._queue))
 

@@ -21,3 +21,16 @@ def read_secret(path: Path | str) -> str:
     if not secret:
         raise SecretFileError(f"the secret file {path} is empty (its first line holds the secret)")
     return secret
+
+
+def secret_setting(setting: str, value: str, file: str) -> str:
+    """The secret of an exporter's `<setting>` or `<setting>_file` (read by read_secret); ValueError naming the
+    setting if both are set, SecretFileError naming `<setting>_file` if the file fails."""
+    if value and file:
+        raise ValueError(f"{setting}, {setting}_file: set only one of them")
+    if not file:
+        return value
+    try:
+        return read_secret(file)
+    except SecretFileError as exc:
+        raise SecretFileError(f"{setting}_file: {exc}") from None

@@ -1,4 +1,4 @@
-"""Renders counts for people (a table), for scripts (stable JSON) and for Prometheus (text exposition)."""
+"""Renders counts for people (a table) and for scripts (stable JSON); Prometheus text is exporters.prometheus's."""
 
 from __future__ import annotations
 
@@ -6,12 +6,8 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, generate_latest
-
-from exporters.prometheus import ActiveUsersCollector
 from prosody_lastlog.core.connected import ConnectedMode
 from prosody_lastlog.core.counting import HostCounts
-from prosody_lastlog.core.health import SourceHealth
 from prosody_lastlog.core.model import CountingChoice, ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
 from prosody_lastlog.core.windows import Window
@@ -103,46 +99,3 @@ def render_table(counts: Mapping[str, HostCounts], *, windows: Sequence[Window])
 
 def _how_counted(choice: CountingChoice) -> str:
     return f"{choice.store.value} ({choice.basis.value}): {choice.reason}; accounts: {choice.accounts_reason}"
-
-
-class _FixedView:
-    """Counts and health of a finished one-shot count, for the collector."""
-
-    def __init__(
-        self, counts: Mapping[str, HostCounts], health: Sequence[SourceHealth], detection: Mapping[str, ConnectedMode]
-    ) -> None:
-        self._counts = dict(counts)
-        self._health = health
-        self._detection = detection
-
-    def counts(self, *, now: float) -> dict[str, HostCounts]:
-        return self._counts
-
-    def health(self) -> Sequence[SourceHealth]:
-        return self._health
-
-    def tracked_users(self) -> Mapping[str, int]:
-        return {}
-
-    def connected_detection(self) -> Mapping[str, ConnectedMode]:
-        return self._detection
-
-
-def render_prometheus(
-    counts: Mapping[str, HostCounts],
-    health: Sequence[SourceHealth],
-    *,
-    now: int,
-    windows: Sequence[Window],
-    per_host: bool = True,
-    compat: bool = False,
-    detection: Mapping[str, ConnectedMode] | None = None,
-) -> str:
-    """Prometheus text exposition (no timestamps: node_exporter's textfile collector rejects them)."""
-    registry = CollectorRegistry(auto_describe=False)
-    detection = detection or {h.name: ConnectedMode.NONE for h in health}
-    collector = ActiveUsersCollector(
-        _FixedView(counts, health, detection), windows=windows, per_host=per_host, compat=compat, clock=lambda: now
-    )
-    registry.register(collector)
-    return generate_latest(registry).decode("utf-8")

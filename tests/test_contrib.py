@@ -16,8 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters import BUILTIN, validate_exporters
-from exporters.http import DEFAULT_PORT
+from exporters import BUILTIN, DEFAULT_PORT, validate_exporters
 from exporters.prometheus import ActiveUsersCollector
 from exporters.runner import ExportStatus
 from prosody_lastlog.cli import build_parser

@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dashboards import generate
+from exporters.families import COUNT_FAMILIES
 from exporters.influx import format_line_protocol
 from exporters.points import points_of
-from exporters.prometheus import COUNT_HELP, ActiveUsersCollector
+from exporters.prometheus import ActiveUsersCollector
 from exporters.runner import ExportStatus
 from prosody_lastlog.core.counting import Snapshot
 from prosody_lastlog.core.model import CountingChoice, Store, UserActivity
@@ -271,7 +272,7 @@ def test_promql_uses_only_metrics_the_collector_exports() -> None:
     for variable in data["templating"]["list"][1:]:
         metric = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["query"])
         assert metric and metric[1] in exported, variable["query"]
-    assert set(COUNT_HELP) <= used  # every count family is shown
+    assert {f"prosody_{family.name}" for family in COUNT_FAMILIES} <= used  # every count family is shown
     assert {"prosody_lastlog_source_up", "prosody_lastlog_export_errors_total"} <= used
 
 

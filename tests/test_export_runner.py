@@ -6,10 +6,11 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from exporters import ExporterConfigError, build_exporters
+from exporters import ExporterConfigError, build_exporters, validate_exporters
 from exporters.points import Point, aligned, points_of
 from exporters.runner import ExportError, PushExporter
 from prosody_lastlog.core.counting import Snapshot, zero_counts
@@ -64,6 +65,7 @@ def test_publish_does_not_wait_for_a_hanging_target() -> None:
     target = Target()
     target.gate.clear()
     exporter = PushExporter("t", target.send)
+    exporter.start()
     try:
         started = time.monotonic()
         for _ in range(5):
@@ -82,6 +84,7 @@ def test_failures_keep_the_points_and_retry_with_backoff(caplog: pytest.LogCaptu
     target = Target()
     target.failing = True
     exporter = PushExporter("t", target.send, retry_min=0.05, retry_max=0.1)
+    exporter.start()
     try:
         exporter.publish(snapshot(NOW))
         exporter.publish(snapshot(NOW + 60))
@@ -104,6 +107,7 @@ def test_the_oldest_points_are_dropped_past_the_bound_and_counted() -> None:
     target.failing = True
     per_snapshot = len(points_of(snapshot(), timestamp=0))
     exporter = PushExporter("t", target.send, max_points=per_snapshot * 2, retry_min=0.05, retry_max=0.05)
+    exporter.start()
     try:
         for minute in range(3):
             exporter.publish(snapshot(NOW + 60 * minute))
@@ -120,6 +124,7 @@ def test_latest_only_sends_one_whole_snapshot_and_replaces_older_ones() -> None:
     target = Target()
     target.gate.clear()
     exporter = PushExporter("t", target.send, latest_only=True, batch_points=1)
+    exporter.start()
     try:
         exporter.publish(snapshot(NOW, hosts=2))  # taken by the (blocked) send
         time.sleep(0.1)
@@ -137,6 +142,7 @@ def test_close_stops_the_thread_even_while_failing() -> None:
     target = Target()
     target.failing = True
     exporter = PushExporter("t", target.send, retry_min=60, retry_max=60)
+    exporter.start()
     exporter.publish(snapshot())
     time.sleep(0.1)
     started = time.monotonic()
@@ -154,6 +160,7 @@ def test_a_plugin_that_raises_anything_is_retried_not_fatal(caplog: pytest.LogCa
             raise KeyError("bug")
 
     exporter = PushExporter("t", broken, retry_min=0.05)
+    exporter.start()
     try:
         exporter.publish(snapshot())
         assert exporter.flush(5) and len(calls) == 2
@@ -168,3 +175,37 @@ def test_unknown_exporters_and_settings_are_all_reported_at_once() -> None:
     lines = str(error.value).splitlines()
     assert lines[0].startswith("exporters.carrier-pigeon: unknown exporter (known: graphite, influxdb, pushgateway")
     assert lines[1] == "exporters.graphite: colour: unknown setting"
+
+
+def test_built_first_started_after() -> None:
+    target = Target()
+    exporter = PushExporter("t", target.send)
+    exporter.publish(snapshot())
+    time.sleep(0.05)
+    assert target.attempts == 0 and not any(t.name == "prosody-lastlog-t" for t in threading.enumerate())
+    exporter.start()
+    try:
+        assert exporter.flush(5) and target.received
+    finally:
+        exporter.close()
+
+
+def test_an_exporter_never_started_closes_at_once() -> None:
+    started = time.monotonic()
+    PushExporter("t", Target().send).close()
+    assert time.monotonic() - started < 0.1
+
+
+def test_building_and_validating_start_no_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def refuse(thread: threading.Thread) -> None:
+        raise AssertionError(f"{thread.name} started")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    sections: dict[str, dict[str, object]] = {
+        "graphite": {},
+        "influxdb": {"file": str(tmp_path / "prosody.lp")},
+        "pushgateway": {},
+    }
+    validate_exporters(sections)
+    for exporter in build_exporters(sections):
+        exporter.close()

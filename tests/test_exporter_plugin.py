@@ -1,7 +1,9 @@
-"""A third-party exporter, installed with pip, is found through the entry-point group and configured by name."""
+"""A third-party exporter, installed with pip, is found through the entry-point group and configured by name; it
+needs only the public API of `exporters`."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import exporters
 from exporters import available, build_exporters
 from tests.test_export_runner import NOW, snapshot
 
@@ -35,6 +38,7 @@ def test_the_example_plugin_is_discovered_and_publishes(installed_plugin: Path, 
     out = tmp_path / "points.csv"
     (exporter,) = build_exporters({"csv": {"path": str(out)}})
     try:
+        exporter.start()
         exporter.publish(snapshot(NOW))
         assert exporter.flush(5)  # type: ignore[attr-defined]
     finally:
@@ -42,3 +46,14 @@ def test_the_example_plugin_is_discovered_and_publishes(installed_plugin: Path, 
     lines = out.read_text().splitlines()
     assert lines[0] == f"{NOW - 30},h0.example,active_users,1d,0"
     assert len(lines) == 3 * 2 + 3  # one host: 3 windows of 2 windowed families, 3 per-host families
+
+
+def test_the_example_plugin_imports_only_the_public_api() -> None:
+    tree = ast.parse((PLUGIN / "prosody_lastlog_csv.py").read_text(encoding="utf-8"))
+    ours = ("exporters", "prosody_lastlog")
+    plain = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [name for name in plain if name.split(".")[0] in ours]
+    imported = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    project = [node for node in imported if node.module and node.module.split(".")[0] in ours]
+    assert [node.module for node in project] == ["exporters"]
+    assert {alias.name for alias in project[0].names} <= set(exporters.__all__)

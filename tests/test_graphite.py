@@ -285,6 +285,7 @@ def test_udp_sends_whole_lines_in_datagrams_of_at_most_1400_bytes(udp_receiver: 
 def test_create_publish_flush_over_udp(udp_receiver: socket.socket) -> None:
     exporter = create(port=udp_receiver.getsockname()[1], protocol="udp", interval=60)
     try:
+        exporter.start()
         exporter.publish(Snapshot(T + 30, SNAPSHOT.counts, WINDOWS))
         assert exporter.flush(5)
     finally:
@@ -396,6 +397,7 @@ def test_each_push_repeats_the_previous_resend_pushes(resend: int) -> None:
     receiver = LineReceiver()
     exporter = create(port=receiver.port, resend=resend)
     try:
+        exporter.start()
         for minute in MINUTES:
             exporter.publish(snapshot_at(minute))
             assert exporter.flush(5)
@@ -411,6 +413,7 @@ def test_only_pushes_that_got_through_are_repeated() -> None:
     receiver = LineReceiver(resets=frozenset({1}))
     exporter = create(port=receiver.port, resend=1)
     try:
+        exporter.start()
         for minute in MINUTES[:3]:
             exporter.publish(snapshot_at(minute))
             assert exporter.flush(10)

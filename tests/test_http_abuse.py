@@ -32,7 +32,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import prosody_lastlog
-from exporters.http import MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS, MAX_LINE, MetricsServer, load_tls
+from exporters.http import MetricsServer, load_tls
+from exporters.http_transport import MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS, MAX_LINE
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon.state import LiveCounts
 from tests.test_http_security import Values, self_signed

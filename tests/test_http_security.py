@@ -23,14 +23,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from exporters.http import (
-    SWITCH_INTERVAL,
-    Exposition,
-    MetricsServer,
-    health_problems,
-    load_credentials,
-    load_tls,
-)
+from exporters.http import Exposition, MetricsServer, health_problems, load_credentials, load_tls
+from exporters.http_transport import SWITCH_INTERVAL
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.daemon.state import LiveCounts

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporters import ExporterConfigError, build_exporters
+from exporters.families import COUNT_FAMILIES
 from exporters.influx import (
     append_to_file,
     create,
@@ -27,7 +28,7 @@ from exporters.influx import (
     format_line_protocol,
     post_lines,
 )
-from exporters.points import PER_HOST, WINDOWED, Point, aligned, points_of
+from exporters.points import Point, aligned, points_of
 from exporters.runner import ExportError, PushExporter, RejectedBatchError
 from prosody_lastlog.core.counting import HostCounts, Snapshot
 from prosody_lastlog.core.model import Store
@@ -168,7 +169,7 @@ TAG_TEXT = st.text(st.sampled_from(',= \\\n\r"#i') | st.characters(codec="utf-8"
 @given(
     point=st.builds(
         Point,
-        name=st.sampled_from(WINDOWED + PER_HOST),
+        name=st.sampled_from([family.name for family in COUNT_FAMILIES]),
         host=TAG_TEXT,
         window=st.none() | TAG_TEXT,
         value=st.integers(-(2**63), 2**63 - 1),
@@ -194,6 +195,7 @@ def test_parse_round_trip(point: Point, prefix: str) -> None:
 @contextmanager
 def running(exporter: PushExporter) -> Iterator[PushExporter]:
     try:
+        exporter.start()
         yield exporter
     finally:
         exporter.close()
@@ -398,7 +400,7 @@ def test_credentials_in_the_url_are_refused_without_echoing_them() -> None:
 
 def test_empty_secret_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(ValueError, match=r"token_file: the first line of .* is empty"):
+    with pytest.raises(ValueError, match=r"token_file: the secret file .* is empty"):
         create(api="v2", org="o", bucket="b", token_file=str(tmp_path / "empty"))
 
 

@@ -41,7 +41,7 @@ import pymysql
 import pytest
 from psycopg import sql
 
-from exporters.http import DEFAULT_PORT
+from exporters import DEFAULT_PORT
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.prosody.pathnames import decode_name, encode_name

@@ -26,8 +26,7 @@ from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from exporters.http import Exposition
-from exporters.prometheus import ActiveUsersCollector
-from exporters.text import render_prometheus
+from exporters.prometheus import ActiveUsersCollector, render_prometheus
 from fuzz.oracles import ConfigOracle, DataFileOracle, dictionary_tokens, same_activity
 from prosody_lastlog.cli import main
 from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedUsers

@@ -18,7 +18,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from exporters.points import PER_HOST, WINDOWED, Point, points_of
+from exporters.families import COUNT_FAMILIES
+from exporters.points import Point, points_of
 from exporters.prometheus import ActiveUsersCollector
 from exporters.pushgateway import Gateway, create, exposition
 from exporters.runner import ExportError
@@ -67,7 +68,7 @@ class CountFamiliesOfMetrics(Collector):
         self._collector = ActiveUsersCollector(FixedView(counts), windows=DEFAULT_WINDOWS)
 
     def collect(self) -> Iterator[Metric]:
-        names = {f"prosody_{name}" for name in WINDOWED + PER_HOST}
+        names = {f"prosody_{family.name}" for family in COUNT_FAMILIES}
         return (family for family in self._collector.collect() if family.name in names)
 
 
@@ -102,7 +103,7 @@ def test_exposition_samples_in_order_without_timestamps() -> None:
 
 def test_exposition_parses_to_exactly_the_points() -> None:
     families = list(text_string_to_metric_families(exposition(POINTS).decode()))
-    assert [(f.name, f.type) for f in families] == [(f"prosody_{name}", "gauge") for name in WINDOWED + PER_HOST]
+    assert [(f.name, f.type) for f in families] == [(f"prosody_{family.name}", "gauge") for family in COUNT_FAMILIES]
     samples = [sample for family in families for sample in family.samples]
     assert all(sample.timestamp is None for sample in samples)
     expected = {
@@ -122,7 +123,7 @@ def test_exposition_prefix() -> None:
     text = exposition(POINTS[:1], prefix="xmpp").decode()
     assert 'xmpp_active_users{host="a.example",window="1d"} 1.0\n' in text
     assert [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")] == [
-        f"xmpp_{name}" for name in WINDOWED + PER_HOST
+        f"xmpp_{family.name}" for family in COUNT_FAMILIES
     ]
 
 
@@ -161,6 +162,7 @@ def fake_gateway() -> Iterator[Recorder]:
 def test_create_publish_puts_the_latest_snapshot(fake_gateway: Recorder) -> None:
     exporter = create(url=fake_gateway.url + "/", grouping={"instance": "xmpp1", "dc": "fra"})
     try:
+        exporter.start()
         exporter.publish(SNAPSHOT)
         assert exporter.flush(5)
     finally:
@@ -183,6 +185,7 @@ def test_grouping_values_with_slash_or_space_are_base64(fake_gateway: Recorder) 
 def test_default_grouping_is_the_local_hostname(fake_gateway: Recorder) -> None:
     exporter = create(url=fake_gateway.url, job="xmpp")
     try:
+        exporter.start()
         exporter.publish(SNAPSHOT)
         assert exporter.flush(5)
     finally:
@@ -196,6 +199,7 @@ def test_basic_auth_from_a_password_file(fake_gateway: Recorder, tmp_path: Path)
     secret.write_text(PASSWORD + "\n")
     exporter = create(url=fake_gateway.url, username="pusher", password_file=str(secret))
     try:
+        exporter.start()
         exporter.publish(SNAPSHOT)
         assert exporter.flush(5)
     finally:
@@ -255,7 +259,10 @@ def test_a_silent_gateway_times_out() -> None:
         ({"password": PASSWORD}, "username, password: basic auth needs both"),
         ({"username": "u:v", "password": PASSWORD}, "username: must be a string without ':'"),
         ({"username": "u", "password": "p", "password_file": "/x"}, "password, password_file: set only one"),
-        ({"username": "u", "password_file": "/nonexistent/pw"}, "password_file: cannot read /nonexistent/pw"),
+        (
+            {"username": "u", "password_file": "/nonexistent/pw"},
+            "password_file: cannot read the secret file /nonexistent/pw",
+        ),
         ({"interval": 0}, "interval: must be a number of seconds greater than 0"),
         ({"timeout": "10"}, "timeout: must be a number of seconds greater than 0"),
         ({"timeout": True}, "timeout: must be a number of seconds greater than 0"),
@@ -270,7 +277,7 @@ def test_invalid_settings_name_the_setting(settings: dict[str, object], problem:
 
 def test_an_empty_password_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("\n")
-    with pytest.raises(ValueError, match=r"^password_file: .* is empty$"):
+    with pytest.raises(ValueError, match=r"^password_file: the secret file .* is empty"):
         create(username="u", password_file=str(tmp_path / "pw"))
 
 

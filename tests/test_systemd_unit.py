@@ -6,7 +6,7 @@ import configparser
 import shlex
 from pathlib import Path
 
-from exporters.http import MAX_CONNECTIONS
+from exporters.http_transport import MAX_CONNECTIONS
 from prosody_lastlog.cli import build_parser
 
 UNIT = Path(__file__).resolve().parent.parent / "contrib" / "prosody-lastlog.service"

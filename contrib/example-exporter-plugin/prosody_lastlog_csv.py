@@ -3,8 +3,7 @@
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporters.points import Point
-from exporters.runner import ExportError, PushExporter
+from exporters import ExportError, Point, PushExporter
 
 
 def create(*, path: str, interval: float = 60.0) -> PushExporter:

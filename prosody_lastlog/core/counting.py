@@ -9,6 +9,8 @@ from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, Store
 from prosody_lastlog.core.windows import Window
 
+ALL_HOSTS = "all"  # the one host --totals-only shows
+
 
 @dataclass(frozen=True, slots=True)
 class HostCounts:
@@ -120,6 +122,11 @@ def total_counts(counts: Mapping[str, HostCounts], windows: Sequence[Window]) ->
         sum(c.no_account for c in values),
         values[0].choice,
     )
+
+
+def totals_only(counts: Mapping[str, HostCounts], windows: Sequence[Window]) -> dict[str, HostCounts]:
+    """`--totals-only`: all hosts added up as one host named ALL_HOSTS; nothing counted yet stays nothing."""
+    return {ALL_HOSTS: total_counts(counts, windows)} if counts else {}
 
 
 def _add_within(counts: dict[str, int], windows: Sequence[Window], age: float) -> None:

@@ -62,6 +62,7 @@ def push_once(exporter: PushExporter) -> int:
     """Publishes COUNTS taken now and waits until sent; the timestamp the points carry (the start of the minute)."""
     taken = time.time()
     try:
+        exporter.start()
         exporter.publish(Snapshot(taken, COUNTS, WINDOWS))
         assert exporter.flush(10)
         assert exporter.status().errors_total == 0
@@ -106,6 +107,7 @@ def test_points_queued_while_carbon_is_down_arrive_with_their_own_timestamps(tmp
             time.sleep(0.05)
 
     try:
+        exporter.start()
         exporter.publish(snapshots[0])  # carbon is not running yet
         wait_for_errors(1)
         with carbon_cache(tmp_path, port=port) as carbon:
@@ -136,6 +138,7 @@ def test_a_point_carbon_drops_as_it_stops_arrives_with_the_next_push_when_resent
     minute = aligned(time.time(), 60)
     exporter = create(port=port, timeout=2.0, resend=1)
     try:
+        exporter.start()
         with carbon_cache(tmp_path, port=port):
             exporter.publish(Snapshot(minute - 53, {"example.com": counts(7, 0, 70, 0, 0)}, WINDOWS))
             assert exporter.flush(10)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from exporters.families import COUNT_FAMILIES
 from exporters.influx import create, format_line_protocol, post_lines, write_url
-from exporters.points import PER_HOST, WINDOWED, aligned, points_of
+from exporters.points import aligned, points_of
 from exporters.runner import ExportError, PushExporter, RejectedBatchError
 from prosody_lastlog.core.counting import HostCounts, Snapshot
 from prosody_lastlog.core.model import Store
@@ -62,7 +63,7 @@ def stored(influx: InfluxServer, database: str = "prosody") -> Stored:
     """Every point of our families in the database, read back with InfluxQL."""
     return {
         (f"prosody_{name}", row["host"], row.get("window"), row["time"]): row["value"]
-        for name in WINDOWED + PER_HOST
+        for name in (family.name for family in COUNT_FAMILIES)
         for row in influx.rows(database, f'SELECT "value" FROM "prosody_{name}" GROUP BY *')
     }
 
@@ -70,6 +71,7 @@ def stored(influx: InfluxServer, database: str = "prosody") -> Stored:
 @contextmanager
 def running(exporter: PushExporter) -> Iterator[PushExporter]:
     try:
+        exporter.start()
         yield exporter
     finally:
         exporter.close()

@@ -63,6 +63,7 @@ def on_gateway(base: str, names: Mapping[str, object]) -> dict[str, dict[frozens
 def exporter(url: str, **settings: object) -> Iterator[PushExporter]:
     made = create(url=url, **settings)  # type: ignore[arg-type]
     try:
+        made.start()
         yield made
     finally:
         made.close()

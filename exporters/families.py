@@ -1,0 +1,67 @@
+"""The one table of count families (name, labels, help): /metrics, the textfile and every push format use it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from prosody_lastlog.core.counting import HostCounts
+from prosody_lastlog.core.windows import Window
+
+CACHE_NOTE = (
+    "From a cache: the daemon refreshes it by file watcher and periodic resync, counting as of the scrape or push."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CountFamily:
+    """One family of counts. `name` has no prefix: /metrics and the Pushgateway show `prosody_<name>`, InfluxDB
+    `<prefix>_<name>`, Graphite a path node; `read` takes its values from one host's counts (per window or one)."""
+
+    name: str
+    labels: tuple[str, ...]
+    help: str
+    read: Callable[[HostCounts], Mapping[str, int] | int]
+
+    def samples(self, counts: HostCounts, windows: Sequence[Window]) -> list[tuple[str | None, int]]:
+        """The family's values for one host: (window label, value) for each window, else one (None, value)."""
+        value = self.read(counts)
+        if isinstance(value, int):
+            return [(None, value)]
+        return [(window.label, value[window.label]) for window in windows]
+
+
+COUNT_FAMILIES = (  # in the order every output lists them
+    CountFamily(
+        "active_users",
+        ("host", "window"),
+        "Accounts active within the window (now - last login/logout < window), as mod_measure_active_users counts "
+        f"them. Do not sum over window. {CACHE_NOTE}",
+        lambda counts: counts.active,
+    ),
+    CountFamily(
+        "registrations",
+        ("host", "window"),
+        f"Accounts registered within the window. {CACHE_NOTE}",
+        lambda counts: counts.registered,
+    ),
+    CountFamily(
+        "accounts",
+        ("host",),
+        f"Accounts with last-activity data. {CACHE_NOTE}",
+        lambda counts: counts.accounts,
+    ),
+    CountFamily(
+        "accounts_never_active",
+        ("host",),
+        f"Accounts with last-activity data but no login or logout. {CACHE_NOTE}",
+        lambda counts: counts.never_active,
+    ),
+    CountFamily(
+        "connected_users",
+        ("host",),
+        "Accounts connected now, counted active in every window as mod_measure_active_users does; 0 where connected "
+        f"users are not detected (see prosody_lastlog_connected_detection_info). {CACHE_NOTE}",
+        lambda counts: counts.connected,
+    ),
+)
