@@ -11,9 +11,10 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prosody_lastlog.core.compact import NameHash, SortedTimes
 from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedUsers
 from prosody_lastlog.core.counting import count_host
-from prosody_lastlog.core.index import ActivityIndex, HostIndex, NameHash, SortedTimes
+from prosody_lastlog.core.index import ActivityIndex, HostIndex
 from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, Store, UserActivity
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window
 
@@ -269,7 +270,7 @@ def test_a_built_index_counts_the_connected_users_of_when_it_is_swapped_in() -> 
 
 def test_a_name_hash_is_the_same_in_another_process_for_the_same_key_only() -> None:
     name_hash = NameHash()
-    code = "import sys, prosody_lastlog.core.index as a; print(a.NameHash(bytes.fromhex(sys.argv[1]))(b'a'))"
+    code = "import sys, prosody_lastlog.core.compact as a; print(a.NameHash(bytes.fromhex(sys.argv[1]))(b'a'))"
     elsewhere = subprocess.run([sys.executable, "-c", code, name_hash.key.hex()], capture_output=True, check=True)
     assert int(elsewhere.stdout) == name_hash(b"a") == pickle.loads(pickle.dumps(name_hash))(b"a")
     assert len({NameHash()(b"a") for _ in range(4)}) > 1  # a new key each time

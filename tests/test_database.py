@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from prosody_lastlog.prosody.sql_settings import parse_sql_url
-from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS, DatabaseError, connect
+from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS, connect
+from prosody_lastlog.sources.results import DatabaseError
 
 
 @pytest.fixture

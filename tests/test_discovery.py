@@ -8,10 +8,15 @@ from pathlib import Path
 import pytest
 
 from prosody_lastlog.cli import main
+from prosody_lastlog.core.connected import ConnectedMode
 from prosody_lastlog.core.rules import InstalledProsody
+from prosody_lastlog.daemon.lifecycle import ServeOptions
 from prosody_lastlog.prosody.running import ProsodyServer
-from prosody_lastlog.sources.kinds import FileSource, SqlSource
-from prosody_lastlog.sources.plan import SourceOptions, plan_sources
+from prosody_lastlog.prosody.sql_settings import SqlSettings
+from prosody_lastlog.sources.kinds import FileSource
+from prosody_lastlog.sources.plan import Plan, SourceOptions, plan_sources
+from prosody_lastlog.sources.policy import Cadence
+from prosody_lastlog.sources.sql_source import SqlSource
 from tests.conftest import CASES, case_data
 
 NOW = json.loads((CASES / "sample" / "expected.json").read_text())["now"]
@@ -125,3 +130,18 @@ def test_scan_workers_reach_every_file_source(tmp_path: Path, capsys: pytest.Cap
         main(["count", "--data-dir", str(tmp_path), "--scan-workers", "0"])
     assert exited.value.code == 2
     assert "--scan-workers: expected a whole number of at least 1, not '0'" in capsys.readouterr().err
+
+
+def test_each_kind_of_source_says_how_it_is_kept_fresh(tmp_path: Path) -> None:
+    """The file store: watched, connected users counted, an hourly resync; SQL: counted every --sql-interval."""
+    files, sql = FileSource(tmp_path), SqlSource(SqlSettings("SQLite3", str(tmp_path / "prosody.sqlite")))
+    assert (files.watch_dir, sql.watch_dir) == (tmp_path, None)
+    assert files.cadence(ServeOptions()) == Cadence(3600.0, 300.0, max_age=7800.0, logged=True)
+    assert files.cadence(ServeOptions(resync_seconds=60)).jitter == 5.0  # a short interval stays short
+    assert sql.cadence(ServeOptions(sql_interval_seconds=30)) == Cadence(30.0, 0.0, max_age=125.0, logged=False)
+    plan = Plan([files, sql])
+    assert plan.has_file_source and not Plan([sql]).has_file_source
+    assert plan.connected_detection(ConnectedMode.ADMIN_SOCKET) == {
+        files.name: ConnectedMode.ADMIN_SOCKET,
+        sql.name: ConnectedMode.NONE,
+    }

@@ -17,8 +17,8 @@ from prosody_lastlog.core.model import ReadProblem, Store, StoreBasis
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.prosody.pathnames import encode_name
 from prosody_lastlog.sources import files
-from prosody_lastlog.sources.files import MAX_FILE_SIZE, MAX_WORKERS, DataDirError, FileStoreReader, default_workers
-from prosody_lastlog.sources.results import ReadResult
+from prosody_lastlog.sources.files import MAX_FILE_SIZE, MAX_WORKERS, FileStoreReader, default_workers
+from prosody_lastlog.sources.results import DataDirError, ReadResult
 from tests.conftest import case_data
 
 

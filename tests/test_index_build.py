@@ -12,15 +12,15 @@ from types import SimpleNamespace
 import pytest
 
 from prosody_lastlog.core import index as activity_index
+from prosody_lastlog.core.compact import NameHash
 from prosody_lastlog.core.connected import ConnectedMode, ConnectedUsers
 from prosody_lastlog.core.counting import count_host
-from prosody_lastlog.core.index import NameHash
 from prosody_lastlog.core.model import Store, UserActivity
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.sources import files, index_build
-from prosody_lastlog.sources.files import DataDirError, FileStoreReader
+from prosody_lastlog.sources.files import FileStoreReader
 from prosody_lastlog.sources.index_build import ScanProcessError, scan_indexes
-from prosody_lastlog.sources.results import ReadResult
+from prosody_lastlog.sources.results import DataDirError, ReadResult
 from tests.test_files_reader import another_thread, mixed_tree  # noqa: F401 (fixtures)
 
 NOW = 1_763_900_000

@@ -14,9 +14,10 @@ from prosody_lastlog.core.rules import ModuleStore, Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.prosody.install import find_installed
 from prosody_lastlog.prosody.sql_settings import SqlSettings
-from prosody_lastlog.sources.kinds import FileSource, SqlSource, count_all
+from prosody_lastlog.sources.kinds import FileSource, count_all
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from prosody_lastlog.sources.results import SourceCount
+from prosody_lastlog.sources.sql_source import SqlSource
 from tests.conftest import CASES
 
 # The account_activity cases are Prosody 0.12 imitating Prosody 13's store (see test_account_activity_store_counts).

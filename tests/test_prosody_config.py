@@ -14,7 +14,6 @@ import pytest
 
 from prosody_lastlog.core.model import Store
 from prosody_lastlog.prosody.config import (
-    DEFAULT_DATA_PATH,
     DISABLED,
     NO_STORE_MODULE,
     ConfigError,
@@ -23,6 +22,7 @@ from prosody_lastlog.prosody.config import (
     evaluate_config,
     load_prosody_config,
 )
+from prosody_lastlog.prosody.pathnames import DEFAULT_DATA_PATH
 from prosody_lastlog.prosody.sandbox import PlainValue
 from prosody_lastlog.prosody.sql_settings import SqlSettings
 

@@ -15,15 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog.core.connected import ConnectedMode
-from prosody_lastlog.prosody.running import (
-    AdminSocketError,
-    ConnectedProbe,
-    Detection,
-    ProsodyServer,
-    ask_connected_users,
-    prosody_start_time,
-)
+from prosody_lastlog.core.connected import ConnectedMode, ConnectedSetting
+from prosody_lastlog.prosody.admin_socket import AdminSocketError, ask_connected_users
+from prosody_lastlog.prosody.running import ConnectedProbe, ProsodyServer, prosody_start_time
 from tests.conftest import as_nobody
 
 
@@ -146,7 +140,7 @@ def test_no_start_time_without_a_running_process(tmp_path: Path, content: str) -
 
 
 def probe(
-    tmp_path: Path, detection: Detection, *, socket_works: bool, pidfile: bool = True
+    tmp_path: Path, detection: ConnectedSetting, *, socket_works: bool, pidfile: bool = True
 ) -> tuple[ConnectedProbe, Path]:
     pid = tmp_path / "prosody.pid"
     if pidfile:
@@ -162,13 +156,13 @@ def probe(
 
 
 def test_auto_prefers_the_admin_socket(tmp_path: Path) -> None:
-    found = probe(tmp_path, Detection.AUTO, socket_works=True)[0].probe()
+    found = probe(tmp_path, ConnectedSetting.AUTO, socket_works=True)[0].probe()
     assert found.mode is ConnectedMode.ADMIN_SOCKET and found.users == {"example.com": frozenset({"alice"})}
 
 
 def test_auto_falls_back_to_the_heuristic_and_says_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "prosody_lastlog")
-    connected_probe = probe(tmp_path, Detection.AUTO, socket_works=False)[0]
+    connected_probe = probe(tmp_path, ConnectedSetting.AUTO, socket_works=False)[0]
     found = connected_probe.probe()
     connected_probe.probe()
     assert found.mode is ConnectedMode.HEURISTIC and found.prosody_started == 1_700_000_000
@@ -177,10 +171,12 @@ def test_auto_falls_back_to_the_heuristic_and_says_why(tmp_path: Path, caplog: p
 
 
 def test_nothing_found_means_none(tmp_path: Path) -> None:
-    assert probe(tmp_path, Detection.AUTO, socket_works=False, pidfile=False)[0].probe().mode is ConnectedMode.NONE
-    assert probe(tmp_path, Detection.ADMIN_SOCKET, socket_works=False)[0].probe().mode is ConnectedMode.NONE
+    assert (
+        probe(tmp_path, ConnectedSetting.AUTO, socket_works=False, pidfile=False)[0].probe().mode is ConnectedMode.NONE
+    )
+    assert probe(tmp_path, ConnectedSetting.ADMIN_SOCKET, socket_works=False)[0].probe().mode is ConnectedMode.NONE
 
 
 def test_the_chosen_mode_is_kept(tmp_path: Path) -> None:
-    assert probe(tmp_path, Detection.HEURISTIC, socket_works=True)[0].probe().mode is ConnectedMode.HEURISTIC
-    assert probe(tmp_path, Detection.OFF, socket_works=True)[0].probe().mode is ConnectedMode.NONE
+    assert probe(tmp_path, ConnectedSetting.HEURISTIC, socket_works=True)[0].probe().mode is ConnectedMode.HEURISTIC
+    assert probe(tmp_path, ConnectedSetting.OFF, socket_works=True)[0].probe().mode is ConnectedMode.NONE

@@ -28,10 +28,10 @@ from prosody_lastlog.sources import database
 from prosody_lastlog.sources.database import (
     CONNECT_TIMEOUT_SECONDS,
     Cancellation,
-    DatabaseError,
     StoppedError,
     connect,
 )
+from prosody_lastlog.sources.results import DatabaseError
 from tests.integration.private_sql import PrivateServer, private_mariadb, private_postgres
 from tests.integration.servers import free_port
 from tests.integration.test_sql_restart import DATABASE, load_fixture

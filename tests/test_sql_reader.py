@@ -21,7 +21,7 @@ from prosody_lastlog.core.rules import HostConfig, InstalledProsody, Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS, parse_windows
 from prosody_lastlog.prosody.sql_settings import SqlSettings, parse_sql_url
 from prosody_lastlog.sources import sql_queries as queries
-from prosody_lastlog.sources.database import DatabaseError
+from prosody_lastlog.sources.results import DatabaseError
 from prosody_lastlog.sources.sql import SqlReader
 from tests import prosody_table
 from tests.prosody_table import Row

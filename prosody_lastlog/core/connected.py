@@ -16,8 +16,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 
+class ConnectedSetting(StrEnum):
+    """The `connected` setting: the ways of finding connected users that may be tried (ConnectedMode: the one found)."""
+
+    AUTO = "auto"  # the admin socket if it answers, else the heuristic if Prosody's pidfile is found
+    ADMIN_SOCKET = "admin-socket"
+    HEURISTIC = "heuristic"
+    OFF = "off"
+
+
 class ConnectedMode(StrEnum):
-    """How connected users are known."""
+    """How connected users are known: the way found by the `connected` setting (ConnectedSetting)."""
 
     ADMIN_SOCKET = "admin_socket"
     HEURISTIC = "heuristic"

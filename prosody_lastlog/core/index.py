@@ -5,23 +5,20 @@ The daemon keeps one of these per host: a full scan fills it, each changed file 
 scrape asks for counts "as of now", so users age out of a window while nobody logs in. Pure: no I/O, no clock.
 
 Kept compact for millions of users (about 80 bytes each instead of about 340 as Python objects): a user is a slot
-in parallel arrays, times as float64, the name as UTF-8 in one shared buffer, found through an open-addressing
-table of slot numbers. float64 loses nothing the counting core would see: the daemon's clock is a float, and
-`now - t` converts an integer `t` to float64 exactly as the arrays do; the other comparisons (`t > now`, a session
-since Prosody started) are against real Unix times, below 2**53, where float64 and the integer agree.
+in parallel arrays, times as float64 (SortedTimes), names in a NameTable (both in compact.py). float64 loses
+nothing the counting core would see: the daemon's clock is a float, and `now - t` converts an integer `t` to
+float64 exactly as the arrays do; the other comparisons (`t > now`, a session since Prosody started) are against
+real Unix times, below 2**53, where float64 and the integer agree.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 import threading
 from array import array
-from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from hashlib import blake2b
-from itertools import islice
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 
+from prosody_lastlog.core.compact import NameTable, SortedTimes
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.core.counting import HostCounts
 from prosody_lastlog.core.model import CountingChoice, Store, UserActivity
@@ -30,71 +27,13 @@ from prosody_lastlog.core.windows import Window
 _NO_TIME = math.nan  # a missing time; the readers never give NaN (non-finite timestamps are dropped)
 # Per-slot flags. A slot without _PRESENT is a removed user, reused if the name comes back.
 _PRESENT, _DISABLED, _NO_ACCOUNT = 1, 2, 4
-_NAME_END = b"\xff"  # ends each stored name: never a byte of UTF-8
-_HASH_MASK = 0xFFFFFFFF  # the table keys on 32 bits of the name's hash; names are compared in full
-_MAX_LOAD = 0.75  # the table grows past this many slots per position
-_BLOCK = 2048  # times per block of a SortedTimes once built; a block splits at twice this
-
-
-class SortedTimes:
-    """A sorted multiset of float64 times, in blocks: add and remove in O(log N + block), counts in
-    O(log N + N / block), 8 bytes per time."""
-
-    def __init__(self, times: Iterable[float] = (), *, block: int = _BLOCK) -> None:
-        ordered = array("d", sorted(times))
-        self._block = block
-        self._blocks = [ordered[start : start + block] for start in range(0, len(ordered), block)]
-        self._maxes = array("d", (times[-1] for times in self._blocks))
-        self._len = len(ordered)
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __iter__(self) -> Iterator[float]:
-        return (time for block in self._blocks for time in block)
-
-    def add(self, time: float) -> None:
-        """Adds one time."""
-        self._len += 1
-        if not self._blocks:
-            self._blocks.append(array("d", [time]))
-            self._maxes.append(time)
-            return
-        at = min(bisect_left(self._maxes, time), len(self._blocks) - 1)
-        block = self._blocks[at]
-        insort(block, time)
-        self._maxes[at] = block[-1]
-        if len(block) > 2 * self._block:
-            half = len(block) // 2
-            self._blocks[at : at + 1] = [block[:half], block[half:]]
-            self._maxes[at : at + 1] = array("d", [block[half - 1], block[-1]])
-
-    def remove(self, time: float) -> None:
-        """Removes one time equal to `time`, which must be there."""
-        at = bisect_left(self._maxes, time)
-        block = self._blocks[at]
-        del block[bisect_left(block, time)]
-        self._len -= 1
-        if block:
-            self._maxes[at] = block[-1]
-        else:
-            del self._blocks[at], self._maxes[at]
-
-    def count_where(self, holds: Callable[[float], bool]) -> int:
-        """How many times `holds` is true of, for a test that, once true of a time, is true of every later one."""
-        at = bisect_left(self._maxes, True, key=holds)
-        if at == len(self._blocks):
-            return 0
-        block = self._blocks[at]
-        return len(block) - bisect_left(block, True, key=holds) + sum(map(len, islice(self._blocks, at + 1, None)))
 
 
 class HostIndex:
     """One host's users: sorted last-activity times of the enabled ones, registration times, connected users.
 
     Connected users count active in every window, whatever their last activity, so they are kept apart.
-    `hash_name` hashes a stored name (its UTF-8 and _NAME_END) and must be keyed, so names cannot be chosen to
-    collide: Python's own hash, keyed per process, or a NameHash for an index built in another process.
+    `hash_name` hashes names as NameTable's does: a NameHash for an index built in another process.
     """
 
     def __init__(
@@ -117,11 +56,7 @@ class HostIndex:
         )
         self._no_account_left_out = tuple(rule.for_want_of_account(no_account=bool(f & _NO_ACCOUNT)) for f in range(8))
         self.connected = connected
-        self._hash_name = hash_name
-        self._table = array("i")  # per position: slot + 1, or 0 if free (linear probing)
-        self._hashes = array("I")  # per slot: the low 32 bits of the name's hash
-        self._name_at = array("q")  # per slot: where its name starts in _names
-        self._names = bytearray()  # every slot's name in UTF-8, each followed by _NAME_END
+        self._names = NameTable(hash_name, capacity=len(users) if isinstance(users, Sized) else 0)  # slot -> user
         self._flags = bytearray()
         self._last_active = array("d")  # per slot; _NO_TIME for None
         self._registered_at = array("d")
@@ -131,7 +66,6 @@ class HostIndex:
         self._disabled = 0  # left out by the account rule
         self._no_account = 0  # of those, without an account record
         self._connected = 0  # users connected now
-        self._rehash(len(users) if isinstance(users, Sized) else 0)
         self._load(users)
 
     def __len__(self) -> int:
@@ -151,7 +85,7 @@ class HostIndex:
 
     def get(self, user: str) -> UserActivity | None:
         """What is known of a user, if present."""
-        slot = self._find(user)
+        slot = self._names.find(user)
         if slot < 0 or not self._flags[slot]:
             return None
         flags = self._flags[slot]
@@ -166,7 +100,7 @@ class HostIndex:
 
     def remove(self, user: str) -> None:
         """Forgets a user (account deleted, record emptied); unknown users are ignored."""
-        slot = self._find(user)
+        slot = self._names.find(user)
         if slot >= 0 and self._flags[slot]:
             self._remove(slot, user)
 
@@ -178,14 +112,14 @@ class HostIndex:
         names = old ^ new if old is not None and new is not None else (old or frozenset()) | (new or frozenset())
         users: dict[int, str | None] = {}  # slot -> name, if known
         for name in names:
-            slot = self._find(name)
+            slot = self._names.find(name)
             if slot >= 0 and self._flags[slot]:
                 users[slot] = name
         if old is None or new is None:
             for slot in self._open_sessions():
                 users.setdefault(slot, None)
         for slot, known in users.items():
-            name = self._name(slot) if known is None else known
+            name = self._names.name(slot) if known is None else known
             session_open = _time_or_none(self._session_open[slot])
             if before.includes(self.host, name, session_open) != connected.includes(self.host, name, session_open):
                 self._count_activity(slot, -1, before, name)  # registration times do not depend on it
@@ -217,7 +151,9 @@ class HostIndex:
             self._store(slot, activity)
         named = self.connected.candidates(self.host)
         maybe_connected = (
-            set(self._open_sessions()) if named is None else {slot for slot in map(self._find, named) if slot >= 0}
+            set(self._open_sessions())
+            if named is None
+            else {slot for slot in map(self._names.find, named) if slot >= 0}
         )
         # Lists, not arrays: growing arrays leave holes in the C heap after the sort (measured: ~8 bytes a user).
         active: list[float] = []
@@ -227,7 +163,7 @@ class HostIndex:
             if not flags:
                 continue
             last_active, registered_at = self._last_active[slot], self._registered_at[slot]
-            if slot in maybe_connected and self._includes(self.connected, slot, self._name(slot)):
+            if slot in maybe_connected and self._includes(self.connected, slot, self._names.name(slot)):
                 self._connected += 1
             elif left_out[flags]:
                 self._disabled += 1
@@ -287,55 +223,14 @@ class HostIndex:
         sessions = zip(self._session_open, self._flags, strict=True)
         return [slot for slot, (time, flags) in enumerate(sessions) if flags and not math.isnan(time)]
 
-    def _find(self, name: str) -> int:
-        """The slot of `name`, or -1."""
-        key = _key(name)
-        return self._probe(key, self._hash_name(key) & _HASH_MASK)[1]
-
     def _slot(self, name: str) -> int:
         """The slot of `name`, made (not present yet) if it has none."""
-        key = _key(name)
-        hashed = self._hash_name(key) & _HASH_MASK
-        position, slot = self._probe(key, hashed)
-        if slot >= 0:
-            return slot
-        slot = len(self._flags)
-        self._table[position] = slot + 1
-        self._hashes.append(hashed)
-        self._name_at.append(len(self._names))
-        self._names += key
-        self._flags.append(0)
-        for times in (self._last_active, self._registered_at, self._session_open):
-            times.append(_NO_TIME)
-        if slot + 1 > _MAX_LOAD * len(self._table):
-            self._rehash(2 * (slot + 1))
+        slot = self._names.add(name)
+        if slot == len(self._flags):  # a new one
+            self._flags.append(0)
+            for times in (self._last_active, self._registered_at, self._session_open):
+                times.append(_NO_TIME)
         return slot
-
-    def _probe(self, key: bytes, hashed: int) -> tuple[int, int]:
-        """Where `key` is in the table and its slot, or the free position it would take and -1."""
-        table, size = self._table, len(self._table)
-        position = hashed % size
-        while entry := table[position]:
-            slot = entry - 1
-            if self._hashes[slot] == hashed and self._names.startswith(key, self._name_at[slot]):
-                return position, slot
-            position = position + 1 if position + 1 < size else 0
-        return position, -1
-
-    def _rehash(self, users: int) -> None:
-        """Makes the table room for `users` at about 60% load."""
-        size = max(8, users * 5 // 3)
-        table = array("i", [0]) * size
-        for slot, hashed in enumerate(self._hashes):
-            position = hashed % size
-            while table[position]:
-                position = position + 1 if position + 1 < size else 0
-            table[position] = slot + 1
-        self._table = table
-
-    def _name(self, slot: int) -> str:
-        start = self._name_at[slot]
-        return self._names[start : self._names.index(_NAME_END, start)].decode("utf-8", "surrogatepass")
 
 
 def _flags(activity: UserActivity) -> int:
@@ -345,10 +240,6 @@ def _flags(activity: UserActivity) -> int:
 def _within(now: float, window: Window) -> Callable[[float], bool]:
     # `now - t < W` computed as the core does (not `t > now - W`: floats round): true from some t on.
     return lambda t: now - t < window.seconds
-
-
-def _key(name: str) -> bytes:
-    return name.encode("utf-8", "surrogatepass") + _NAME_END
 
 
 def _time(value: float | None) -> float:
@@ -368,23 +259,6 @@ def _apply(times: SortedTimes, value: float, sign: int) -> None:
         times.add(value)
     else:
         times.remove(value)
-
-
-class NameHash:
-    """A keyed hash of stored names that every process given the same key computes alike (Python's own hash is
-    keyed per process), so an index built in a child process can be used here. The key is random by default."""
-
-    def __init__(self, key: bytes | None = None) -> None:
-        self.key = secrets.token_bytes(16) if key is None else key
-        self._keyed = blake2b(digest_size=4, key=self.key)
-
-    def __call__(self, name: bytes) -> int:
-        hasher = self._keyed.copy()  # cheaper than keying anew
-        hasher.update(name)
-        return int.from_bytes(hasher.digest())
-
-    def __reduce__(self) -> tuple[type[NameHash], tuple[bytes]]:
-        return NameHash, (self.key,)
 
 
 class ActivityIndex:

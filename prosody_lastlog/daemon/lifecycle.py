@@ -14,19 +14,19 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporters import Exporter, build_exporters
-from exporters.http import DEFAULT_PORT, MetricsServer
+from exporters import DEFAULT_PORT, Exporter, build_exporters
+from exporters.http import MetricsServer
 from exporters.prometheus import ActiveUsersCollector
 from exporters.textfile import write_atomically
-from prosody_lastlog.core.counting import Snapshot, total_counts
+from prosody_lastlog.core.connected import ConnectedSetting
+from prosody_lastlog.core.counting import Snapshot, totals_only
 from prosody_lastlog.core.windows import Window
 from prosody_lastlog.daemon.refresh import Refresher
 from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.daemon.timer import PeriodicTimer
-from prosody_lastlog.daemon.watcher import DataDirWatcher, watch_file_sources
-from prosody_lastlog.prosody.running import ConnectedProbe, Detection
-from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS
-from prosody_lastlog.sources.kinds import FileSource, SqlSource
+from prosody_lastlog.daemon.watcher import watchers_for
+from prosody_lastlog.prosody.running import ConnectedProbe
+from prosody_lastlog.sources.kinds import Source
 from prosody_lastlog.sources.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ServeOptions:
     resync_jitter_seconds: float = 300.0
     sql_interval_seconds: float = 60.0
     textfile_interval_seconds: float = 60.0
-    connected: Detection = Detection.AUTO  # how connected users are found (off under as_of: a replay)
+    connected: ConnectedSetting = ConnectedSetting.AUTO  # how connected users are found (off under as_of: a replay)
     connected_interval_seconds: float = 300.0  # each admin-socket probe adds a line to Prosody's log
     per_host: bool = True
     compat: bool = False
@@ -71,9 +71,9 @@ class Daemon:
     ) -> None:
         self.options = options
         self.clock = _clock(options.as_of)
-        file_sources = [s.name for s in plan.sources if isinstance(s, FileSource)]
+        file_sources = [s.name for s in plan.sources if s.counts_connected]
         self.live = LiveCounts(windows=windows, source_names=[s.name for s in plan.sources], file_sources=file_sources)
-        detection = Detection.OFF if options.as_of is not None or not file_sources else options.connected
+        detection = ConnectedSetting.OFF if options.as_of is not None or not file_sources else options.connected
         self.connected_probe = ConnectedProbe(plan.server, detection)
         self._declare_hosts(plan)
         self.refresher = Refresher(self.live, plan.sources, on_refresh=self._write_textfile, wall_clock=self.clock)
@@ -93,10 +93,14 @@ class Daemon:
         self._server: MetricsServer | None = None  # bound by serve(): a reload counts while the old one serves
         self._textfile_lock = threading.Lock()
         self._textfile_failing = False
-        self._watchers: list[DataDirWatcher] = []
+        self._watchers = watchers_for(self.refresher, polling=options.polling)  # started by count()
         self._timers: list[PeriodicTimer] = []
-        # Last: their threads start here.
-        self.exporters = list(exporters) if exporters is not None else build_exporters(options.exporters)
+        # Last: their threads start here (those handed over run already).
+        if exporters is None:
+            exporters = build_exporters(options.exporters)
+            for exporter in exporters:
+                exporter.start()
+        self.exporters = list(exporters)
 
     @property
     def server(self) -> MetricsServer:
@@ -116,7 +120,8 @@ class Daemon:
         self.refresher.progress = _progress_bar() if sys.stderr.isatty() else None
         self._probe_connected()
         try:
-            self._watchers = watch_file_sources(self.refresher, polling=self.options.polling)
+            for watcher in self._watchers:
+                watcher.start()
             self.refresher.refresh_all()
         except BaseException:
             self.stop(close_exporters=False)
@@ -159,12 +164,7 @@ class Daemon:
     def stop(self, *, close_exporters: bool = True) -> None:
         """Stops timers, watchers and the server, joining their threads; the push exporters too, unless a reload
         hands them to the next daemon."""
-        self.refresher.stop_scans()  # a resync would hold up the timer's thread for up to minutes
-        for source in self.refresher.sources:
-            if isinstance(source, SqlSource):
-                # So would a query (on a locked table, up to the query limit) or a connect. After stop_scans: the
-                # refresh this ends is then taken as stopped on purpose, not logged as a failure.
-                source.cancel()
+        self.refresher.stop()  # first: a refresh running would hold up its timer's thread for minutes
         for timer in self._timers:
             timer.stop()
         for watcher in self._watchers:
@@ -182,36 +182,24 @@ class Daemon:
             self.live.declare_hosts(source.name, [(h, s) for h, s in plan.known_hosts if h in hosts])
 
     def _max_ages(self) -> dict[str, float]:
-        """Per source, how old its last successful refresh may be before /healthz fails: two refreshes missed
-        (an SQL count that cannot connect fails within the connect timeout; one that hangs is caught here)."""
-        options, ages = self.options, {}
-        for source in self.refresher.sources:
-            if isinstance(source, SqlSource):
-                ages[source.name] = 2 * options.sql_interval_seconds + CONNECT_TIMEOUT_SECONDS + 60
-            else:
-                ages[source.name] = 2 * (options.resync_seconds + options.resync_jitter_seconds)
-        return ages
+        """Per source, how old its last successful refresh may be before /healthz fails (its kind says)."""
+        return {source.name: source.cadence(self.options).max_age for source in self.refresher.sources}
 
     def _make_timers(self) -> list[PeriodicTimer]:
         options, timers = self.options, []
-        # The jitter spreads servers' resyncs apart; a short interval stays short.
-        jitter = min(options.resync_jitter_seconds, options.resync_seconds / 12)
         for source in self.refresher.sources:
-            if isinstance(source, FileSource):
-                resync = partial(self._resync, source)
-                timers.append(PeriodicTimer(resync, interval=options.resync_seconds, jitter=jitter))
-            elif isinstance(source, SqlSource):
-                count = partial(self.refresher.refresh, source)
-                timers.append(PeriodicTimer(count, interval=options.sql_interval_seconds))
+            cadence = source.cadence(options)
+            refresh = partial(self._resync if cadence.logged else self.refresher.refresh, source)
+            timers.append(PeriodicTimer(refresh, interval=cadence.interval, jitter=cadence.jitter))
         if options.textfile is not None:
             timers.append(PeriodicTimer(self._write_textfile, interval=options.textfile_interval_seconds))
         for exporter in self.exporters:
             timers.append(PeriodicTimer(partial(self._publish, exporter), interval=exporter.interval))
-        if self.connected_probe.detection is not Detection.OFF:
+        if self.connected_probe.detection is not ConnectedSetting.OFF:
             timers.append(PeriodicTimer(self._probe_connected, interval=options.connected_interval_seconds))
         return timers
 
-    def _resync(self, source: FileSource) -> None:
+    def _resync(self, source: Source) -> None:
         log.info("%s: full resync", source.name)
         started = time.monotonic()
         self.refresher.refresh(source)
@@ -222,7 +210,7 @@ class Daemon:
         now = self.clock()
         counts = self.live.counts(now=now)
         if not self.options.per_host:
-            counts = {"all": total_counts(counts, self.windows)} if counts else {}
+            counts = totals_only(counts, self.windows)
         snapshot = Snapshot(now, counts, self.windows)
         for exporter in [only] if only else self.exporters:
             exporter.publish(snapshot)

@@ -11,14 +11,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import assert_never
 
 from prosody_lastlog.core.model import CountingChoice, ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
 from prosody_lastlog.daemon.state import LiveCounts
-from prosody_lastlog.sources.database import DatabaseError
-from prosody_lastlog.sources.files import DataDirError, RecordUnreadableError
-from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, release_free_memory, scan_indexes
-from prosody_lastlog.sources.kinds import FileSource, Source, SqlSource, log_choices
+from prosody_lastlog.sources.files import RecordUnreadableError
+from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, scan_indexes
+from prosody_lastlog.sources.kinds import FileSource, Source, log_choices
+from prosody_lastlog.sources.processes import release_free_memory
+from prosody_lastlog.sources.results import DatabaseError, DataDirError
+from prosody_lastlog.sources.sql_source import SqlSource
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +58,25 @@ class Refresher:
         self._failing: set[str] = set()
         self._choices: dict[str, tuple[ServerFacts | None, dict[str, CountingChoice]]] = {}  # as last logged
         self._scans = ScanProcesses()
+        self._reads: dict[str, Callable[[], list[ReadProblem]]] = {}  # what a full refresh of each source does
+        self._file_sources: list[FileSource] = []
+        for source in self.sources:
+            match source:  # the one place the kinds are told apart; elsewhere a source's policy says what to do
+                case FileSource():  # scanned into the live index, then read a user at a time after file events
+                    self._file_sources.append(source)
+                    self._reads[source.name] = partial(self._scan, source)
+                case SqlSource():  # counted where it is; its counts are kept as they come
+                    self._reads[source.name] = partial(self._count, source)
+                case _:
+                    assert_never(source)
 
-    def stop_scans(self) -> None:
-        """Ends the full scans running (their refreshes end without changing anything), and refuses new ones."""
+    def stop(self) -> None:
+        """Ends the refreshes running (they end without changing anything) and refuses new ones: a resync or a query
+        (on a locked table, up to the query limit) would hold up the timer's thread for minutes."""
         self._scans.stop_all()
+        for source in self.sources:
+            # After the scans: the refresh a cancel ends is then taken as stopped on purpose, not logged as failed.
+            source.cancel()
 
     def refresh_all(self) -> None:
         """Refreshes every source."""
@@ -69,7 +88,7 @@ class Refresher:
         with self._refreshing[source.name]:
             started = self._monotonic()
             try:
-                problems = self._read(source)
+                problems = self._reads[source.name]()
             except Exception as exc:  # any failure: keep the last counts, mark the source down
                 if self._scans.stopped:
                     return  # stopping: the scan was ended on purpose
@@ -137,7 +156,7 @@ class Refresher:
 
     def file_source_for_host(self, host: str) -> FileSource | None:
         """The file source that reads `host`, if any (hosts filtered by the config or --host)."""
-        return next((s for s in self.sources if isinstance(s, FileSource) and (not s.hosts or host in s.hosts)), None)
+        return next((s for s in self._file_sources if not s.hosts or host in s.hosts), None)
 
     def _log_choices(self, source: str, server: ServerFacts | None, choices: dict[str, CountingChoice]) -> None:
         """Logs how a source's hosts are counted, at the first refresh and whenever that changes."""
@@ -145,14 +164,13 @@ class Refresher:
             self._choices[source] = (server, choices)
             log_choices(source, server, choices)
 
-    def _read(self, source: Source) -> list[ReadProblem]:
-        if isinstance(source, SqlSource):
-            result = source.count(now=int(self._wall_clock()), windows=self.live.windows)
-            self.live.set_sql_counts(source.name, result.counts)
-            self._log_choices(source.name, result.server, {host: c.counting for host, c in result.counts.items()})
-            return result.problems
-        if not isinstance(source, FileSource):
-            raise TypeError(f"unknown source {source!r}")
+    def _count(self, source: SqlSource) -> list[ReadProblem]:
+        result = source.count(now=int(self._wall_clock()), windows=self.live.windows)
+        self.live.set_sql_counts(source.name, result.counts)
+        self._log_choices(source.name, result.server, {host: c.counting for host, c in result.counts.items()})
+        return result.problems
+
+    def _scan(self, source: FileSource) -> list[ReadProblem]:
         with self._locks[source.name]:
             self._changed_during_scan[source.name] = set()
         # A resync is not urgent: its processes yield the CPUs to scrapes (and to Prosody); the first count is.

@@ -22,8 +22,8 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from watchdog.events import (
@@ -47,7 +47,7 @@ from watchdog.observers.polling import PollingObserver
 from prosody_lastlog.core.model import Store
 from prosody_lastlog.daemon.refresh import Refresher
 from prosody_lastlog.prosody.pathnames import decode_name
-from prosody_lastlog.sources.kinds import FileSource
+from prosody_lastlog.sources.kinds import Source
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,43 @@ _WATCHED_EVENTS: list[type[FileSystemEvent]] = [
 
 
 @dataclass(frozen=True)
-class _UserChange:
+class UserChange:
+    """A user's file changed in a store directory (`store_dir`, as on disk): that user is read again."""
+
     host: str
     store_dir: str
     user: str
 
 
 @dataclass(frozen=True)
-class _Rescan:
-    pass
+class Rescan:
+    """A change the per-user rules cannot follow (a directory came or went, events were lost): read all again."""
+
+
+Change = UserChange | Rescan
+
+
+def changes_of(event: FileSystemEvent, root: str, *, is_link: Callable[[str], bool] = os.path.islink) -> set[Change]:
+    """What one event, its paths under the data directory `root`, means for the counts; nothing for the rest.
+    `is_link` says whether a path is (or was, if it is gone) a symbolic link."""
+    if isinstance(event, EventsLostEvent):
+        return {Rescan()}
+    paths = [event.src_path, event.dest_path] if isinstance(event, FileSystemMovedEvent) else [event.src_path]
+    changes = (_change_at(os.fsdecode(path), root, event.is_directory, is_link) for path in paths)
+    return {change for change in changes if change is not None}
+
+
+def _change_at(path: str, root: str, is_directory: bool, is_link: Callable[[str], bool]) -> Change | None:
+    parts = os.path.relpath(path, root).split(os.sep)
+    if parts[0] == "..":
+        return None
+    if len(parts) <= 2 and (is_directory or is_link(path)):
+        return Rescan()  # a new or removed host or store directory, or a link to one
+    if len(parts) == 3 and parts[2].endswith(_DAT) and (parts[1] in _STORES or parts[1] in _ACCOUNT_STORES):
+        host, user = decode_name(parts[0]), decode_name(parts[2][: -len(_DAT)])
+        if host is not None and user is not None:
+            return UserChange(host, parts[1], user)
+    return None  # Prosody's scratch file (`.dat~`), another store, a name Prosody could not have written
 
 
 @dataclass(frozen=True)
@@ -96,7 +124,7 @@ class _Unwatched:
     reason: str
 
 
-_Change = _UserChange | _Rescan | _Unwatched
+_Queued = UserChange | Rescan | _Unwatched
 
 
 @dataclass
@@ -112,25 +140,29 @@ class DataDirWatcher:
     """Turns file events under one data directory into per-user updates and rescans, debounced.
 
     One worker thread does everything that changes watches or counts; watchdog's threads only queue what they saw.
+    Nothing runs until `start()`.
     """
 
     def __init__(
         self,
-        sources: list[FileSource],
+        directory: Path,
+        sources: Sequence[Source],
         refresher: Refresher,
         *,
         debounce_seconds: float = 0.1,
         polling: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._sources = sources  # every file source reading this data directory
+        self._directory = directory  # as the sources name it, for the log
+        self._sources = sources  # every source watched in this data directory
         self._refresher = refresher
-        self._root = os.path.abspath(sources[0].data_dir)
+        self._root = os.path.abspath(directory)
+        self._polling = polling
         self._debounce = debounce_seconds
         self._monotonic = monotonic
-        self._pending: set[_Change] = set()
-        self._retries: dict[_UserChange, float] = {}  # unreadable users: when to read them again
-        self._waits: dict[_UserChange, float] = {}  # and the last wait before that, which doubles
+        self._pending: set[_Queued] = set()
+        self._retries: dict[UserChange, float] = {}  # unreadable users: when to read them again
+        self._waits: dict[UserChange, float] = {}  # and the last wait before that, which doubles
         self._wake = threading.Condition()
         self._stopping = False
         self._lock = threading.Lock()  # over the watches below, which the worker changes and others read
@@ -141,34 +173,46 @@ class DataDirWatcher:
         self._links: dict[str, tuple[str, ObservedWatch | None]] = {}  # linked directory -> its target, its watch
         self._watched: dict[str, tuple[str, ObservedWatch]] = {}  # directories inotify watches again: where, watch
         self._polled: dict[str, _Polled] = {}  # directories polled for want of an inotify watch
-        self._missing = not os.path.isdir(self._root)  # then watched once it is there
+        self._missing = False  # the data directory is not there: then watched once it is
         self._failure: str | None = None  # why the data directory itself could not be watched
         self._reported: str | None = "(nothing yet)"  # the last health note given
         self._next_check = 0.0
-        for observer in (self._inotify, self._poller):
-            if observer is not None:
-                observer.start()  # first: a watch scheduled then is made at once, and its failure seen here
+        self._worker = threading.Thread(target=self._run, name="prosody-lastlog-watch", daemon=True)
+
+    def start(self) -> None:
+        """Watches the data directory and starts the worker. A data directory that cannot be watched at all is
+        logged and named in health; its counts then follow its changes at each resync only."""
+        _take_watchdog_notes()
         _UNWATCHED.add(self)
+        self._missing = not os.path.isdir(self._root)
         try:
+            for observer in (self._inotify, self._poller):
+                if observer is not None:
+                    observer.start()  # first: a watch scheduled then is made at once, and its failure seen here
             if not self._missing:
                 self._watch_root()
                 self._watch_links()
-        except BaseException:
+        except BaseException as exc:
             _UNWATCHED.discard(self)
             self._stop_observers()
-            raise
-        log.info("watching %s%s", self._root, " by polling" if polling else "")
+            if not isinstance(exc, OSError):
+                raise
+            log.error("cannot watch %s (%s): counts follow its changes at each resync only", self._directory, exc)
+            for source in self._sources:
+                self._refresher.live.set_watch_problem(source.name, f"cannot watch {self._directory}: {exc}")
+            return
+        log.info("watching %s%s", self._root, " by polling" if self._polling else "")
         self._report()
-        self._worker = threading.Thread(target=self._run, name="prosody-lastlog-watch", daemon=True)
         self._worker.start()
 
     def stop(self) -> None:
-        """Stops watching and waits for the threads."""
+        """Stops watching and waits for the threads (none if it was not started, or could not watch)."""
         _UNWATCHED.discard(self)
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        self._worker.join()  # first: it may be making a watch
+        if self._worker.is_alive():
+            self._worker.join()  # first: it may be making a watch
         self._stop_observers()
 
     def health(self) -> str | None:
@@ -188,25 +232,15 @@ class DataDirWatcher:
 
     # --- what watchdog's threads tell -------------------------------------------------------------------------
 
-    def events_lost(self) -> None:
-        """The kernel's event queue overflowed: some change is unknown, so the data directory is scanned again."""
-        log.warning("%s: file events were lost (inotify queue overflowed); scanning it again", self._root)
-        self._queue(_Rescan())
-
-    def notice(self, path: str, *, is_directory: bool) -> None:
-        """Queues what one event path (under the data directory) means; anything unrelated is dropped here."""
-        parts = os.path.relpath(path, self._root).split(os.sep)
-        if parts[0] == "..":
-            return
-        change: _Change | None = None
-        if len(parts) <= 2 and (is_directory or path in self._links or os.path.islink(path)):
-            change = _Rescan()  # a new or removed host or store directory, or a link to one
-        elif len(parts) == 3 and parts[2].endswith(_DAT) and (parts[1] in _STORES or parts[1] in _ACCOUNT_STORES):
-            host, user = decode_name(parts[0]), decode_name(parts[2][: -len(_DAT)])
-            if host is not None and user is not None:
-                change = _UserChange(host, parts[1], user)
-        if change is not None:
+    def notice(self, event: FileSystemEvent) -> None:
+        """Queues what one event (its paths under the data directory) means; anything unrelated is dropped here."""
+        if isinstance(event, EventsLostEvent):  # some change is unknown: changes_of says to scan again
+            log.warning("%s: file events were lost (inotify queue overflowed); scanning it again", self._root)
+        for change in changes_of(event, self._root, is_link=self._is_link):
             self._queue(change)
+
+    def _is_link(self, path: str) -> bool:
+        return path in self._links or os.path.islink(path)  # a link gone is no link now
 
     def unwatched(self, path: str, reason: str) -> bool:
         """inotify could not watch a new directory (watchdog says so): queues it to be polled; False if the
@@ -217,7 +251,7 @@ class DataDirWatcher:
         self._queue(_Unwatched(logical, reason))
         return True
 
-    def _queue(self, change: _Change) -> None:
+    def _queue(self, change: _Queued) -> None:
         with self._wake:
             self._pending.add(change)
             self._wake.notify()
@@ -252,24 +286,24 @@ class DataDirWatcher:
             due.extend(polled.retry_at for polled in self._polled.values())
         return max(0.0, min(due) - now)
 
-    def _due_retries(self) -> list[_UserChange]:
+    def _due_retries(self) -> list[UserChange]:
         now = self._monotonic()
         due = [change for change, at in self._retries.items() if at <= now]
         for change in due:
             del self._retries[change]
         return due
 
-    def _apply(self, batch: set[_Change]) -> None:
+    def _apply(self, batch: set[_Queued]) -> None:
         unwatched = [change for change in batch if isinstance(change, _Unwatched)]
         for directory in sorted(unwatched, key=lambda item: item.directory):  # a directory before those below it
             self._poll_unwatched(directory)
         if self._missing:
             return  # nothing to read; the last counts stay until the data directory is back
-        if any(isinstance(change, _Rescan | _Unwatched) for change in batch):
+        if any(isinstance(change, Rescan | _Unwatched) for change in batch):
             self._rescan()  # a new or removed directory; or one polled from now on, which may have changed meanwhile
             return
         for change in batch:
-            assert isinstance(change, _UserChange)
+            assert isinstance(change, UserChange)
             if self._refresher.file_source_for_host(change.host) is None:
                 continue  # a host this daemon does not count (--host, or the config skips it)
             choice = self._refresher.live.index.choice_of(change.host)
@@ -287,7 +321,7 @@ class DataDirWatcher:
                     self._retry_later(change)
         self._refresher.changed()
 
-    def _retry_later(self, change: _UserChange) -> None:
+    def _retry_later(self, change: UserChange) -> None:
         """A user whose file could not be read: read again after a wait that doubles, up to the longest (a full
         scan meanwhile keeps the facts last known; this reads the change once the file can be read)."""
         first, longest = RETRY_READ_SECONDS
@@ -417,7 +451,7 @@ class DataDirWatcher:
                 self._watched[logical] = (physical, watch)
         log.warning("%s: watched with inotify again", logical)
         self._report()
-        self._queue(_Rescan())  # a change between the last poll and the watch
+        self._queue(Rescan())  # a change between the last poll and the watch
 
     def _watch_links(self) -> None:
         """Watches, at their targets, the host and store directories that are links; forgets links gone, and
@@ -495,12 +529,10 @@ class _Handler(FileSystemEventHandler):
         self._logical = logical
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, EventsLostEvent):
-            self._watcher.events_lost()
-            return
-        self._watcher.notice(self._translated(event.src_path), is_directory=event.is_directory)
-        if isinstance(event, FileSystemMovedEvent):
-            self._watcher.notice(self._translated(event.dest_path), is_directory=event.is_directory)
+        if self._physical != self._logical:
+            source, destination = self._translated(event.src_path), self._translated(event.dest_path)
+            event = replace(event, src_path=source, dest_path=destination)
+        self._watcher.notice(event)
 
     def _translated(self, path: bytes | str) -> str:
         text = os.fsdecode(path)
@@ -581,24 +613,20 @@ def _reason(error: object) -> str:
     return str(error)
 
 
-def watch_file_sources(refresher: Refresher, *, polling: bool = False) -> list[DataDirWatcher]:
-    """One watcher per distinct data directory among the file sources; one that cannot be watched is logged."""
-    # watchdog's inotify observer warns when a new directory is registered twice (by its creation event and by the
-    # scan of its parent) and keeps the one callback: harmless, and its text names data paths.
+def watchers_for(refresher: Refresher, *, polling: bool = False) -> list[DataDirWatcher]:
+    """One watcher, not started, per distinct directory the refresher's sources are watched in."""
+    by_directory: dict[Path, list[Source]] = {}
+    for source in refresher.sources:
+        if source.watch_dir is not None:
+            by_directory.setdefault(source.watch_dir, []).append(source)
+    return [DataDirWatcher(where, sources, refresher, polling=polling) for where, sources in by_directory.items()]
+
+
+def _take_watchdog_notes() -> None:
+    """Quiets or takes over what watchdog says of data paths."""
+    # Its inotify observer warns when a new directory is registered twice (by its creation event and by the scan of
+    # its parent) and keeps the one callback: harmless, and its text names data paths.
     warnings.filterwarnings("ignore", _WATCHDOG_DOUBLE_WATCH, RuntimeWarning)
     inotify_log = logging.getLogger(_WATCHDOG_INOTIFY_LOGGER)
     if _UNWATCHED not in inotify_log.filters:
         inotify_log.addFilter(_UNWATCHED)
-    by_directory: dict[Path, list[FileSource]] = {}
-    for source in refresher.sources:
-        if isinstance(source, FileSource):
-            by_directory.setdefault(source.data_dir, []).append(source)
-    watchers = []
-    for directory, sources in by_directory.items():
-        try:
-            watchers.append(DataDirWatcher(sources, refresher, polling=polling))
-        except OSError as exc:
-            log.error("cannot watch %s (%s): counts follow its changes at each resync only", directory, exc)
-            for source in sources:
-                refresher.live.set_watch_problem(source.name, f"cannot watch {directory}: {exc}")
-    return watchers

@@ -38,7 +38,6 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from encodings.idna import nameprep as idna_nameprep
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -46,10 +45,9 @@ from lupa.lua54 import lua_type
 
 from prosody_lastlog.core.model import Store
 from prosody_lastlog.core.rules import DEFAULT_AUTH
+from prosody_lastlog.prosody.pathnames import DEFAULT_DATA_PATH
 from prosody_lastlog.prosody.sandbox import PlainValue, restricted_runtime
 from prosody_lastlog.prosody.sql_settings import DRIVERS, SqlSettings
-
-DEFAULT_DATA_PATH = Path("/var/lib/prosody")  # Debian's CFG_DATADIR (/usr/bin/prosody)
 
 MAX_MEMORY = 64 * 1024 * 1024
 MAX_MILLION_INSTRUCTIONS = 50
@@ -164,6 +162,8 @@ def _evaluate(path: Path, environ: Mapping[str, str]) -> tuple[Options, tuple[st
 
 
 def _evaluate_in_sandbox(path: Path, environ: Mapping[str, str]) -> tuple[Options, tuple[str, ...]]:
+    from importlib import resources  # noqa: PLC0415  # here: not every command reads a config
+
     lua = restricted_runtime(max_memory=MAX_MEMORY)
     source = resources.files(__package__).joinpath("config.lua").read_bytes()
     loader = lua.globals().load(source, "=config.lua", "t")

@@ -1,9 +1,13 @@
-"""Prosody's file-store name encoding (util.datamanager `encode`, `store_encode`, `decode`)."""
+"""Prosody's file store: where it is by default, and its name encoding (util.datamanager `encode`,
+`store_encode`, `decode`)."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import unquote_to_bytes
+
+DEFAULT_DATA_PATH = Path("/var/lib/prosody")  # data_path unset: Debian's CFG_DATADIR (/usr/bin/prosody)
 
 _NOT_ALNUM = re.compile(rb"[^A-Za-z0-9]")
 _NOT_STORE_SAFE = re.compile(rb"[^A-Za-z0-9_]")

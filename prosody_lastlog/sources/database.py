@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from prosody_lastlog.prosody.sql_settings import DRIVERS, SqlSettings
+from prosody_lastlog.sources.results import DatabaseError
 
 CONNECT_TIMEOUT_SECONDS = 5  # bound on opening a connection, the whole handshake with it
 QUERY_TIMEOUT_SECONDS = 600  # bound on one query, all its rows read: a frozen server fails the count, not hangs it
@@ -24,10 +25,6 @@ CANCEL_REQUEST_SECONDS = 1.0  # bound on PostgreSQL's cancel request when stoppi
 # How long a connect given up at its deadline may take to end: MySQL's is cut, psycopg's ends at its own deadline.
 _ENDING_SECONDS = 1.0
 SQLITE_BUSY_SECONDS = 5.0
-
-
-class DatabaseError(Exception):
-    """A database could not be reached or read; the message names it (never its password)."""
 
 
 class NoAnswerError(DatabaseError):

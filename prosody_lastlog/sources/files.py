@@ -6,21 +6,15 @@ tree is read by several processes at once, each taking a contiguous share of the
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
-import multiprocessing
 import os
-import signal
 import stat
-import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import starmap
-from multiprocessing.connection import Connection
-from multiprocessing.context import ForkContext, ForkServerContext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, ReadProblem, Store, UserActivity
 from prosody_lastlog.core.rules import Policy
@@ -28,23 +22,23 @@ from prosody_lastlog.prosody.canonical import ActivityRow, account_fields, activ
 from prosody_lastlog.prosody.decode import account_facts, interpret, registration, registration_time
 from prosody_lastlog.prosody.pathnames import decode_name, encode_name, encode_store
 from prosody_lastlog.prosody.sandbox import BATCH_SIZE, Loaded, LuaSandbox, PlainValue
-from prosody_lastlog.sources.results import ReadResult
+from prosody_lastlog.sources.processes import ProcessContext, forker_of, process_context, set_up_child
+from prosody_lastlog.sources.results import DataDirError, ReadResult
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 MAX_FILE_SIZE = 256 * 1024  # a real last-activity file is a few hundred bytes
 MAX_WORKERS = 4  # the default cap on processes: beyond a few, the kernel's and the disk's share of the work dominates
 MIN_FILES_PER_WORKER = 20_000  # a process takes milliseconds to start (a hundred without `fork`): not for small trees
 PARENT_SHARE = 0.9  # this process also makes the others' records into UserActivity, so it reads fewer files
-_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when the one that forked it ends
 CHUNK = 32 * BATCH_SIZE  # files a child reads between two sends of what it found (a multiple of BATCH_SIZE)
 _DAT = ".dat"
 _ACCOUNTS = "accounts"
 _DETAILS = "account_details"
 _FIRST_READ = 16 * 1024  # one read() gets a whole real file
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # never follow a link nor block on a FIFO
-
-
-class DataDirError(Exception):
-    """The data directory itself is missing or unreadable (one file's trouble is a ReadProblem)."""
 
 
 class RecordUnreadableError(Exception):
@@ -89,32 +83,6 @@ class _Files:
     def part(self, start: int, stop: int) -> _Files:
         """Some of the files; cut at multiples of BATCH_SIZE, so a part's records come in the whole's order."""
         return replace(self, names=self.names[start:stop], first=self.first + start)
-
-
-def process_context(preload: str = __name__) -> ForkContext | ForkServerContext:
-    """How to start processes: `fork` is cheapest but only safe with no other thread; else a clean server process
-    (which imports `preload` once) forks them."""
-    if threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([preload])
-    return context
-
-
-def forker_of(context: ForkContext | ForkServerContext) -> int | None:
-    """This process, if a child started in `context` is forked from it (not from a fork server)."""
-    return os.getpid() if context.get_start_method() == "fork" else None
-
-
-def end_with_forker(forker: int | None) -> None:
-    """In a child: ties it to the process that forked it (Linux), so it is killed when that one ends, even by
-    SIGKILL; its pipes would otherwise keep it waiting forever. A child that a fork server started is left alone."""
-    if forker is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not Linux's C library
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != forker:  # it ended before the tie was made
-        os._exit(1)
 
 
 def default_workers() -> int:
@@ -603,7 +571,7 @@ class _Child:
     """A process reading a share, and what it sent so far."""
 
     share: list[_Files]
-    process: multiprocessing.process.BaseProcess | None = None
+    process: BaseProcess | None = None
     receiver: Connection | None = None
     done: int = 0  # files read
     received: list[_Records] = field(default_factory=list)
@@ -627,7 +595,7 @@ class _Parallel:
         self._progress = progress
 
     def run(self) -> list[_Records]:
-        context = process_context()
+        context = process_context(__name__)
         try:
             for child in self._children:
                 self._start(child, context)
@@ -647,7 +615,7 @@ class _Parallel:
                     child.process.kill()  # done already, unless this process is leaving on an error
                     child.process.join()
 
-    def _start(self, child: _Child, context: ForkContext | ForkServerContext) -> None:
+    def _start(self, child: _Child, context: ProcessContext) -> None:
         receiver, sender = context.Pipe(duplex=False)
         try:
             process = context.Process(target=_child, args=(child.share, sender, forker_of(context)), daemon=True)
@@ -691,10 +659,7 @@ class _Parallel:
 
 def _child(share: list[_Files], sender: Connection, forker: int | None) -> None:
     """Runs in a child process: reads a share, sending (files read, records) every CHUNK files, then None."""
-    end_with_forker(forker)
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, signal.SIG_DFL)  # not the parent's handlers: a signal just ends the child
-    gc.disable()  # as in _collector_paused: this process ends soon after
+    set_up_child(forker)
     loader = _Loader()
     try:
         for files in share:

@@ -11,14 +11,9 @@ of band, each array following in pieces of at most PIECE_BYTES, appended here on
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import io
 import logging
-import os
 import pickle
-import signal
 import threading
 from array import array
 from collections.abc import Callable, Iterator
@@ -27,11 +22,13 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeAlias
 
+from prosody_lastlog.core.compact import NameHash, NameTable
 from prosody_lastlog.core.connected import ConnectedUsers
-from prosody_lastlog.core.index import HostIndex, NameHash
+from prosody_lastlog.core.index import HostIndex
 from prosody_lastlog.core.model import ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
-from prosody_lastlog.sources.files import FileStoreReader, Progress, end_with_forker, forker_of, process_context
+from prosody_lastlog.sources.files import FileStoreReader, Progress
+from prosody_lastlog.sources.processes import forker_of, process_context, set_up_child
 from prosody_lastlog.sources.results import ReadResult
 
 log = logging.getLogger(__name__)
@@ -122,13 +119,6 @@ def scan_indexes(
             processes.discard(process)
 
 
-def release_free_memory() -> None:
-    """Gives memory freed since (an index swapped out) back to the system: glibc's malloc keeps much of it, as its
-    threshold for mapping large blocks apart rises once one is freed. Elsewhere, nothing happens."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL(None).malloc_trim(0)
-
-
 def _receive(receiver: Connection, connected: ConnectedUsers, progress: Progress | None) -> ScannedIndexes:
     scanned = ScannedIndexes()
     while True:
@@ -179,12 +169,7 @@ class _Job:
 def _child(job: _Job, sender: Connection) -> None:
     """Runs in the child: scans, sends ("progress", files read) if asked, ("host", index) per host, then ("done",
     (problems, server facts, unreadable hosts, unreadable users)); or ("failed", the exception)."""
-    end_with_forker(job.forker)
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, signal.SIG_DFL)  # not the parent's handlers: a signal just ends the child
-    gc.disable()  # millions of objects, none in a cycle, and the process ends soon
-    if job.nice:
-        os.nice(job.nice)  # its reading processes inherit it
+    set_up_child(job.forker, nice=job.nice)
     try:
         try:
             read = job.reader.read((lambda files: sender.send(("progress", files))) if job.with_progress else None)
@@ -201,18 +186,22 @@ def _child(job: _Job, sender: Connection) -> None:
 
 class _ArraysApart(pickle.Pickler):
     """Pickles an index with its arrays and bytearrays out of band (protocol 5): the pickle holds where they go, not
-    their bytes. (A bytearray is pickled in band whatever reducer_override says, so the index's own are wrapped.)"""
+    their bytes. (A bytearray is pickled in band whatever reducer_override says, so those of the index and of its
+    name table are wrapped.)"""
 
     def reducer_override(self, obj: object) -> Any:
         if isinstance(obj, array):
             return _as_received, (pickle.PickleBuffer(obj),)
-        if isinstance(obj, HostIndex):
+        if type(obj) in _HOLDING_BYTEARRAYS:
             state = {
                 name: pickle.PickleBuffer(value) if isinstance(value, bytearray) else value
                 for name, value in vars(obj).items()
             }
-            return _index_with, (state,)
+            return _with_state, (type(obj), state)
         return NotImplemented
+
+
+_HOLDING_BYTEARRAYS = (HostIndex, NameTable)
 
 
 def _as_received(buffer: Buffer) -> Buffer:
@@ -220,11 +209,11 @@ def _as_received(buffer: Buffer) -> Buffer:
     return buffer
 
 
-def _index_with(state: dict[str, object]) -> HostIndex:
-    """Unpickling: the index with its state, bytearrays as received apart."""
-    index = HostIndex.__new__(HostIndex)
-    vars(index).update(state)
-    return index
+def _with_state(kind: type[HostIndex | NameTable], state: dict[str, object]) -> HostIndex | NameTable:
+    """Unpickling: an index or name table with its state, bytearrays as received apart."""
+    made = kind.__new__(kind)
+    vars(made).update(state)
+    return made
 
 
 def _send_index(sender: Connection, index: HostIndex) -> None:

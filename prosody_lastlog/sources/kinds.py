@@ -1,4 +1,4 @@
-"""Sources of counts (the file store, SQL databases) and the one place that decides which to read."""
+"""The kinds of source (the file store, SQL databases), each with its refresh policy, and counting them all."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.core.counting import count_hosts, zero_counts
@@ -16,24 +16,15 @@ from prosody_lastlog.core.health import SourceHealth
 from prosody_lastlog.core.model import AccountRule, CountingChoice
 from prosody_lastlog.core.rules import Policy, ServerFacts
 from prosody_lastlog.core.windows import Window
-from prosody_lastlog.prosody.sql_settings import SqlSettings
-from prosody_lastlog.sources.database import Cancellation
 from prosody_lastlog.sources.files import FileStoreReader
+from prosody_lastlog.sources.policy import Cadence, Intervals, store_suffix
 from prosody_lastlog.sources.results import SourceCount
-from prosody_lastlog.sources.sql import SqlReader
+
+if TYPE_CHECKING:
+    from prosody_lastlog.sources.sql_source import SqlSource
 
 log = logging.getLogger(__name__)
 _NAMED_HOSTS = 10  # hosts a log line names; the others are counted
-
-
-class Source(Protocol):
-    """Something that counts active users per host."""
-
-    name: str
-    hosts: Collection[str]  # the hosts it reads; empty for all
-
-    def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
-        """Counts as of `now`; raises DataDirError or DatabaseError if the source cannot be read at all."""
 
 
 @dataclass
@@ -47,9 +38,23 @@ class FileSource:
     name: str = field(init=False)
     reader: FileStoreReader = field(init=False, repr=False)
 
+    counts_connected: ClassVar[bool] = True  # users connected now count as active (their files may lag)
+
     def __post_init__(self) -> None:
-        self.name = f"files {self.data_dir}" + _store_suffix(self.policy)
+        self.name = f"files {self.data_dir}" + store_suffix(self.policy)
         self.reader = FileStoreReader(self.data_dir, hosts=self.hosts, policy=self.policy, workers=self.workers)
+
+    @property
+    def watch_dir(self) -> Path | None:
+        """The directory whose file events change the counts between full reads: the data directory."""
+        return self.data_dir
+
+    def cadence(self, intervals: Intervals) -> Cadence:
+        """A full resync, which repairs what file events missed: rare and heavy, so logged, and spread apart between
+        servers by the jitter (a short interval stays short); health allows two missed."""
+        jitter = min(intervals.resync_jitter_seconds, intervals.resync_seconds / 12)
+        max_age = 2 * (intervals.resync_seconds + intervals.resync_jitter_seconds)
+        return Cadence(intervals.resync_seconds, jitter, max_age, logged=True)
 
     def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
         """Reads every file of the chosen hosts and counts them, connected users active in every window."""
@@ -57,37 +62,15 @@ class FileSource:
         counts = count_hosts(result.hosts.values(), now=now, windows=windows, connected=connected)
         return SourceCount(counts, dict.fromkeys(counts, "files"), result.problems, result.server)
 
-
-@dataclass
-class SqlSource:
-    """Prosody's SQL table in one database."""
-
-    settings: SqlSettings
-    hosts: Collection[str] = ()
-    policy: Policy = field(default_factory=Policy)
-    method: str = "auto"
-    name: str = field(init=False)
-    cancellation: Cancellation = field(init=False, repr=False, compare=False, default_factory=Cancellation)
-
-    def __post_init__(self) -> None:
-        self.name = self.settings.describe() + _store_suffix(self.policy)
-
-    def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
-        """Counts in the database (or by streaming rows where it cannot); stored activity only, so `connected`
-        is not used (see the README: connected users and SQL)."""
-        reader = SqlReader(
-            self.settings, hosts=self.hosts, policy=self.policy, method=self.method, cancellation=self.cancellation
-        )
-        return reader.count(now=now, windows=windows)
-
     def cancel(self) -> None:
-        """Ends the count running at once (it raises StoppedError), and every later one: the daemon is stopping."""
-        self.cancellation.cancel()
+        """Nothing to cut here: a full read runs in processes its caller owns and ends (the daemon's scans)."""
 
 
-def _store_suffix(policy: Policy) -> str:
-    """A forced store in a source's name, which keeps two sources of one place apart."""
-    return f" ({policy.forced_store.value})" if policy.forced_store else ""
+# Every kind has a name, the hosts it reads (empty: all), `count` (raising DataDirError or DatabaseError when it
+# cannot be read at all), and its refresh policy: `watch_dir`, `counts_connected`, `cadence` and `cancel`. The union
+# is closed: a new kind is added here, and where the daemon reads each kind (daemon/refresh.py, one match). The SQL
+# kind is in its own module, imported only where a database is read.
+Source: TypeAlias = "FileSource | SqlSource"
 
 
 def count_all(

@@ -12,14 +12,14 @@ from prosody_lastlog.core.model import CountingChoice, Store
 from prosody_lastlog.core.rules import HostConfig, InstalledProsody, Policy
 from prosody_lastlog.prosody.config import HostSettings, load_prosody_config
 from prosody_lastlog.prosody.install import find_installed
+from prosody_lastlog.prosody.pathnames import DEFAULT_DATA_PATH
 from prosody_lastlog.prosody.running import DEFAULT_PIDFILES, ProsodyServer
 from prosody_lastlog.prosody.sql_settings import SqlSettings, parse_sql_url
-from prosody_lastlog.sources.kinds import FileSource, Source, SqlSource
+from prosody_lastlog.sources.kinds import FileSource, Source
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/prosody/prosody.cfg.lua")
-DEFAULT_DATA_DIR = Path("/var/lib/prosody")  # Debian's and most packages' data_path
 _READABLE_DRIVERS = {"internal", "sql"}
 
 
@@ -51,12 +51,12 @@ class Plan:
 
     @property
     def has_file_source(self) -> bool:
-        """Whether any source reads the file store (the only kind whose counts include connected users)."""
-        return any(isinstance(source, FileSource) for source in self.sources)
+        """Whether any source's counts include connected users (the file store's), so that asking is worth it."""
+        return any(source.counts_connected for source in self.sources)
 
     def connected_detection(self, mode: ConnectedMode) -> dict[str, ConnectedMode]:
         """How each source finds connected users, when the probe answered in `mode`."""
-        return {s.name: mode if isinstance(s, FileSource) else ConnectedMode.NONE for s in self.sources}
+        return {s.name: mode if s.counts_connected else ConnectedMode.NONE for s in self.sources}
 
 
 def plan_sources(
@@ -73,14 +73,16 @@ def plan_sources(
         settings = parse_sql_url(options.sql_url, password=options.sql_password)
         log.info("reading Prosody's SQL table in %s", settings.describe())
         policy = _policy(options, find_install(()))
-        sql = SqlSource(settings, hosts=options.hosts, policy=policy, method=options.sql_method)
-        return Plan([sql], server=_server(options, admin_socket=None, pidfile=None))
+        return Plan(
+            [_sql_source(settings, options.hosts, policy, options.sql_method)],
+            server=_server(options, admin_socket=None, pidfile=None),
+        )
     data_dir = options.data_dir
     if data_dir is None:
         config = options.config or _config_from_environment(environ)
         if config is not None:
             return _plan_from_config(config, options, environ=environ, find_install=find_install)
-        data_dir = DEFAULT_DATA_DIR
+        data_dir = DEFAULT_DATA_PATH
         log.info("no Prosody config found; reading the file store in %s", data_dir)
     else:
         log.info("reading Prosody's file store in %s", data_dir)
@@ -157,9 +159,17 @@ def _plan_from_config(
                 config.data_path, hosts=list(place_hosts), policy=place_policy, workers=options.scan_workers
             )
         else:
-            source = SqlSource(sql, hosts=list(place_hosts), policy=place_policy, method=options.sql_method)
+            source = _sql_source(sql, list(place_hosts), place_policy, options.sql_method)
         plan.sources.append(source)
     return plan
+
+
+def _sql_source(settings: SqlSettings, hosts: Collection[str], policy: Policy, method: str) -> Source:
+    """An SQL source. Its modules are imported here, when a database is to be read: a count of the file store
+    (a cron job) loads no database code."""
+    from prosody_lastlog.sources.sql_source import SqlSource  # noqa: PLC0415
+
+    return SqlSource(settings, hosts=hosts, policy=policy, method=method)
 
 
 def _host_config(settings: HostSettings) -> HostConfig:

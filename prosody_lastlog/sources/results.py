@@ -1,4 +1,5 @@
-"""Readers turn a Prosody data source into per-host activity records and read problems."""
+"""What reading a source gives: per-host activity records or counts, and read problems; or, when the source cannot
+be read at all, one of the two errors here."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from dataclasses import dataclass, field
 from prosody_lastlog.core.counting import HostCounts
 from prosody_lastlog.core.model import HostData, ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
+
+SQL_METHODS = ("auto", "pushdown", "stream")  # how an SQL source may be counted; "auto" takes one of the others
+
+
+class DataDirError(Exception):
+    """The data directory itself is missing or unreadable (one file's trouble is a ReadProblem)."""
+
+
+class DatabaseError(Exception):
+    """A database could not be reached or read; the message names it (never its password)."""
 
 
 @dataclass(slots=True)

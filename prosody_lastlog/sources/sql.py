@@ -25,17 +25,15 @@ from prosody_lastlog.sources import sql_queries as queries
 from prosody_lastlog.sources.database import (
     Cancellation,
     Connection,
-    DatabaseError,
     NoAnswerError,
     StoppedError,
     connect,
     first_line,
 )
-from prosody_lastlog.sources.results import ReadResult, SourceCount
+from prosody_lastlog.sources.results import SQL_METHODS, DatabaseError, ReadResult, SourceCount
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "pushdown", "stream")
 # PostgreSQL and MariaDB count the accounts in this many hash partitions at once, each on its own connection
 # (a server process each); the per-account grouping, most of the work, is then spread over the server's cores.
 PARTS = 2
@@ -65,7 +63,7 @@ class SqlReader:
         parts: int = PARTS,
         cancellation: Cancellation | None = None,
     ) -> None:
-        if method not in METHODS:
+        if method not in SQL_METHODS:
             raise ValueError(f"unknown SQL counting method {method!r}")
         self._settings = settings
         self._hosts = sorted({host.lower() for host in hosts})

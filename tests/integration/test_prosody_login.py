@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from prosody_lastlog.core.connected import ConnectedSetting
 from prosody_lastlog.core.model import Store, UserActivity
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
-from prosody_lastlog.prosody.running import Detection, ProsodyServer
+from prosody_lastlog.prosody.running import ProsodyServer
 from prosody_lastlog.sources.files import FileStoreReader
 from prosody_lastlog.sources.plan import Plan, SourceOptions, plan_sources
 from tests.integration.live_prosody import LiveProsody, running_prosody
@@ -81,7 +82,7 @@ def prosody(tmp_path: Path) -> Iterator[LiveProsody]:
 
 
 @contextmanager
-def serving(plan: Plan, detection: Detection = Detection.AUTO) -> Iterator[Daemon]:
+def serving(plan: Plan, detection: ConnectedSetting = ConnectedSetting.AUTO) -> Iterator[Daemon]:
     """The daemon in-process on a free port, probing for connected users every 0.2 s; always stopped."""
     options = ServeOptions(port=0, connected=detection, connected_interval_seconds=0.2)
     daemon = Daemon(plan, windows=DEFAULT_WINDOWS, options=options)
@@ -182,7 +183,7 @@ def test_heuristic_counts_a_login_since_prosody_started(prosody: LiveProsody) ->
     plan = file_plan(prosody)
     server = ProsodyServer(admin_socket=None, pidfiles=(prosody.pidfile,))
     plan = Plan(plan.sources, known_hosts=plan.known_hosts, server=server)
-    with serving(plan, Detection.HEURISTIC) as daemon:
+    with serving(plan, ConnectedSetting.HEURISTIC) as daemon:
         assert detection_modes(daemon) == {"heuristic"}
         client = XmppClient(prosody.c2s_port, HOST)
         try:

@@ -17,7 +17,7 @@ from prosody_lastlog.core.model import Store
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.prosody.sql_settings import parse_sql_url
-from prosody_lastlog.sources.kinds import SqlSource
+from prosody_lastlog.sources.sql_source import SqlSource
 from tests.conftest import FIXTURES, load_generator
 from tests.sql_servers import SqlServer, fresh_mysql_database, fresh_postgres_database
 

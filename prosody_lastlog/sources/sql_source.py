@@ -1,0 +1,57 @@
+"""The SQL kind of source: Prosody's SQL table in one database, counted where it is."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
+from prosody_lastlog.core.rules import Policy
+from prosody_lastlog.core.windows import Window
+from prosody_lastlog.prosody.sql_settings import SqlSettings
+from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS, Cancellation
+from prosody_lastlog.sources.policy import Cadence, Intervals, store_suffix
+from prosody_lastlog.sources.results import SourceCount
+from prosody_lastlog.sources.sql import SqlReader
+
+
+@dataclass
+class SqlSource:
+    """Prosody's SQL table in one database."""
+
+    settings: SqlSettings
+    hosts: Collection[str] = ()
+    policy: Policy = field(default_factory=Policy)
+    method: str = "auto"
+    name: str = field(init=False)
+    cancellation: Cancellation = field(init=False, repr=False, compare=False, default_factory=Cancellation)
+
+    counts_connected: ClassVar[bool] = False  # the database counts stored activity only
+
+    def __post_init__(self) -> None:
+        self.name = self.settings.describe() + store_suffix(self.policy)
+
+    @property
+    def watch_dir(self) -> Path | None:
+        """None: nothing tells of a change in the database, so it is counted again every interval."""
+        return None
+
+    def cadence(self, intervals: Intervals) -> Cadence:
+        """A count every --sql-interval, not logged; health allows two missed: one that cannot connect fails within
+        the connect timeout, one that hangs is caught by the age."""
+        max_age = 2 * intervals.sql_interval_seconds + CONNECT_TIMEOUT_SECONDS + 60
+        return Cadence(intervals.sql_interval_seconds, 0.0, max_age, logged=False)
+
+    def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
+        """Counts in the database (or by streaming rows where it cannot); stored activity only, so `connected`
+        is not used (see the README: connected users and SQL)."""
+        reader = SqlReader(
+            self.settings, hosts=self.hosts, policy=self.policy, method=self.method, cancellation=self.cancellation
+        )
+        return reader.count(now=now, windows=windows)
+
+    def cancel(self) -> None:
+        """Ends the count running at once (it raises StoppedError), and every later one: the daemon is stopping."""
+        self.cancellation.cancel()
