@@ -9,6 +9,7 @@ peak RSS and the ratio, and checks both give the same counts.
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
 import os
@@ -93,6 +94,36 @@ def run_ours(data_dir: Path, store: Store | None = None) -> Run:
     )
     result = json.loads(output)
     return Run(result["seconds"], rss, result["counts"], result["users"], result["no_account"])
+
+
+def compile_bytecode() -> None:
+    """Compiles the package's modules as `pip install` does, so the command timings below load bytecode, as on an
+    admin's server, and not source (a checkout run with PYTHONDONTWRITEBYTECODE compiles every module each time)."""
+    for package in ("prosody_lastlog", "exporters"):
+        compileall.compile_dir(HERE.parent / package, quiet=1)
+
+
+def run_command(data_dir: Path) -> Run:
+    """The whole `prosody-lastlog count` command as a cron job runs it, timed from spawn to exit: interpreter start,
+    imports, the scan, the count and the JSON output. Call compile_bytecode() first."""
+    command = [str(Path(sys.executable).with_name("prosody-lastlog")), "count", "--data-dir", str(data_dir)]
+    command += ["--now", str(NOW), "--connected", "off", "--format", "json"]
+    started = time.perf_counter()
+    output, rss = _run_child(command)
+    seconds = time.perf_counter() - started
+    hosts = json.loads(output)["hosts"]
+    return Run(seconds, rss, {host: [hosts[host]["active"][w] for w in WINDOWS] for host in hosts if host in HOSTS})
+
+
+def import_seconds(repeat: int = 5) -> float:
+    """What `count` pays for imports before it reads anything: the command's modules imported in a fresh
+    interpreter (median of `repeat`). Call compile_bytecode() first."""
+    code = "import time; t = time.perf_counter(); import prosody_lastlog.cli, prosody_lastlog.count; "
+    code += "print(time.perf_counter() - t)"
+    runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)]
+    runs += [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+             for _ in range(repeat - 1)]  # fmt: skip
+    return statistics.median(runs)
 
 
 def child(data_dir: Path, store: Store | None = None) -> None:

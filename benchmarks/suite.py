@@ -20,6 +20,9 @@ files     each side in a fresh process, timed inside it (start-up excluded), int
   ours      our cold scan: the file reader (its default worker processes) and counting core, in a fresh Python
             process (scan.py's child)
   ratios    ours / seed, ours / floor (target ≤ 1.5); ours must count exactly what the seed counts
+  command   the whole `prosody-lastlog count --format json` as cron runs it, timed from spawn to exit
+            (interpreter, imports, scan, count, output), over the floor; and what its imports cost alone, in a
+            fresh interpreter (target ≤ 50 ms); it must count what the seed counts
 files 13  the same, on a Prosody 13 file store of N users (benchmarks/prosody13.py): written by Prosody 13's own
           util.datamanager (Debian 13's package in the tree tools/prosody13-tree.sh builds, its Lua 5.4, chrooted)
           like a Debian 13 server's: per user lastlog2 (as above), account_activity ({timestamp}, for the 90% who
@@ -97,7 +100,8 @@ Figures = dict[str, float | bool]  # one N's figures, by dotted name ("files.our
 
 @dataclass(frozen=True)
 class Target:
-    """A figure's target from issue 6: at most `limit`, at `users` users if set, else at the largest N measured."""
+    """A figure's target (issue 6; the imports: issue 18): at most `limit`, at `users` users if set, else at the
+    largest N measured."""
 
     figure: str
     limit: float
@@ -107,6 +111,7 @@ class Target:
 
 TARGETS = [
     Target("files.ours_over_floor", 1.5, "≤ 1.5"),
+    Target("files.command_import_ms", 50, "≤ 50"),
     Target("files13.ours_over_floor", 1.5, "≤ 1.5"),
     Target("files13.default_over_floor", 1.5, "≤ 1.5"),
     *(Target(f"sql.{engine}.pushdown_s", 1.0, "≤ 1", MILLION) for engine in sql_count.SERVERS),
@@ -158,17 +163,22 @@ def files_figures(executable: Path, data_dir: Path, users: int, repeat: int) -> 
     load = _load_1min()
     floors: list[FloorRun] = []
     ours: list[scan.Run] = []
+    wholes: list[scan.Run] = []
     seeds: list[scan.Run] = []
+    scan.compile_bytecode()
     for _ in range(repeat):
         run_floor(executable, data_dir)
         floors.append(run_floor(executable, data_dir))
         run_floor(executable, data_dir)
         ours.append(scan.run_ours(data_dir))
         run_floor(executable, data_dir)
+        wholes.append(scan.run_command(data_dir))
+        run_floor(executable, data_dir)
         seeds.append(scan.run_prosody(data_dir))
     floor_s = statistics.median(run.seconds for run in floors)
     ours_s = statistics.median(run.seconds for run in ours)
     seed_s = statistics.median(run.seconds for run in seeds)
+    whole_s = statistics.median(run.seconds for run in wholes)
     files = floors[0].files
     return {
         "files.load_1min": load,
@@ -181,9 +191,12 @@ def files_figures(executable: Path, data_dir: Path, users: int, repeat: int) -> 
         "files.ours_over_seed": ours_s / seed_s,
         "files.ours_over_floor": ours_s / floor_s,
         "files.seed_over_floor": seed_s / floor_s,
+        "files.command_s": whole_s,
+        "files.command_over_floor": whole_s / floor_s,
+        "files.command_import_ms": scan.import_seconds() * 1000,
         "files.files": files,
         "files.mib": floors[0].bytes / 2**20,
-        "files.counts_agree": all(run.counts == seeds[0].counts for run in ours + seeds)
+        "files.counts_agree": all(run.counts == seeds[0].counts for run in ours + wholes + seeds)
         and all(run.files == users for run in floors),
     }
 
@@ -333,6 +346,9 @@ ROWS: list[tuple[str, str, str, float]] = [  # (label, figure, format, scale)
     ("files: ours / seed", "files.ours_over_seed", ".2f", 1),
     ("files: ours / floor", "files.ours_over_floor", ".2f", 1),
     ("files: seed / floor", "files.seed_over_floor", ".2f", 1),
+    ("files: whole `count` command, s", "files.command_s", ".3f", 1),
+    ("files: whole `count` command / floor", "files.command_over_floor", ".2f", 1),
+    ("files: `count` imports, ms", "files.command_import_ms", ".1f", 1),
     ("files: counts agree (ours = seed)", "files.counts_agree", "", 1),
     ("files 13: load average (1 min) before", "files13.load_1min", ".2f", 1),
     ("files 13: lastlog2 files (users)", "files13.files", ".0f", 1),

@@ -1,4 +1,5 @@
-"""The settings file (TOML) for `serve` and `count`: each key is a command-line option; flags given win.
+"""Settings from argv and the settings file (TOML), every problem at once: each key is a command-line option;
+options given on the command line win.
 
 # /etc/prosody-lastlog.toml
 config = "/etc/prosody/prosody.cfg.lua"
@@ -12,14 +13,22 @@ host = "graphite.example"
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import Callable
+import argparse
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from exporters import DEFAULT_PORT
+from exporters.secrets import read_secret
+from prosody_lastlog.core.connected import ConnectedSetting
 from prosody_lastlog.core.model import Store
-from prosody_lastlog.core.windows import parse_window
-from prosody_lastlog.prosody.running import Detection
-from prosody_lastlog.sources.sql import METHODS
+from prosody_lastlog.core.windows import parse_window, parse_windows
+from prosody_lastlog.prosody.config import ConfigError
+from prosody_lastlog.sources.plan import SourceOptions
+from prosody_lastlog.sources.results import SQL_METHODS, DatabaseError, DataDirError
+
+_WHERE_THE_DATA_IS = {"config", "data_dir", "sql"}
+# Failures the admin can fix from the message alone: reported as such, exit 1
+FATAL_ERRORS = (DataDirError, DatabaseError, ConfigError, OSError, ValueError)
 
 
 class SettingsError(Exception):
@@ -86,7 +95,7 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "data_dir": ("data_dir", _path),
     "sql": ("sql", _text),
     "sql_password_file": ("sql_password_file", _path),
-    "sql_method": ("sql_method", _one_of(*METHODS)),
+    "sql_method": ("sql_method", _one_of(*SQL_METHODS)),
     "hosts": ("host", _texts),
     "windows": ("window", _windows),
     "store": ("store", _one_of(*(s.value for s in Store))),
@@ -99,7 +108,7 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "resync_interval": ("resync_interval", _duration),
     "sql_interval": ("sql_interval", _duration),
     "polling": ("polling", _flag),
-    "connected": ("connected", _one_of(*(d.value for d in Detection))),
+    "connected": ("connected", _one_of(*(d.value for d in ConnectedSetting))),
     "connected_interval": ("connected_interval", _duration),
     "admin_socket": ("admin_socket", _path),
     "pidfile": ("pidfile", _path),
@@ -112,6 +121,8 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
 
 def read_settings_file(path: Path) -> dict[str, object]:
     """The file's settings by argparse destination; raises SettingsError naming every bad key at once."""
+    import tomllib  # noqa: PLC0415  # here: most commands read no settings file
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -132,3 +143,68 @@ def read_settings_file(path: Path) -> dict[str, object]:
     if problems:
         raise SettingsError("\n".join(problems))
     return settings
+
+
+def with_settings_file(args: argparse.Namespace, given: Mapping[str, object]) -> argparse.Namespace:
+    """Fills every option not given on the command line from --config-file (an option given wins, even when
+    given its default value); `given`: the options the command line gives, as parsed without defaults."""
+    if args.config_file is None:
+        return args
+    given = dict(given)
+    if given.keys() & _WHERE_THE_DATA_IS:  # then the file's say on where the data is does not count
+        given.update(
+            dict.fromkeys(_WHERE_THE_DATA_IS if "sql" in given else {*_WHERE_THE_DATA_IS, "sql_password_file"})
+        )
+    merged = vars(args).copy()
+    for destination, value in read_settings_file(args.config_file).items():
+        if destination in merged and destination not in given:
+            merged[destination] = value
+    return argparse.Namespace(**merged)
+
+
+def usage_problems(args: argparse.Namespace) -> list[str]:
+    """Every problem of the merged options that argparse cannot see, one message each."""
+    problems = []
+    try:
+        parse_windows(args.window)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if sum(bool(x) for x in (args.sql, args.data_dir, args.config)) > 1:
+        problems.append("--config, --data-dir and --sql each say where the data is: give at most one")
+    if args.sql_password_file and not args.sql:
+        problems.append("--sql-password-file goes with --sql")
+    if args.command == "serve":
+        problems.extend(_serve_problems(args))
+    return problems
+
+
+def _serve_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if bool(args.tls_cert) != bool(args.tls_key):
+        problems.append("--tls-cert and --tls-key go together")
+    _, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        problems.append(f"--listen wants address:port, e.g. 127.0.0.1:{DEFAULT_PORT}, not {args.listen!r}")
+    for option in ("resync_interval", "sql_interval", "connected_interval"):
+        try:
+            parse_window(getattr(args, option))
+        except ValueError as exc:
+            problems.append(f"--{option.replace('_', '-')}: {exc}")
+    return problems
+
+
+def source_options(args: argparse.Namespace) -> SourceOptions:
+    """Where the data is and how to count it, for the sources' plan."""
+    return SourceOptions(
+        config=args.config,
+        data_dir=args.data_dir,
+        sql_url=args.sql,
+        sql_password=read_secret(args.sql_password_file) if args.sql_password_file else None,
+        sql_method=args.sql_method,
+        hosts=args.host,
+        store=Store(args.store) if args.store else None,
+        count_disabled=args.count_disabled,
+        scan_workers=args.scan_workers,
+        admin_socket=args.admin_socket,
+        pidfile=args.pidfile,
+    )

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog import cli
-from prosody_lastlog.cli import _reload, _start_daemon, build_parser
+from prosody_lastlog import serve
+from prosody_lastlog.cli import build_parser, parse_settings
 from prosody_lastlog.daemon.lifecycle import Daemon
+from prosody_lastlog.serve import _reload, _start_daemon
 from tests.integration.servers import free_port
 
 STOP_SECONDS = 5.0  # the bound from SIGTERM to exit
@@ -170,11 +171,11 @@ def test_an_unforeseen_failure_of_a_reload_keeps_the_running_configuration(
     running = _start_daemon(args)
     try:
         if failing == "plan":
-            monkeypatch.setattr(cli, "plan_sources", plan_fails)
+            monkeypatch.setattr(serve, "plan_sources", plan_fails)
         else:
             monkeypatch.setattr(Daemon, "count", count_fails)
         caplog.set_level(logging.DEBUG, logger="prosody_lastlog")
-        assert _reload(running, args, argv) is running
+        assert _reload(running, args, lambda: parse_settings(argv)) is running
         with urllib.request.urlopen(running.server.url, timeout=5) as response:
             assert response.status == 200
     finally:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from prosody_lastlog.cli import _reload, _start_daemon, _with_settings_file, build_parser, main
+from prosody_lastlog.cli import main, parse_settings
 from prosody_lastlog.daemon.lifecycle import Daemon
+from prosody_lastlog.serve import _reload, _start_daemon
 from prosody_lastlog.settings import SettingsError, read_settings_file
 from tests.conftest import case_data
 from tests.integration.servers import free_port
@@ -122,7 +123,7 @@ def test_a_flag_given_its_default_value_still_wins(tmp_path: Path) -> None:
         '[exporters.graphite]\nhost = "graphite.example"\n'
     )
     argv = ["serve", "--config-file", str(path), "--sql-method", "auto"]  # auto: the default
-    merged = _with_settings_file(build_parser().parse_args(argv), argv)
+    merged = parse_settings(argv)
     assert merged.sql_method == "auto" and merged.data_dir == case_data("sample") and merged.window == ["1d"]
     assert merged.exporters == {"graphite": {"host": "graphite.example"}}
 
@@ -131,11 +132,11 @@ def test_where_the_data_is_on_the_command_line_replaces_the_files(tmp_path: Path
     path = tmp_path / "settings.toml"
     path.write_text('config = "/etc/prosody/prosody.cfg.lua"\nsql_password_file = "/etc/pw"\nwindows = ["1d"]\n')
     argv = ["count", "--config-file", str(path), "--data-dir", str(case_data("sample"))]
-    merged = _with_settings_file(build_parser().parse_args(argv), argv)
+    merged = parse_settings(argv)
     assert merged.data_dir == case_data("sample") and merged.config is None and merged.sql_password_file is None
     assert merged.window == ["1d"]
     argv = ["count", "--config-file", str(path), "--sql", "postgresql://prosody@db/prosody"]
-    merged = _with_settings_file(build_parser().parse_args(argv), argv)
+    merged = parse_settings(argv)
     assert merged.config is None and merged.sql_password_file == Path("/etc/pw")
 
 
@@ -149,7 +150,7 @@ def test_a_reload_counts_while_the_old_configuration_serves_and_keeps_push_queue
         f"[exporters.graphite]\nport = {closed}\ninterval = 1\n"
     )
     argv = ["serve", "--config-file", str(path), "--as-of", str(SAMPLE_NOW)]
-    args = _with_settings_file(build_parser().parse_args(argv), argv)
+    args = parse_settings(argv)
     running = _start_daemon(args)
     reloaded = running
     try:
@@ -168,7 +169,7 @@ def test_a_reload_counts_while_the_old_configuration_serves_and_keeps_push_queue
             count(daemon)
 
         monkeypatch.setattr(Daemon, "count", count_while_the_old_one_serves)
-        reloaded = _reload(running, args, argv)
+        reloaded = _reload(running, args, lambda: parse_settings(argv))
         assert reloaded is not running and answered == [200]
         assert reloaded.exporters == [exporter] and exporter.status().queue_length >= queued
         with urllib.request.urlopen(reloaded.server.url, timeout=5) as response:

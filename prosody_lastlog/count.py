@@ -1,0 +1,94 @@
+"""The `count` command: one count of every source, printed or written in one format."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from exporters import render_points
+from exporters.text import render_json, render_table, to_json_document
+from exporters.textfile import write_atomically
+from prosody_lastlog.core.connected import NOBODY, ConnectedSetting
+from prosody_lastlog.core.counting import HostCounts, Snapshot, totals_only
+from prosody_lastlog.core.model import ReadProblem
+from prosody_lastlog.core.windows import parse_windows
+from prosody_lastlog.prosody.running import ConnectedProbe
+from prosody_lastlog.settings import source_options
+from prosody_lastlog.sources.kinds import count_all
+from prosody_lastlog.sources.plan import plan_sources
+
+log = logging.getLogger("prosody_lastlog")
+
+
+def run_count(args: argparse.Namespace) -> int:
+    """Counts once as of --now (else the clock), prints or writes the result; 0 when done."""
+    plan = plan_sources(source_options(args), environ=os.environ)
+    windows = parse_windows(args.window)
+    now = args.now if args.now is not None else int(time.time())
+    detection = ConnectedSetting.OFF if args.now is not None else ConnectedSetting(args.connected)
+    connected = ConnectedProbe(plan.server, detection).probe() if plan.has_file_source else NOBODY
+    totals, health = count_all(
+        plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts, connected=connected
+    )
+    _report_problems(totals.problems)
+    _report_clock_skew(totals.counts)
+    if args.format == "json":
+        document = to_json_document(
+            totals.counts,
+            now=now,
+            windows=windows,
+            problems=totals.problems,
+            connected_detection=connected.mode,
+            servers={h.name: h.server for h in health if h.server is not None},
+        )
+        text = render_json(document)
+    elif args.format == "prom":
+        from exporters.prometheus import render_prometheus  # noqa: PLC0415  # prometheus_client only when used
+
+        text = render_prometheus(
+            totals.counts,
+            health,
+            now=now,
+            windows=windows,
+            per_host=not args.totals_only,
+            compat=args.compat_metrics,
+            detection=plan.connected_detection(connected.mode),
+        )
+    elif args.format in ("influx", "graphite"):
+        counts = totals_only(totals.counts, windows) if args.totals_only else totals.counts
+        text = render_points(Snapshot(now, counts, windows), args.format)
+    else:
+        text = render_table(totals.counts, windows=windows)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        write_atomically(args.output, text)
+    except OSError as exc:
+        raise OSError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    return 0
+
+
+def _report_problems(problems: Sequence[ReadProblem]) -> None:
+    # File names carry user names, so they are logged at debug level only (-v); the summary has none.
+    for problem in problems:
+        log.debug("%s: %s: %s", problem.where, problem.kind, problem.reason)
+    if problems:
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(Counter(p.kind for p in problems).items()))
+        hint = "" if log.isEnabledFor(logging.DEBUG) else "; -v lists them"
+        log.warning("%d problem(s) reading data (%s)%s", len(problems), kinds, hint)
+
+
+def _report_clock_skew(counts: dict[str, HostCounts]) -> None:
+    for host, host_counts in counts.items():
+        if host_counts.future:
+            log.warning(
+                "%s: %d accounts have a last activity in the future (clock skew?); counted as active now",
+                host,
+                host_counts.future,
+            )
