@@ -115,7 +115,7 @@ def run_command(data_dir: Path) -> Run:
     return Run(seconds, rss, {host: [hosts[host]["active"][w] for w in WINDOWS] for host in hosts if host in HOSTS})
 
 
-def import_seconds(repeat: int = 5) -> float:
+def import_seconds(repeat: int = 11) -> float:
     """What `count` pays for imports before it reads anything: the command's modules imported in a fresh
     interpreter (median of `repeat`). Call compile_bytecode() first."""
     code = "import time; t = time.perf_counter(); import prosody_lastlog.cli, prosody_lastlog.count; "

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from exporters.families import COUNT_FAMILIES, CountFamily
-from exporters.points import Point, aligned, points_of
-from exporters.runner import ExportError, ExportStatus, PushExporter, RejectedBatchError
 from exporters.secrets import SecretFileError, read_secret, secret_setting
 from prosody_lastlog.core.counting import Snapshot
+
+if TYPE_CHECKING:
+    from exporters.points import Point, aligned, points_of
+    from exporters.runner import ExportError, ExportStatus, PushExporter, RejectedBatchError
 
 __all__ = [  # what a third-party exporter needs
     "COUNT_FAMILIES",
@@ -46,6 +48,24 @@ BUILTIN = {  # name -> "module:factory", imported only when configured
     "influxdb": "exporters.influx:create",
     "pushgateway": "exporters.pushgateway:create",
 }
+
+
+_PUSH_API = {  # name -> its module, imported at first use: a count or a scrape needs no push machinery
+    "Point": "exporters.points",
+    "aligned": "exporters.points",
+    "points_of": "exporters.points",
+    "ExportError": "exporters.runner",
+    "ExportStatus": "exporters.runner",
+    "PushExporter": "exporters.runner",
+    "RejectedBatchError": "exporters.runner",
+}
+
+
+def __getattr__(name: str) -> object:
+    """The push exporters' part of the public API, imported when first asked for (PEP 562)."""
+    if name in _PUSH_API:
+        return getattr(importlib.import_module(_PUSH_API[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Exporter(Protocol):
@@ -116,7 +136,9 @@ def validate_exporters(sections: Mapping[str, Mapping[str, object]]) -> None:
 def render_points(snapshot: Snapshot, wire_format: str) -> str:
     """One snapshot in a push format, for `count --format influx|graphite`, stamped with the snapshot's second
     (line protocol in nanoseconds, what Telegraf and InfluxDB assume when not told otherwise)."""
-    # The formatter is imported here, so a count in another format does not load the push transports.
+    # Imported here, so a count in another format does not load the push machinery.
+    from exporters.points import points_of  # noqa: PLC0415
+
     points = points_of(snapshot, timestamp=int(snapshot.taken))
     if wire_format == "influx":
         from exporters.influx import format_line_protocol  # noqa: PLC0415

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 from exporters import render_points
 from exporters.text import render_json, render_table, to_json_document
-from exporters.textfile import write_atomically
 from prosody_lastlog.core.connected import NOBODY, ConnectedSetting
 from prosody_lastlog.core.counting import HostCounts, Snapshot, totals_only
 from prosody_lastlog.core.model import ReadProblem
@@ -67,6 +66,8 @@ def run_count(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
         return 0
+    from exporters.textfile import write_atomically  # noqa: PLC0415  # tempfile only when a file is written
+
     try:
         write_atomically(args.output, text)
     except OSError as exc:

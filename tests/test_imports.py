@@ -12,8 +12,17 @@ import pytest
 
 _DRIVERS_AND_LUA = {"lupa", "psycopg", "pymysql"}
 _SERVING = {"watchdog", "asyncio", "ssl", "prosody_lastlog.daemon", "exporters.http"}
-_PUSHING = {"urllib.request", "http.client", "exporters.graphite", "exporters.influx", "exporters.pushgateway"}
-# Loaded when used: an SQL source, more than one reading process, a settings file, a config, a Prosody to ask.
+_PUSHING = {
+    "urllib.request",
+    "http.client",
+    "exporters.runner",
+    "exporters.points",
+    "exporters.graphite",
+    "exporters.influx",
+    "exporters.pushgateway",
+}
+# Loaded when used: an SQL source, more than one reading process, a settings file, a config (and its host names),
+# a Prosody to ask, a file to write.
 _WHEN_USED = {
     "sqlite3",
     "prosody_lastlog.sources.sql_source",
@@ -23,8 +32,10 @@ _WHEN_USED = {
     "ctypes",
     "tomllib",
     "importlib.resources",
+    "encodings.idna",
     "socket",
     "xml",
+    "exporters.textfile",
 }
 
 
@@ -54,3 +65,12 @@ def test_the_command_line_alone_loads_no_job() -> None:
     loaded = _loaded_after("import prosody_lastlog.cli")
     assert not {name for name in loaded if name.startswith(("prosody_lastlog.count", "prosody_lastlog.serve"))}
     assert loaded & (_SERVING | _PUSHING | {"prometheus_client"}) == set()
+
+
+def test_every_name_of_the_plugin_api_resolves_and_no_other() -> None:
+    """`from exporters import X` works for each X in __all__, the push part loaded at first use."""
+    import exporters  # noqa: PLC0415  # in this test's interpreter: the others above run fresh ones
+
+    assert all(getattr(exporters, name) is not None for name in exporters.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Pusher'"):
+        exporters.Pusher  # noqa: B018

@@ -37,7 +37,6 @@ import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
-from encodings.idna import nameprep as idna_nameprep
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -250,8 +249,10 @@ def _list_dir(path: str) -> tuple[Any, ...]:
 
 def _nameprep(name: str) -> str | None:
     """RFC 3491 nameprep, as Prosody applies to host names; None when the name has forbidden characters."""
+    from encodings.idna import nameprep  # noqa: PLC0415  # its tables load only for a config that needs them
+
     try:
-        return idna_nameprep(name)
+        return nameprep(name)
     except UnicodeError:
         return None
 
