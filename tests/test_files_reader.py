@@ -16,7 +16,7 @@ import pytest
 from prosody_lastlog.core.model import ReadProblem, Store, StoreBasis
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.prosody.pathnames import encode_name
-from prosody_lastlog.sources import files
+from prosody_lastlog.sources import file_records, files, parallel_read
 from prosody_lastlog.sources.files import MAX_FILE_SIZE, MAX_WORKERS, FileStoreReader, default_workers
 from prosody_lastlog.sources.results import DataDirError, ReadResult
 from tests.conftest import case_data
@@ -203,8 +203,9 @@ def same_read(a: ReadResult, b: ReadResult) -> None:
 def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Even a small tree is read by several processes, in many small parts."""
     monkeypatch.setattr(files, "MIN_FILES_PER_WORKER", 1)
-    monkeypatch.setattr(files, "BATCH_SIZE", 4)
-    monkeypatch.setattr(files, "CHUNK", 12)
+    monkeypatch.setattr(file_records, "BATCH_SIZE", 4)  # where a batch for the sandbox ends
+    monkeypatch.setattr(parallel_read, "BATCH_SIZE", 4)  # where a listing is cut into shares
+    monkeypatch.setattr(parallel_read, "CHUNK", 12)
 
 
 @pytest.mark.usefixtures("small_parts")
@@ -233,7 +234,7 @@ def _refuse_to_start(process: multiprocessing.process.BaseProcess) -> None:
 @pytest.mark.parametrize(
     ("target", "name", "failure"),
     [
-        (files, "_child", lambda share, sender: os._exit(1)),  # dies before sending anything
+        (parallel_read, "_child", lambda share, sender: os._exit(1)),  # dies before sending anything
         (multiprocessing.process.BaseProcess, "start", _refuse_to_start),  # never starts
     ],
 )

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
-from prosody_lastlog.sources import files
+from prosody_lastlog.sources import file_records, files
 from prosody_lastlog.sources.files import FileStoreReader
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.integration.servers import free_port, stop_process
@@ -62,14 +62,14 @@ def test_a_read_error_keeps_the_user_and_the_change_is_read_again(
     user, before, before_30d = idle_user(sample_tree), active(daemon, HOST), active(daemon, HOST, "30d")
     assert before is not None
     failing = [True]
-    real_read = files._read_bounded
+    real_read = file_records.read_bounded
 
     def read_bounded(path: str, directory: int | None = None) -> bytes:
         if failing[0] and path.endswith(f"{user}.dat"):
             raise OSError(errno.EMFILE, "Too many open files")
         return real_read(path, directory)
 
-    monkeypatch.setattr(files, "_read_bounded", read_bounded)
+    monkeypatch.setattr(files, "read_bounded", read_bounded)
     login(sample_tree, user)
     wait_for(lambda: bool(daemon.live.health()[0].problems.get("unreadable")))
     assert (active(daemon, HOST), active(daemon, HOST, "30d")) == (before, before_30d)  # nobody left the counts
