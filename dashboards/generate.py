@@ -126,11 +126,13 @@ def _count_rows(q: Dialect, stickiness: tuple[Panel, Panel] | tuple[()] = ()) ->
     accounts = Panel(
         "Accounts, active and never active",
         "Summed over the selected hosts: accounts with last-activity data, those active within 30d, and those "
-        "with data but no login or logout (registered only; rooms on a MUC component).",
+        "with data but no login or logout (registered only; rooms on a MUC component); and the registered accounts "
+        "of the hosts whose accounts store Prosody keeps (none for LDAP, anonymous or other providers).",
         (
             Query(q.total("prosody_accounts", None), "accounts"),
             Query(q.total("prosody_active_users", "30d"), "active (30d)"),
             Query(q.total("prosody_accounts_never_active", None), "never active"),
+            Query(q.total("prosody_accounts_registered", None), "registered"),
         ),
     )
     registrations = Panel(

@@ -21,11 +21,14 @@ class CountFamily:
     name: str
     labels: tuple[str, ...]
     help: str
-    read: Callable[[HostCounts], Mapping[str, int] | int]
+    read: Callable[[HostCounts], Mapping[str, int] | int | None]  # None: not known for this host, so no sample
 
     def samples(self, counts: HostCounts, windows: Sequence[Window]) -> list[tuple[str | None, int]]:
-        """The family's values for one host: (window label, value) for each window, else one (None, value)."""
+        """The family's values for one host: (window label, value) for each window, else one (None, value); none
+        where the value is not known."""
         value = self.read(counts)
+        if value is None:
+            return []
         if isinstance(value, int):
             return [(None, value)]
         return [(window.label, value[window.label]) for window in windows]
@@ -48,8 +51,16 @@ COUNT_FAMILIES = (  # in the order every output lists them
     CountFamily(
         "accounts",
         ("host",),
-        f"Accounts with last-activity data. {CACHE_NOTE}",
+        f"Accounts with last-activity data (registered or not; see prosody_accounts_registered). {CACHE_NOTE}",
         lambda counts: counts.accounts,
+    ),
+    CountFamily(
+        "accounts_registered",
+        ("host",),
+        "Registered accounts: those in the host's accounts store (mod_auth_internal_hashed or _plain), with "
+        "last-activity data or not. No sample where Prosody keeps no account list (another auth provider, accounts in "
+        f"another storage) or it is not known (an SQL source). {CACHE_NOTE}",
+        lambda counts: counts.registered_accounts,
     ),
     CountFamily(
         "accounts_never_active",

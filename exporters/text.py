@@ -41,6 +41,7 @@ def to_json_document(
             host: {
                 "active": dict(c.active),
                 "accounts": c.accounts,
+                "registered_accounts": c.registered_accounts,
                 "never_active": c.never_active,
                 "registered": dict(c.registered),
                 "store": c.store.value,

@@ -57,9 +57,10 @@ def queries(dashboard: dict[str, Any]) -> list[str]:
 
 
 def live_counts() -> LiveCounts:
-    """One counted source with one host and one active user."""
+    """One counted source with one host, one active user and one registered account."""
     live = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files"])
     live.index.replace_host("example.com", CountingChoice(Store.LASTLOG2), [UserActivity("alice", NOW - 60)])
+    live.index.set_registered_accounts("example.com", 1)
     live.succeeded("files", at=NOW, duration=0.1, problems={})
     return live
 

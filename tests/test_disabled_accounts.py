@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from prosody_lastlog.core.counting import HostCounts, count_hosts
@@ -73,7 +74,9 @@ def test_on_prosody_0_12_a_disabled_record_changes_nothing(tmp_path: Path) -> No
     user = next(u for u in FileStoreReader(data).read().hosts["example.com"].users if u.last_active)
     prosody_store(data, user.user, "example.com", "accounts", '{ disabled = true; disabled_meta = { reason = "x" } }')
     after = counts(data)
-    assert after == before and after["example.com"].counting.accounts is AccountRule.EVERYONE
+    assert after["example.com"].counting.accounts is AccountRule.EVERYONE
+    assert after["example.com"].registered_accounts == 1  # the record made an accounts store: one account listed
+    assert after == {**before, "example.com": replace(before["example.com"], registered_accounts=1)}
 
 
 def test_registration_times_come_from_created_then_lastlog2_then_account_details(tmp_path: Path) -> None:

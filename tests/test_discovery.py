@@ -69,6 +69,12 @@ def test_config_tree_counts_equal_a_direct_read(
     from_config = count_json(capsys, "--config", str(config))
     direct = count_json(capsys, "--data-dir", str(case_data("sample")))
     for host in [*SAMPLE_HOSTS, "conference.example.com"]:  # the counts, and how they were counted, and why
+        # but the registered accounts, which only a config tells: the accounts store, empty here (Prosody 0.12's
+        # events made none), on a VirtualHost with internal_hashed; none on a component, or where the accounts are
+        # in another storage than the activity (the per-store map), which is not read
+        apart = host.startswith("conference.") or "lastlog2 = " in storage_lines
+        assert from_config[host].pop("registered_accounts") == (None if apart else 0), host
+        assert direct[host].pop("registered_accounts") is None
         assert from_config[host] == direct[host], host
     assert from_config["empty.example"]["active"] == {"1d": 0, "7d": 0, "30d": 0}
     assert "quiet.example" not in from_config

@@ -73,7 +73,9 @@ def test_with_threads_running_the_index_is_built_by_a_clean_process_not_here(
 def _in_process(reader: FileStoreReader) -> dict[str, activity_index.HostIndex]:
     read = reader.read()
     return {
-        host: activity_index.HostIndex(host, data.store, CONNECTED, data.users, choice=data.choice)
+        host: activity_index.HostIndex(
+            host, data.store, CONNECTED, data.users, choice=data.choice, registered_accounts=data.registered_accounts
+        )
         for host, data in read.hosts.items()
     }
 

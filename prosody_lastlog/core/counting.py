@@ -26,6 +26,7 @@ class HostCounts:
     connected: int = 0  # accounts connected now, hence active in every window
     no_account: int = 0  # of `disabled`: those without an account record
     choice: CountingChoice | None = None  # how the host is counted; None: from `store`, every account counting
+    registered_accounts: int | None = None  # accounts in the auth store, with activity data or not; None: not known
 
     def __post_init__(self) -> None:
         if self.choice is None:  # so that equal counts compare equal however the choice was given
@@ -93,6 +94,7 @@ def count_host(
         online,
         no_account,
         data.choice,
+        data.registered_accounts,
     )
 
 
@@ -121,12 +123,18 @@ def total_counts(counts: Mapping[str, HostCounts], windows: Sequence[Window]) ->
         sum(c.connected for c in values),
         sum(c.no_account for c in values),
         values[0].choice,
+        _sum_known([c.registered_accounts for c in values]),
     )
 
 
 def totals_only(counts: Mapping[str, HostCounts], windows: Sequence[Window]) -> dict[str, HostCounts]:
     """`--totals-only`: all hosts added up as one host named ALL_HOSTS; nothing counted yet stays nothing."""
     return {ALL_HOSTS: total_counts(counts, windows)} if counts else {}
+
+
+def _sum_known(values: Sequence[int | None]) -> int | None:
+    """The sum, or None if any is not known: a total missing some hosts' accounts would be a wrong number."""
+    return None if None in values else sum(v for v in values if v is not None)
 
 
 def _add_within(counts: dict[str, int], windows: Sequence[Window], age: float) -> None:

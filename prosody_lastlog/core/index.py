@@ -45,9 +45,11 @@ class HostIndex:
         *,
         choice: CountingChoice | None = None,
         hash_name: Callable[[bytes], int] = hash,
+        registered_accounts: int | None = None,
     ) -> None:
         self.host = host
         self.store = store
+        self.registered_accounts = registered_accounts  # as the last listing of the accounts store found them
         self.choice = choice or CountingChoice(store)  # how the host is counted: its account rule says who counts
         rule = self.choice.accounts
         # Per flags value, whether the rule leaves the user out, and for want of an account: the loops are hot.
@@ -141,6 +143,7 @@ class HostIndex:
             self._connected,
             self._no_account,
             self.choice,
+            self.registered_accounts,
         )
 
     def _load(self, users: Iterable[UserActivity]) -> None:
@@ -316,6 +319,13 @@ class ActivityIndex:
                 index.remove(user)
             else:
                 index.set(activity)
+
+    def set_registered_accounts(self, host: str, registered: int | None) -> None:
+        """The host's registered accounts, counted again after a change in its accounts store."""
+        with self._lock:
+            index = self._hosts.get(host)
+            if index is not None:
+                index.registered_accounts = registered
 
     def activity_of(self, host: str, user: str) -> UserActivity | None:
         """What is known of one user, if anything."""

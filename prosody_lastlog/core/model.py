@@ -86,6 +86,7 @@ class HostData:
     store: Store
     users: list[UserActivity] = field(default_factory=list)
     choice: CountingChoice | None = None  # None: from the store, every account counting
+    registered_accounts: int | None = None  # accounts in the auth store; None: not known (see rules.keeps_accounts)
 
     def __post_init__(self) -> None:
         if self.choice is None:

@@ -81,6 +81,20 @@ class HostConfig:
     accounts_storage: str | None = None  # the accounts store's driver, where it is not the activity's (not read)
 
 
+_ACCOUNTS_IN_STORAGE = frozenset({HASHED, "internal_plain"})  # providers whose accounts are the `accounts` store
+
+
+def keeps_accounts(config: HostConfig | None) -> bool | None:
+    """Whether the host's registered accounts are its `accounts` store, beside the activity data: True for
+    mod_auth_internal_hashed and _plain; False for a component, another provider (ldap, anonymous, cyrus, ...: Prosody
+    keeps no account list to count) or accounts kept in another storage; None without a config to say."""
+    if config is None:
+        return None
+    if config.is_component or config.accounts_storage is not None:
+        return False
+    return (config.auth_provider or DEFAULT_AUTH) in _ACCOUNTS_IN_STORAGE
+
+
 @dataclass(frozen=True)
 class Policy:
     """Everything the rules need besides the data: the install, the user's overrides, the config's hosts."""
@@ -93,6 +107,10 @@ class Policy:
     def server(self, markers: Collection[str]) -> ServerFacts:
         """The facts about the server, given the names of the stores (and SQL indexes) found in the data."""
         return server_facts(self.installed, markers)
+
+    def keeps_accounts(self, host: str) -> bool | None:
+        """keeps_accounts for `host`, as the config describes it (None without a config)."""
+        return keeps_accounts(self.hosts.get(host)) if self.hosts else None
 
     def choose(self, host: str, present: Collection[Store], server: ServerFacts) -> CountingChoice | None:
         """How `host` is counted, given the activity stores it has data in; None if it has none (and no

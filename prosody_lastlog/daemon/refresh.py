@@ -137,6 +137,26 @@ class Refresher:
             _log_problems(source.name, problems)
         return applied
 
+    def recount_accounts(self, host: str) -> bool:
+        """Counts a host's registered accounts again after a change in its accounts store; False if the directory
+        could not be listed (the last count stands; try again later)."""
+        source = self.file_source_for_host(host)
+        if source is None:
+            return True
+        problems: list[ReadProblem] = []
+        with self._locks[source.name]:
+            try:
+                registered = source.reader.registered_accounts(host, problems)
+            except RecordUnreadableError:
+                listed = False
+            else:
+                listed = True
+                self.live.index.set_registered_accounts(host, registered)
+        if problems:
+            self.live.add_problems(source.name, Counter(problem.kind for problem in problems))
+            _log_problems(source.name, problems)
+        return listed
+
     def note_change(self, host: str, user: str) -> bool:
         """While a full scan of the host's source runs: notes a user to re-read as the scan is swapped in (the
         scan may have read the file before it changed) and returns True; else False."""
@@ -195,6 +215,10 @@ class Refresher:
                     with contextlib.suppress(RecordUnreadableError):  # then what the scan gave stands
                         activity = source.reader.read_user(host, choice, user, scanned.problems)
                         self.live.index.update(host, choice, user, activity)
+            for host in {host for host, _ in changed}:  # an account made or deleted since the scan listed them
+                with contextlib.suppress(RecordUnreadableError):
+                    registered = source.reader.registered_accounts(host, scanned.problems)
+                    self.live.index.set_registered_accounts(host, registered)
         release_free_memory()  # the swapped-out indexes'
         choices = {
             host: choice for host in self._file_hosts[source.name] if (choice := self.live.index.choice_of(host))

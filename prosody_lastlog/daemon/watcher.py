@@ -57,7 +57,8 @@ POLL_SECONDS = 1.0  # how often a polled directory is listed (--polling, or one 
 RETRY_READ_SECONDS = (1.0, 60.0)  # first and longest wait before reading an unreadable user's file again
 _DAT = ".dat"
 _STORES = {store.value: store for store in Store}
-_ACCOUNT_STORES = ("accounts", "account_details")  # what they say of a user completes its activity record
+_ACCOUNTS = "accounts"  # the registered accounts (mod_auth_internal_*), counted again when it changes
+_ACCOUNT_STORES = (_ACCOUNTS, "account_details")  # what they say of a user completes its activity record
 _WATCHDOG_DOUBLE_WATCH = r"Callback with id .* already exists for watch"
 _WATCHDOG_UNWATCHED = "Unable to watch %r: %s"  # watchdog's inotify emitter, when a new directory gets no watch
 _WATCHDOG_INOTIFY_LOGGER = "watchdog.observers.inotify"
@@ -319,7 +320,15 @@ class DataDirWatcher:
                     self._waits.pop(change, None)
                 else:
                     self._retry_later(change)
+        self._recount_accounts(batch)
         self._refresher.changed()
+
+    def _recount_accounts(self, batch: set[_Queued]) -> None:
+        """Counts again the registered accounts of each host whose accounts store changed (an account made or
+        deleted); one that cannot be listed keeps its last count, and the next resync lists it again."""
+        for host in {c.host for c in batch if isinstance(c, UserChange) and c.store_dir == _ACCOUNTS}:
+            if self._refresher.live.index.choice_of(host) is not None:
+                self._refresher.recount_accounts(host)
 
     def _retry_later(self, change: UserChange) -> None:
         """A user whose file could not be read: read again after a wait that doubles, up to the longest (a full

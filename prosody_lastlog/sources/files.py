@@ -104,12 +104,16 @@ class FileStoreReader:
             directory = os.path.join(host_dir, encode_store(choice.store.value))
             if encode_store(choice.store.value) not in names:
                 continue  # --store names a store this host has no data in: zeros
-            accounts = self._accounts(host_dir, names, choice, server.thirteen, result.problems)
+            keeps = self.policy.keeps_accounts(host)
+            accounts = self._accounts(
+                host_dir, names, choice, thirteen=server.thirteen, keeps=keeps, problems=result.problems
+            )
             files = self._user_files(directory, result.problems)
             if accounts is None or files is None:
                 result.unreadable_hosts.add(host)
                 continue
-            listed.append(UserFiles(host, choice.store, directory, self._where(directory), files, accounts))
+            dirs, result.hosts[host].registered_accounts = accounts
+            listed.append(UserFiles(host, choice.store, directory, self._where(directory), files, dirs))
         total = sum(len(files.names) for files in listed)
         workers = min(self._workers, total // MIN_FILES_PER_WORKER)
         with collector_paused():
@@ -153,22 +157,47 @@ class FileStoreReader:
                 raise RecordUnreadableError(problems[-1].where)
             return UserActivity(*row)
 
+    def registered_accounts(self, host: str, problems: list[ReadProblem]) -> int | None:
+        """One host's registered accounts, listed again (after a change in its accounts store) as a full read counts
+        them. Raises RecordUnreadableError (after adding the problem) if the directory cannot be listed."""
+        keeps = self.policy.keeps_accounts(host)
+        directory = os.path.join(self._data_dir, encode_name(host), ACCOUNTS)
+        if keeps is False or (keeps is None and not os.path.isdir(directory)):
+            return None
+        listed = self._user_files(directory, problems)
+        if listed is None:
+            raise RecordUnreadableError(problems[-1].where)
+        return len(listed)
+
     def _accounts(
-        self, host_dir: str, names: set[str], choice: CountingChoice, thirteen: bool, problems: list[ReadProblem]
-    ) -> AccountDirs | None:
+        self,
+        host_dir: str,
+        names: set[str],
+        choice: CountingChoice,
+        *,
+        thirteen: bool,
+        keeps: bool | None,
+        problems: list[ReadProblem],
+    ) -> tuple[AccountDirs, int | None] | None:
         """What a full read of the host takes from its account directories: Prosody 13's account files (`created`,
-        `disabled`) and, for users with no registration time otherwise, mod_register_ibr's account_details; None
-        if one of them cannot be listed."""
+        `disabled`) and, for users with no registration time otherwise, mod_register_ibr's account_details; and
+        the registered accounts, as many as usermanager lists (the `<user>.dat` files of `accounts`, names not
+        decoded: Prosody's users() does not either), where the host's accounts are that store (`keeps`; without a
+        config, where there is such a directory). None if a directory cannot be listed."""
         check = choice.accounts is AccountRule.ENABLED
+        counted = keeps is True or (keeps is None and ACCOUNTS in names)
         listed: list[str] | None = []
-        if ACCOUNTS in names and (thirteen or check):
+        if ACCOUNTS in names and (thirteen or check or counted):
             listed = self._user_files(os.path.join(host_dir, ACCOUNTS), problems)
         details: list[str] | None = []
         if DETAILS in names:
             details = self._user_files(os.path.join(host_dir, DETAILS), problems)
         if listed is None or details is None:
             return None
-        return AccountDirs(host_dir, frozenset(listed), read=thirteen, check=check, details=frozenset(details))
+        registered = len(listed) if counted else None
+        completing = frozenset(listed) if thirteen or check else frozenset()  # else no record needs them
+        dirs = AccountDirs(host_dir, completing, read=thirteen, check=check, details=frozenset(details))
+        return dirs, registered
 
     def _one_account(
         self, host_dir: str, name: str, choice: CountingChoice, problems: list[ReadProblem]

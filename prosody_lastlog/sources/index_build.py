@@ -151,7 +151,15 @@ def _indexes(read: ReadResult, connected: ConnectedUsers, name_hash: NameHash) -
     """Each host's index, its records let go once indexed."""
     while read.hosts:
         host, data = read.hosts.popitem()
-        yield HostIndex(host, data.store, connected, data.users, choice=data.choice, hash_name=name_hash)
+        yield HostIndex(
+            host,
+            data.store,
+            connected,
+            data.users,
+            choice=data.choice,
+            hash_name=name_hash,
+            registered_accounts=data.registered_accounts,
+        )
 
 
 @dataclass(frozen=True)

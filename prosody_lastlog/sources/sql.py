@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
@@ -91,8 +91,20 @@ class SqlReader:
                 for host, counts in count_hosts(streamed.hosts.values(), now=now, windows=windows).items():
                     result.counts[host] = counts
                     result.methods[host] = "stream"
-            result.counts = dict(sorted(result.counts.items()))
+            registered = self._registered(connection)
+            result.counts = {
+                host: replace(counts, registered_accounts=registered(host))
+                for host, counts in sorted(result.counts.items())
+            }
             return result
+
+    def _registered(self, connection: Connection) -> Callable[[str], int | None]:
+        """Each host's registered accounts, where its accounts are the accounts store (rules.keeps_accounts; without
+        a config, where it has rows there): one query, whichever way the activity was counted."""
+        found = dict(connection.query(*queries.registered_accounts(self._hosts)))
+        return lambda host: (
+            None if (keeps := self._policy.keeps_accounts(host)) is False else found.get(host, 0 if keeps else None)
+        )
 
     def _server(self, connection: Connection) -> ServerFacts:
         """The server that wrote the table: Prosody 13 makes an index of its own at start, and writes stores 0.12

@@ -169,6 +169,14 @@ def account_holders(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     return f'SELECT DISTINCT "host", "user" FROM "prosody" WHERE "store" = ?{where}', (ACCOUNTS, *params)
 
 
+def registered_accounts(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """The number of accounts per host: users with any row in the accounts store, as mod_storage_sql's users()
+    lists them for usermanager."""
+    where, params = host_filter(hosts)
+    sql = f'SELECT "host", COUNT(DISTINCT "user") FROM "prosody" WHERE "store" = ?{where} GROUP BY "host"'
+    return sql, (ACCOUNTS, *params)
+
+
 def account_fields(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """The only account rows whose values are read (the others hold password hashes): Prosody 13's `created` and
     `disabled`, and mod_register_ibr's account_details `registered`; ordered by account."""

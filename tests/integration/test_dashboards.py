@@ -25,6 +25,7 @@ from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from tests.conftest import case_data
 from tests.integration.push_servers import InfluxServer, influxd
 from tests.integration.servers import free_port, prometheus
+from tests.test_daemon import prosody_writes
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +100,7 @@ def sample_counts(daemon: Daemon) -> dict[tuple[str, str], Results]:
         ("Accounts, active and never active", "A"): total(per_host(lambda h: counts[h].accounts)),
         ("Accounts, active and never active", "B"): total(month),
         ("Accounts, active and never active", "C"): total(per_host(lambda h: counts[h].never_active)),
+        ("Accounts, active and never active", "D"): {(): float(sum(len(users) for users in ACCOUNTS.values()))},
         ("New registrations", "A"): per_window({h: counts[h].registered for h in hosts}),
         ("Connected users", "A"): per_host(lambda h: counts[h].connected),
         ("Accounts per host", "A"): per_host(lambda h: counts[h].accounts),
@@ -147,6 +149,19 @@ def influx(tmp_path: Path) -> Iterator[InfluxServer]:
         yield server
 
 
+ACCOUNTS = {"example.com": ["alice", "bob", "carol"], "xmpp.example-org.net": ["dave"]}
+
+
+@pytest.fixture
+def with_accounts(sample_tree: Path) -> Path:
+    """The sample, whose Prosody 0.12 events made no accounts, with a few accounts written by Prosody's datamanager
+    (mod_auth_internal_hashed's store): the registered accounts' panel then has something to show."""
+    for host, users in ACCOUNTS.items():
+        for user in users:
+            prosody_writes(sample_tree, user, host, '{["iteration_count"] = 10000}', store="accounts")
+    return sample_tree
+
+
 @contextmanager
 def serving(sample_tree: Path, influx: InfluxServer, *, port: int = 0) -> Iterator[Daemon]:
     """The daemon on the sample, as of its `now`, also pushing to influxd (so the export health metrics exist)."""
@@ -170,13 +185,13 @@ def prometheus_api(base: str, path: str, **params: str) -> Any:
 
 
 def test_every_promql_query_answers_with_the_sample_counts(
-    sample_tree: Path, influx: InfluxServer, tmp_path: Path
+    with_accounts: Path, influx: InfluxServer, tmp_path: Path
 ) -> None:
     dashboard = load(PROMETHEUS_FILE)
     port = free_port()
     with prometheus({"prosody-lastlog": f"127.0.0.1:{port}"}, tmp_path) as base:
         wait_for_first_scrape(base)  # target discovery takes 5 s: then it scrapes every second from daemon start
-        with serving(sample_tree, influx, port=port) as daemon:
+        with serving(with_accounts, influx, port=port) as daemon:
             steady = time.time() + NOW + STEADY - daemon.clock()  # Prometheus stamps samples with the real time
             check_promql(dashboard, base, daemon, at=steady)
 
@@ -224,8 +239,8 @@ def check_promql(dashboard: dict[str, Any], base: str, daemon: Daemon, *, at: fl
     settle(run, expected)
 
 
-def test_every_influxql_query_answers_with_the_sample_counts(sample_tree: Path, influx: InfluxServer) -> None:
-    with serving(sample_tree, influx) as daemon:  # pushes once at start, as of about NOW
+def test_every_influxql_query_answers_with_the_sample_counts(with_accounts: Path, influx: InfluxServer) -> None:
+    with serving(with_accounts, influx) as daemon:  # pushes once at start, as of about NOW
         check_influxql(load(INFLUX_FILE), influx, daemon)
 
 
