@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from prosody_lastlog.core.counting import ALL_HOSTS, count_hosts, totals_only
 from prosody_lastlog.core.model import Store
 from prosody_lastlog.core.rules import HASHED, HostConfig, Policy, keeps_accounts
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
@@ -166,3 +167,12 @@ def test_sql_without_account_rows_says_zero_only_where_the_config_says_the_accou
     )
     with_config = SqlReader(settings, policy=configured).count(now=NOW13, windows=DEFAULT_WINDOWS)
     assert with_config.counts["example.com"].registered_accounts == 0
+
+
+def test_the_total_over_hosts_has_registered_accounts_only_if_every_host_has() -> None:
+    """--totals-only: a sum missing some hosts' accounts would be a wrong number."""
+    counted = FileStoreReader(PROSODY13_DATA).read()
+    counts = count_hosts(counted.hosts.values(), now=NOW13, windows=DEFAULT_WINDOWS)
+    assert totals_only(counts, DEFAULT_WINDOWS)[ALL_HOSTS].registered_accounts is None  # anon.example has none
+    known = {host: c for host, c in counts.items() if c.registered_accounts is not None}
+    assert totals_only(known, DEFAULT_WINDOWS)[ALL_HOSTS].registered_accounts == 4 + 2 + 13 + 3 + 2 + 5
