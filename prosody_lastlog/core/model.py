@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+# Prosody's account stores, beside the activity stores: the accounts of mod_auth_internal_hashed and _plain (a
+# user is an account when its record is there), and mod_register_ibr's details (its `registered` time).
+ACCOUNTS, ACCOUNT_DETAILS = "accounts", "account_details"
+
 
 class Store(StrEnum):
     """The Prosody stores that record last activity (`rules.choose_store` decides which one a host is counted from)."""

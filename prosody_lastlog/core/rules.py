@@ -112,6 +112,15 @@ class Policy:
         """keeps_accounts for `host`, as the config describes it (None without a config)."""
         return keeps_accounts(self.hosts.get(host)) if self.hosts else None
 
+    def registered_accounts(self, host: str, listed: int | None) -> int | None:
+        """What to report as `host`'s registered accounts, given how many its accounts store lists (None: it has no
+        such store): nothing where its accounts are kept elsewhere, or where no config says and there is no store;
+        zero where the config says they are there and there is none yet."""
+        keeps = self.keeps_accounts(host)
+        if keeps is False or (keeps is None and listed is None):
+            return None
+        return listed or 0
+
     def choose(self, host: str, present: Collection[Store], server: ServerFacts) -> CountingChoice | None:
         """How `host` is counted, given the activity stores it has data in; None if it has none (and no
         --store names one)."""

@@ -44,7 +44,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.model import ACCOUNT_DETAILS, ACCOUNTS, Store
 from prosody_lastlog.daemon.refresh import Refresher
 from prosody_lastlog.prosody.pathnames import decode_name
 from prosody_lastlog.sources.kinds import Source
@@ -57,8 +57,8 @@ POLL_SECONDS = 1.0  # how often a polled directory is listed (--polling, or one 
 RETRY_READ_SECONDS = (1.0, 60.0)  # first and longest wait before reading an unreadable user's file again
 _DAT = ".dat"
 _STORES = {store.value: store for store in Store}
-_ACCOUNTS = "accounts"  # the registered accounts (mod_auth_internal_*), counted again when it changes
-_ACCOUNT_STORES = (_ACCOUNTS, "account_details")  # what they say of a user completes its activity record
+_ACCOUNT_STORES = (ACCOUNTS, ACCOUNT_DETAILS)  # what they say of a user completes its activity record;
+# a change in the accounts store also changes the host's registered accounts
 _WATCHDOG_DOUBLE_WATCH = r"Callback with id .* already exists for watch"
 _WATCHDOG_UNWATCHED = "Unable to watch %r: %s"  # watchdog's inotify emitter, when a new directory gets no watch
 _WATCHDOG_INOTIFY_LOGGER = "watchdog.observers.inotify"
@@ -326,7 +326,7 @@ class DataDirWatcher:
     def _recount_accounts(self, batch: set[_Queued]) -> None:
         """Counts again the registered accounts of each host whose accounts store changed (an account made or
         deleted); one that cannot be listed keeps its last count, and the next resync lists it again."""
-        for host in {c.host for c in batch if isinstance(c, UserChange) and c.store_dir == _ACCOUNTS}:
+        for host in {c.host for c in batch if isinstance(c, UserChange) and c.store_dir == ACCOUNTS}:
             if self._refresher.live.index.choice_of(host) is not None:
                 self._refresher.recount_accounts(host)
 

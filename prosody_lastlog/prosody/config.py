@@ -42,7 +42,7 @@ from typing import Any, TypeAlias
 
 from lupa.lua54 import lua_type
 
-from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.model import ACCOUNTS, Store
 from prosody_lastlog.core.rules import DEFAULT_AUTH
 from prosody_lastlog.prosody.pathnames import DEFAULT_DATA_PATH
 from prosody_lastlog.prosody.sandbox import PlainValue, restricted_runtime
@@ -72,7 +72,6 @@ COMPONENT_INHERITABLE_MODULES = frozenset(
     {"tls", "saslauth", "dialback", "iq", "s2s", "s2s_bidi", "smacks", "server_contact_info"}
 )
 MEASURE_MODULE = "measure_active_users"
-ACCOUNTS = "accounts"
 NO_STORE_MODULE = "no lastlog2, lastlog or account_activity module enabled"
 DISABLED = "disabled (enabled = false)"
 

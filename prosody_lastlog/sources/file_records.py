@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from itertools import starmap
 
-from prosody_lastlog.core.model import ReadProblem, Store, UserActivity
+from prosody_lastlog.core.model import ACCOUNT_DETAILS, ACCOUNTS, ReadProblem, Store, UserActivity
 from prosody_lastlog.prosody.canonical import ActivityRow, account_fields, activity_reader, parse
 from prosody_lastlog.prosody.decode import account_facts, interpret, registration, registration_time
 from prosody_lastlog.prosody.pathnames import decode_name
@@ -16,8 +16,6 @@ from prosody_lastlog.prosody.sandbox import BATCH_SIZE, Loaded, LuaSandbox, Plai
 
 MAX_FILE_SIZE = 256 * 1024  # a real last-activity file is a few hundred bytes
 DAT = ".dat"
-ACCOUNTS = "accounts"
-DETAILS = "account_details"
 _FIRST_READ = 16 * 1024  # one read() gets a whole real file
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # never follow a link nor block on a FIFO
 
@@ -210,7 +208,7 @@ class AccountFiles:
         if not no_account and accounts.read:
             created, disabled = account_facts(self._record(ACCOUNTS, name, account=True))
         if created is None and registered is None and name in accounts.details:
-            details = registration_time(self._record(DETAILS, name, account=False))
+            details = registration_time(self._record(ACCOUNT_DETAILS, name, account=False))
         check = accounts.check
         return (
             user,

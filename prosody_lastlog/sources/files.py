@@ -11,14 +11,21 @@ import stat
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
-from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, ReadProblem, Store, UserActivity
+from prosody_lastlog.core.model import (
+    ACCOUNT_DETAILS,
+    ACCOUNTS,
+    AccountRule,
+    CountingChoice,
+    HostData,
+    ReadProblem,
+    Store,
+    UserActivity,
+)
 from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.prosody.canonical import activity_reader
 from prosody_lastlog.prosody.pathnames import decode_name, encode_name, encode_store
 from prosody_lastlog.sources.file_records import (
-    ACCOUNTS,
     DAT,
-    DETAILS,
     MAX_FILE_SIZE,
     AccountDirs,
     AccountFiles,
@@ -104,10 +111,7 @@ class FileStoreReader:
             directory = os.path.join(host_dir, encode_store(choice.store.value))
             if encode_store(choice.store.value) not in names:
                 continue  # --store names a store this host has no data in: zeros
-            keeps = self.policy.keeps_accounts(host)
-            accounts = self._accounts(
-                host_dir, names, choice, thirteen=server.thirteen, keeps=keeps, problems=result.problems
-            )
+            accounts = self._accounts(host, host_dir, names, choice, thirteen=server.thirteen, problems=result.problems)
             files = self._user_files(directory, result.problems)
             if accounts is None or files is None:
                 result.unreadable_hosts.add(host)
@@ -160,41 +164,38 @@ class FileStoreReader:
     def registered_accounts(self, host: str, problems: list[ReadProblem]) -> int | None:
         """One host's registered accounts, listed again (after a change in its accounts store) as a full read counts
         them. Raises RecordUnreadableError (after adding the problem) if the directory cannot be listed."""
-        keeps = self.policy.keeps_accounts(host)
         directory = os.path.join(self._data_dir, encode_name(host), ACCOUNTS)
-        if keeps is False or (keeps is None and not os.path.isdir(directory)):
-            return None
-        listed = self._user_files(directory, problems)
+        present = os.path.isdir(directory)
+        listed = self._user_files(directory, problems) if present else []
         if listed is None:
             raise RecordUnreadableError(problems[-1].where)
-        return len(listed)
+        return self.policy.registered_accounts(host, len(listed) if present else None)
 
     def _accounts(
         self,
+        host: str,
         host_dir: str,
         names: set[str],
         choice: CountingChoice,
         *,
         thirteen: bool,
-        keeps: bool | None,
         problems: list[ReadProblem],
     ) -> tuple[AccountDirs, int | None] | None:
         """What a full read of the host takes from its account directories: Prosody 13's account files (`created`,
         `disabled`) and, for users with no registration time otherwise, mod_register_ibr's account_details; and
         the registered accounts, as many as usermanager lists (the `<user>.dat` files of `accounts`, names not
-        decoded: Prosody's users() does not either), where the host's accounts are that store (`keeps`; without a
-        config, where there is such a directory). None if a directory cannot be listed."""
+        decoded: Prosody's users() does not either), as Policy.registered_accounts says. None if a directory cannot
+        be listed."""
         check = choice.accounts is AccountRule.ENABLED
-        counted = keeps is True or (keeps is None and ACCOUNTS in names)
         listed: list[str] | None = []
-        if ACCOUNTS in names and (thirteen or check or counted):
+        if ACCOUNTS in names and (thirteen or check or self.policy.keeps_accounts(host) is not False):
             listed = self._user_files(os.path.join(host_dir, ACCOUNTS), problems)
         details: list[str] | None = []
-        if DETAILS in names:
-            details = self._user_files(os.path.join(host_dir, DETAILS), problems)
+        if ACCOUNT_DETAILS in names:
+            details = self._user_files(os.path.join(host_dir, ACCOUNT_DETAILS), problems)
         if listed is None or details is None:
             return None
-        registered = len(listed) if counted else None
+        registered = self.policy.registered_accounts(host, len(listed) if ACCOUNTS in names else None)
         completing = frozenset(listed) if thirteen or check else frozenset()  # else no record needs them
         dirs = AccountDirs(host_dir, completing, read=thirteen, check=check, details=frozenset(details))
         return dirs, registered
@@ -205,7 +206,7 @@ class FileStoreReader:
         """The account directories' part in one user's record: as `_accounts`, for that user's file only."""
         listed = {
             store
-            for store in (ACCOUNTS, DETAILS)
+            for store in (ACCOUNTS, ACCOUNT_DETAILS)
             if self._is_regular_file(os.path.join(host_dir, store, name), problems)
         }
         return AccountDirs(
@@ -213,7 +214,7 @@ class FileStoreReader:
             frozenset([name] if ACCOUNTS in listed else []),
             read=True,  # a Prosody 0.12 account file has neither `created` nor `disabled`: reading it changes nothing
             check=choice.accounts is AccountRule.ENABLED,
-            details=frozenset([name] if DETAILS in listed else []),
+            details=frozenset([name] if ACCOUNT_DETAILS in listed else []),
         )
 
     def _host_dirs(self, result: ReadResult) -> Iterator[tuple[str, str]]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prosody_lastlog.core.connected import ConnectedMode
-from prosody_lastlog.core.model import CountingChoice, Store
+from prosody_lastlog.core.model import ACCOUNTS, CountingChoice, Store
 from prosody_lastlog.core.rules import HostConfig, InstalledProsody, Policy
 from prosody_lastlog.prosody.config import HostSettings, load_prosody_config
 from prosody_lastlog.prosody.install import find_installed
@@ -148,8 +148,8 @@ def _plan_from_config(
         host_config = policy.hosts[host]
         if any(settings.drivers[store.value] != driver for store in Store):
             host_config = replace(host_config, stores=frozenset([choice.store]))
-        if settings.drivers["accounts"] != driver:
-            host_config = replace(host_config, accounts_storage=settings.drivers["accounts"])
+        if settings.drivers[ACCOUNTS] != driver:
+            host_config = replace(host_config, accounts_storage=settings.drivers[ACCOUNTS])
         places.setdefault(settings.sql if driver == "sql" else None, {})[host] = host_config
         plan.known_hosts.append((host, choice))
     for sql, place_hosts in places.items():

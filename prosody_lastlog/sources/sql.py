@@ -15,7 +15,16 @@ from itertools import chain, groupby
 from typing import Any
 
 from prosody_lastlog.core.counting import HostCounts, count_hosts
-from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, ReadProblem, Store, UserActivity
+from prosody_lastlog.core.model import (
+    ACCOUNT_DETAILS,
+    ACCOUNTS,
+    AccountRule,
+    CountingChoice,
+    HostData,
+    ReadProblem,
+    Store,
+    UserActivity,
+)
 from prosody_lastlog.core.rules import THIRTEEN_INDEX, THIRTEEN_STORES, Policy, ServerFacts
 from prosody_lastlog.core.windows import Window
 from prosody_lastlog.prosody.decode import account_facts, interpret, registration, registration_time
@@ -99,12 +108,10 @@ class SqlReader:
             return result
 
     def _registered(self, connection: Connection) -> Callable[[str], int | None]:
-        """Each host's registered accounts, where its accounts are the accounts store (rules.keeps_accounts; without
-        a config, where it has rows there): one query, whichever way the activity was counted."""
+        """Each host's registered accounts, as Policy.registered_accounts says from the users with rows in the
+        accounts store: one query, whichever way the activity was counted."""
         found = dict(connection.query(*queries.registered_accounts(self._hosts)))
-        return lambda host: (
-            None if (keeps := self._policy.keeps_accounts(host)) is False else found.get(host, 0 if keeps else None)
-        )
+        return lambda host: self._policy.registered_accounts(host, found.get(host))
 
     def _server(self, connection: Connection) -> ServerFacts:
         """The server that wrote the table: Prosody 13 makes an index of its own at start, and writes stores 0.12
@@ -278,12 +285,12 @@ class SqlReader:
             found.holders = {(host, user) for host, user in connection.query(*queries.account_holders(hosts))}
         with closing(connection.stream(*queries.account_fields(hosts))) as rows:
             for host, user, store, key, kind, text in rows:
-                if store == queries.ACCOUNTS and not thirteen:
+                if store == ACCOUNTS and not thirteen:
                     continue  # Prosody 0.12 writes neither field
                 where = f"{self._settings.describe()} host={host} store={store} user={_printable(user)}"
                 record = _record([(key, kind, text)], where, found.problems)
                 facts = found.facts.setdefault((host, user), [None, False, None])
-                if store == queries.DETAILS:
+                if store == ACCOUNT_DETAILS:
                     facts[2] = registration_time(record)
                 else:
                     created, disabled = account_facts(record)

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prosody_lastlog.core.model import Store
+from prosody_lastlog.core.model import ACCOUNT_DETAILS, ACCOUNTS, Store
 from prosody_lastlog.core.rules import THIRTEEN_INDEX
 
 STORES = tuple(store.value for store in Store)  # the activity stores; a store's code is its place here, from 1
-ACCOUNTS, DETAILS = "accounts", "account_details"
 # A per-user maximum at or above this marks a suspect row: real timestamps are below 1e15.
 SUSPECT = "1e300"
 # Session memory for a count's per-account grouping, about 210 bytes per account (spread over the parts) on
@@ -186,7 +185,7 @@ def account_fields(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
         f'WHERE (("store" = ? AND "key" IN (?, ?)) OR ("store" = ? AND "key" = ?)){where} '
         'ORDER BY "host", "user", "store", "key"'
     )
-    return sql, (ACCOUNTS, "created", "disabled", DETAILS, "registered", *params)
+    return sql, (ACCOUNTS, "created", "disabled", ACCOUNT_DETAILS, "registered", *params)
 
 
 def _keys(templates: tuple[str, ...], column: str, prefix: str) -> list[tuple[str, str]]:
@@ -242,14 +241,14 @@ def aggregate(
           CASE WHEN p."store" = {l2} AND p."key" IN ('login', 'logout', 'registered') AND p."type" = 'json'
             THEN {dialect.member.format(v='p."value"')} END AS jm,
           CASE WHEN ((p."store" IN ({aa}, {ll}) AND p."key" = 'timestamp') OR (p."store" = '{ACCOUNTS}' AND p."key" =
-            'created') OR p."store" = '{DETAILS}') AND p."type" = 'number' THEN {dialect.whole.format(v='p."value"')}
-            END AS jw,
+            'created') OR p."store" = '{ACCOUNT_DETAILS}') AND p."type" = 'number'
+            THEN {dialect.whole.format(v='p."value"')} END AS jw,
           CASE WHEN p."store" = {ll} AND p."key" = 'event' THEN CASE WHEN p."type" = 'string' THEN {_EVENT} ELSE 0
             END END AS ev,
           CASE WHEN p."store" = '{ACCOUNTS}' AND p."key" = 'disabled'
             AND NOT (p."type" = 'boolean' AND p."value" = 'false') THEN 1 ELSE 0 END AS dis
         FROM "prosody" p
-        WHERE (p."store" IN {_in_list(len(stores))} OR (p."store" = '{DETAILS}' AND p."key" = 'registered'))
+        WHERE (p."store" IN {_in_list(len(stores))} OR (p."store" = '{ACCOUNT_DETAILS}' AND p."key" = 'registered'))
           {where}{dialect.fence}
     """
     number_m, number_w = dialect.number.format(x="q.jm"), dialect.number.format(x="q.jw")
@@ -278,7 +277,7 @@ def aggregate(
           MAX(CASE WHEN q."store" = '{ACCOUNTS}' THEN 1 ELSE 0 END) AS acc, MAX(q.dis) AS dis,
           MAX(CASE WHEN q."store" = '{ACCOUNTS}' AND q."key" = 'created'
             THEN COALESCE({number_w}, {SUSPECT}) END) AS cr,
-          MAX(CASE WHEN q."store" = '{DETAILS}' THEN COALESCE({number_w}, {SUSPECT}) END) AS dr
+          MAX(CASE WHEN q."store" = '{ACCOUNT_DETAILS}' THEN COALESCE({number_w}, {SUSPECT}) END) AS dr
         FROM ({parsed_rows}) q
         GROUP BY {", ".join(f"q.{k}" for k in keys)}{dialect.unordered}
     """
