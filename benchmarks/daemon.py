@@ -127,7 +127,7 @@ class Serve:
             self._check_running()
             conn = self.connection()
             try:
-                if sum(v for (name, _, _), v in scrape(conn).items() if name == "prosody_accounts") == users:
+                if sum(v for (name, _, _), v in scrape(conn).items() if name == "prosody_activity_records") == users:
                     return time.perf_counter() - self.started
             except (OSError, HTTPException):
                 pass  # not listening yet
@@ -344,7 +344,7 @@ def rename_latencies(serve: Serve, data_dir: Path, renames: int) -> list[float]:
     """
     path = _rename_user_file(data_dir)
     windows = [("prosody_active_users", RENAME_HOST, window) for window in WINDOWS]
-    accounts = ("prosody_accounts", RENAME_HOST, "")
+    accounts = ("prosody_activity_records", RENAME_HOST, "")
     conn = serve.connection()
     try:
         before = scrape(conn)

@@ -133,7 +133,7 @@ def child(data_dir: Path, store: Store | None = None) -> None:
     counts = count_hosts(result.hosts.values(), now=NOW, windows=DEFAULT_WINDOWS)
     seconds = time.perf_counter() - started
     by_host = {host: [c.active[w] for w in WINDOWS] for host, c in counts.items()}
-    users = [user for host in result.hosts.values() for user in host.users]
+    users = [user for host in result.hosts.values() for user in host.users if not user.account_only]  # records read
     print(
         json.dumps(
             {

@@ -87,12 +87,13 @@ class Dialect:
 
     per_host: Callable[[str, str | None], str]  # family, window (None: a family without windows)
     per_window: Callable[[str], str]  # every window of the window variable
+    per_inactive_window: Callable[[str], str]  # every inactive window (--inactive-window), not in the variable
     total: Callable[[str, str | None], str]  # summed over the selected hosts
     host_legend: str
     window_legend: str
 
 
-def _count_rows(q: Dialect, stickiness: tuple[Panel, Panel] | tuple[()] = ()) -> tuple[Row, Row]:
+def _count_rows(q: Dialect, stickiness: tuple[Panel, Panel] | tuple[()] = ()) -> tuple[Row, Row, Row]:
     """The active users and accounts rows, shared by both dashboards; `stickiness` (a total, then per host) is
     placed after the totals and after the per-host panels."""
     stat_width, host_width = (6, 12) if stickiness else (8, 8)
@@ -129,7 +130,7 @@ def _count_rows(q: Dialect, stickiness: tuple[Panel, Panel] | tuple[()] = ()) ->
         "with data but no login or logout (registered only; rooms on a MUC component); and the registered accounts "
         "of the hosts whose accounts store Prosody keeps (none for LDAP, anonymous or other providers).",
         (
-            Query(q.total("prosody_accounts", None), "accounts"),
+            Query(q.total("prosody_activity_records", None), "accounts"),
             Query(q.total("prosody_active_users", "30d"), "active (30d)"),
             Query(q.total("prosody_accounts_never_active", None), "never active"),
             Query(q.total("prosody_accounts_registered", None), "registered"),
@@ -149,11 +150,29 @@ def _count_rows(q: Dialect, stickiness: tuple[Panel, Panel] | tuple[()] = ()) ->
     accounts_per_host = Panel(
         "Accounts per host",
         "Accounts with last-activity data, per host.",
-        (Query(q.per_host("prosody_accounts", None), q.host_legend),),
+        (Query(q.per_host("prosody_activity_records", None), q.host_legend),),
+    )
+    returning = Panel(
+        "Returning users",
+        "Active users registered before the window began (or whose registration was never recorded): active users "
+        "less the new ones, per host and window.",
+        (Query(q.per_window("prosody_returning_users"), q.window_legend),),
+    )
+    inactive = Panel(
+        "Inactive accounts",
+        "Accounts whose last activity, or with none their registration, is at least the window ago (the daemon's "
+        "--inactive-window: 90d, 180d, 365d by default), per host; candidates for clean-up.",
+        (Query(q.per_inactive_window("prosody_accounts_inactive"), q.window_legend),),
+    )
+    never_used = Panel(
+        "Never used accounts",
+        "Of the inactive accounts, those that never logged in: registered at least the window ago, per host.",
+        (Query(q.per_inactive_window("prosody_accounts_never_used"), q.window_legend),),
     )
     return (
         Row("Active users", (*totals, *stickiness[:1], *per_host, *stickiness[1:], every_window)),
         Row("Accounts", (accounts, registrations, connected, accounts_per_host)),
+        Row("Lifecycle", (returning, inactive, never_used)),
     )
 
 
@@ -171,6 +190,7 @@ def _prom_per_host(metric: str, window: str | None) -> str:
 PROMQL = Dialect(
     per_host=_prom_per_host,
     per_window=lambda metric: f'max by (host, window) ({metric}{{{HOSTS}, window=~"$window"}})',
+    per_inactive_window=lambda metric: f"max by (host, window) ({metric}{{{HOSTS}}})",
     total=lambda metric, window: f"sum({_prom_per_host(metric, window)})",
     host_legend="{{host}}",
     window_legend="{{host}} {{window}}",
@@ -267,7 +287,7 @@ PROMETHEUS = Flavour(
     uid="prosody-lastlog",
     title="Prosody active users",
     description="Daily, weekly and monthly active users per Prosody XMPP host, from prosody-lastlog.",
-    host_query="label_values(prosody_accounts, host)",
+    host_query="label_values(prosody_activity_records, host)",
     window_query="label_values(prosody_active_users, window)",
     target=_prometheus_target,
     rows=_prometheus_rows(),
@@ -294,6 +314,7 @@ def _influx_per_host(measurement: str, window: str | None) -> str:
 INFLUXQL = Dialect(
     per_host=_influx_per_host,
     per_window=lambda measurement: _influx_select(measurement, ' AND "window" =~ /^$window$/', '"host", "window"'),
+    per_inactive_window=lambda measurement: _influx_select(measurement, "", '"host", "window"'),
     total=lambda measurement, window: (
         f'SELECT sum("last") FROM ({_influx_per_host(measurement, window)}) WHERE $timeFilter {TIME_GROUP} fill(none)'
     ),
@@ -319,7 +340,7 @@ INFLUXDB = Flavour(
     title="Prosody active users (InfluxDB)",
     description="Daily, weekly and monthly active users per Prosody XMPP host, written to InfluxDB by "
     "prosody-lastlog's influxdb exporter (measurements with the default prefix `prosody`; InfluxQL).",
-    host_query='SHOW TAG VALUES FROM "prosody_accounts" WITH KEY = "host"',
+    host_query='SHOW TAG VALUES FROM "prosody_activity_records" WITH KEY = "host"',
     window_query='SHOW TAG VALUES FROM "prosody_active_users" WITH KEY = "window"',
     target=_influx_target,
     rows=_count_rows(INFLUXQL),

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from prosody_lastlog.core.counting import HostCounts
-from prosody_lastlog.core.windows import Window
 
 CACHE_NOTE = (
     "From a cache: the daemon refreshes it by file watcher and periodic resync, counting as of the scrape or push."
@@ -23,15 +22,15 @@ class CountFamily:
     help: str
     read: Callable[[HostCounts], Mapping[str, int] | int | None]  # None: not known for this host, so no sample
 
-    def samples(self, counts: HostCounts, windows: Sequence[Window]) -> list[tuple[str | None, int]]:
-        """The family's values for one host: (window label, value) for each window, else one (None, value); none
-        where the value is not known."""
+    def samples(self, counts: HostCounts) -> list[tuple[str | None, int]]:
+        """The family's values for one host: (window label, value) for each window counted (in the order counted),
+        else one (None, value); none where the value is not known."""
         value = self.read(counts)
         if value is None:
             return []
         if isinstance(value, int):
             return [(None, value)]
-        return [(window.label, value[window.label]) for window in windows]
+        return list(value.items())
 
 
 COUNT_FAMILIES = (  # in the order every output lists them
@@ -49,10 +48,18 @@ COUNT_FAMILIES = (  # in the order every output lists them
         lambda counts: counts.registered,
     ),
     CountFamily(
-        "accounts",
+        "returning_users",
+        ("host", "window"),
+        "Accounts active within the window and registered before it began (or when is not known): active users less "
+        f"the new ones. {CACHE_NOTE}",
+        lambda counts: counts.returning,
+    ),
+    CountFamily(
+        "activity_records",
         ("host",),
-        f"Accounts with last-activity data (registered or not; see prosody_accounts_registered). {CACHE_NOTE}",
-        lambda counts: counts.accounts,
+        "Accounts with a last-activity record in the store counted (registered or not; see "
+        f"prosody_accounts_registered). {CACHE_NOTE}",
+        lambda counts: counts.activity_records,
     ),
     CountFamily(
         "accounts_registered",
@@ -65,8 +72,22 @@ COUNT_FAMILIES = (  # in the order every output lists them
     CountFamily(
         "accounts_never_active",
         ("host",),
-        f"Accounts with last-activity data but no login or logout. {CACHE_NOTE}",
+        "Accounts counted that never logged in or out: a record with no login or logout, or a registered account with "
+        f"no record. {CACHE_NOTE}",
         lambda counts: counts.never_active,
+    ),
+    CountFamily(
+        "accounts_inactive",
+        ("host", "window"),
+        "Accounts counted whose last activity, else registration, is at least the window ago (--inactive-window); "
+        f"one connected now, or never active with no registration time, is not. {CACHE_NOTE}",
+        lambda counts: counts.inactive,
+    ),
+    CountFamily(
+        "accounts_never_used",
+        ("host", "window"),
+        f"Of prosody_accounts_inactive, those never active: registered at least the window ago. {CACHE_NOTE}",
+        lambda counts: counts.never_used,
     ),
     CountFamily(
         "connected_users",

@@ -1,6 +1,6 @@
 """Graphite: carbon's plaintext protocol (`<path> <value> <timestamp>` lines) over TCP or UDP.
 
-Plain paths come from a template, by default `prosody.<host>.<name>.<window>` (`prosody.example_com.accounts`
+Plain paths come from a template, by default `prosody.<host>.<name>.<window>` (`prosody.example_com.activity_records`
 for series without a window). A host is ONE path node: its dots become `_` (`example.com` -> `example_com`), so
 `a.b` and `a_b` would share a path. With `tagged=True` the series are Graphite 1.1 tagged series instead,
 `prosody.active_users;host=example.com;window=1d`, where host names keep their dots.

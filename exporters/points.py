@@ -35,5 +35,5 @@ def points_of(snapshot: Snapshot, *, timestamp: int) -> list[Point]:
         Point(family.name, host, window, value, timestamp)
         for host, counts in sorted(snapshot.counts.items())
         for family in COUNT_FAMILIES
-        for window, value in family.samples(counts, snapshot.windows)
+        for window, value in family.samples(counts)
     ]

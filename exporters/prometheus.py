@@ -108,7 +108,7 @@ class ActiveUsersCollector(Collector):
         for family in COUNT_FAMILIES:
             metric = GaugeMetricFamily(f"prosody_{family.name}", family.help, labels=list(family.labels))
             for host, host_counts in counts.items():
-                for window, value in family.samples(host_counts, self._windows):
+                for window, value in family.samples(host_counts):
                     metric.add_metric([host] if window is None else [host, window], value)
             yield metric
 

@@ -40,10 +40,13 @@ def to_json_document(
         "hosts": {
             host: {
                 "active": dict(c.active),
-                "accounts": c.accounts,
+                "activity_records": c.activity_records,
                 "registered_accounts": c.registered_accounts,
                 "never_active": c.never_active,
                 "registered": dict(c.registered),
+                "returning": dict(c.returning),
+                "inactive": dict(c.inactive),
+                "never_used": dict(c.never_used),
                 "store": c.store.value,
                 "store_basis": c.counting.basis.value,
                 "store_reason": c.counting.reason,
@@ -71,7 +74,7 @@ def render_table(counts: Mapping[str, HostCounts], *, windows: Sequence[Window])
     """A fixed-width table, one row per host, then how each host is counted: its store and which accounts count,
     with why, numbered once per distinct choice."""
     shortest, longest = windows[0], windows[-1]
-    header = ["host", "store", "accounts", "never", "left out"]
+    header = ["host", "store", "registered", "records", "never", "left out"]
     header += [f"active {w.label}" for w in windows] + [f"new {w.label}" for w in windows]
     header.append(f"{shortest.label}/{longest.label}")
     rows = [header]
@@ -79,7 +82,9 @@ def render_table(counts: Mapping[str, HostCounts], *, windows: Sequence[Window])
     for host, c in counts.items():
         ratio = c.stickiness(shortest, longest)
         note = notes.setdefault(_how_counted(c.counting), len(notes) + 1)
-        row = [host, f"{c.store.value} [{note}]", str(c.accounts), str(c.never_active), str(c.disabled)]
+        registered = "-" if c.registered_accounts is None else str(c.registered_accounts)
+        row = [host, f"{c.store.value} [{note}]", registered, str(c.activity_records), str(c.never_active)]
+        row.append(str(c.disabled))
         row += [str(c.active[w.label]) for w in windows] + [str(c.registered[w.label]) for w in windows]
         row.append("-" if ratio is None else f"{ratio:.2f}")
         rows.append(row)

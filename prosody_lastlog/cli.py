@@ -191,6 +191,13 @@ def _add_counting_options(command: argparse.ArgumentParser, default: _Default) -
         help="activity window such as 1h, 1d, 7d, 30d, 90d (repeatable; default 1d 7d 30d)",
     )
     command.add_argument(
+        "--inactive-window",
+        action="append",
+        default=default([]),
+        metavar="DURATION",
+        help="count accounts inactive at least this long, such as 90d or 1y (repeatable; default 90d 180d 365d)",
+    )
+    command.add_argument(
         "--store",
         choices=[s.value for s in Store],
         help="read this store only (default: what the server's own mod_measure_active_users reads)",

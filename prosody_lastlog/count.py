@@ -15,7 +15,7 @@ from exporters.text import render_json, render_table, to_json_document
 from prosody_lastlog.core.connected import NOBODY, ConnectedSetting
 from prosody_lastlog.core.counting import HostCounts, Snapshot, totals_only
 from prosody_lastlog.core.model import ReadProblem
-from prosody_lastlog.core.windows import parse_windows
+from prosody_lastlog.core.windows import DEFAULT_AGES, parse_windows
 from prosody_lastlog.prosody.running import ConnectedProbe
 from prosody_lastlog.settings import source_options
 from prosody_lastlog.sources.kinds import count_all
@@ -28,11 +28,12 @@ def run_count(args: argparse.Namespace) -> int:
     """Counts once as of --now (else the clock), prints or writes the result; 0 when done."""
     plan = plan_sources(source_options(args), environ=os.environ)
     windows = parse_windows(args.window)
+    ages = parse_windows(args.inactive_window, DEFAULT_AGES)
     now = args.now if args.now is not None else int(time.time())
     detection = ConnectedSetting.OFF if args.now is not None else ConnectedSetting(args.connected)
     connected = ConnectedProbe(plan.server, detection).probe() if plan.has_file_source else NOBODY
     totals, health = count_all(
-        plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts, connected=connected
+        plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts, connected=connected, ages=ages
     )
     _report_problems(totals.problems)
     _report_clock_skew(totals.counts)

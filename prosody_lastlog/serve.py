@@ -21,7 +21,7 @@ from exporters import ExporterConfigError, validate_exporters
 from exporters.http import load_credentials, load_tls
 from exporters.text import render_table
 from prosody_lastlog.core.connected import ConnectedSetting
-from prosody_lastlog.core.windows import parse_window, parse_windows
+from prosody_lastlog.core.windows import DEFAULT_AGES, Window, parse_window, parse_windows
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.settings import FATAL_ERRORS, SettingsError, source_options, usage_problems
 from prosody_lastlog.sources.plan import plan_sources
@@ -120,7 +120,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _start_daemon(args: argparse.Namespace) -> Daemon:
     plan = plan_sources(source_options(args), environ=os.environ)
-    daemon = Daemon(plan, windows=parse_windows(args.window), options=serve_options(args))
+    daemon = Daemon(plan, windows=parse_windows(args.window), options=serve_options(args), ages=_ages(args))
     try:
         daemon.start()
     except BaseException:
@@ -156,7 +156,7 @@ def _reload(
         options = serve_options(args)
         validate_exporters(args.exporters)
         shared = running.exporters if args.exporters == old_args.exporters else None
-        daemon = Daemon(plan, windows=parse_windows(args.window), options=options, exporters=shared)
+        daemon = Daemon(plan, windows=parse_windows(args.window), options=options, exporters=shared, ages=_ages(args))
     except Exception as exc:  # whatever fails, the running configuration keeps serving
         log.error("reload refused, the running configuration stays: %s", _failure(exc))
         return running
@@ -214,3 +214,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         credentials=load_credentials(args.basic_auth_file) if args.basic_auth_file else None,
         exporters=args.exporters,
     )
+
+
+def _ages(args: argparse.Namespace) -> tuple[Window, ...]:
+    """The inactive windows asked for (--inactive-window)."""
+    return parse_windows(args.inactive_window, DEFAULT_AGES)

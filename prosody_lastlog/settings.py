@@ -98,6 +98,7 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "sql_method": ("sql_method", _one_of(*SQL_METHODS)),
     "hosts": ("host", _texts),
     "windows": ("window", _windows),
+    "inactive_windows": ("inactive_window", _windows),
     "store": ("store", _one_of(*(s.value for s in Store))),
     "count_disabled": ("count_disabled", _flag),
     "scan_workers": ("scan_workers", _positive_int),
@@ -165,10 +166,11 @@ def with_settings_file(args: argparse.Namespace, given: Mapping[str, object]) ->
 def usage_problems(args: argparse.Namespace) -> list[str]:
     """Every problem of the merged options that argparse cannot see, one message each."""
     problems = []
-    try:
-        parse_windows(args.window)
-    except ValueError as exc:
-        problems.append(str(exc))
+    for option in ("window", "inactive_window"):
+        try:
+            parse_windows(getattr(args, option))
+        except ValueError as exc:
+            problems.append(f"--{option.replace('_', '-')}: {exc}")
     if sum(bool(x) for x in (args.sql, args.data_dir, args.config)) > 1:
         problems.append("--config, --data-dir and --sql each say where the data is: give at most one")
     if args.sql_password_file and not args.sql:

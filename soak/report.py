@@ -86,13 +86,13 @@ def counts_of(samples: Mapping[tuple[str, Labels], float]) -> dict[str, dict[str
             entry["active"][label["window"]] = int(value)
         elif name == "prosody_registrations":
             entry["registered"][label["window"]] = int(value)
-        elif name in ("prosody_accounts", "prosody_accounts_never_active"):
+        elif name in ("prosody_activity_records", "prosody_accounts_never_active"):
             entry[name.removeprefix("prosody_").removeprefix("accounts_")] = int(value)
     return hosts
 
 
 def _counted(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    keys = ("active", "registered", "accounts", "never_active")
+    keys = ("active", "registered", "activity_records", "never_active")
     return {host: {key: values[key] for key in keys} for host, values in document.get("hosts", {}).items()}
 
 
@@ -135,7 +135,7 @@ def _hosts_verdict(state: State) -> Verdict:
     gaps: dict[str, int] = {}
     for scrape in state.scrapes:
         if scrape.error is None:
-            for host in expected - set(scrape.by_label("prosody_accounts", "host")):
+            for host in expected - set(scrape.by_label("prosody_activity_records", "host")):
                 gaps[host] = gaps.get(host, 0) + 1
     detail = ", ".join(f"{host} missing from {n} scrape(s)" for host, n in sorted(gaps.items())) or "none missing"
     return Verdict("every host in every scrape", not gaps, detail)

@@ -20,6 +20,7 @@ from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window
 
 NOW = 1_763_900_000
 DAY = 86400
+AGES = (Window(DAY, "1d"), Window(10 * DAY, "10d"), Window(30 * DAY, "30d"))  # within the times drawn
 
 # Names that are prefixes of one another, empty, non-ASCII, a lone surrogate (a str, though not valid UTF-8).
 USERS = [f"u{i}" for i in range(12)] + ["", "u", "u1\x00", "jürgen", "\ud800", "\U0001f600x"]
@@ -51,7 +52,9 @@ hashes: st.SearchStrategy[Callable[[bytes], int]] = st.sampled_from(
 
 
 def activities(when: st.SearchStrategy[float | None]) -> st.SearchStrategy[UserActivity]:
-    return st.builds(UserActivity, st.sampled_from(USERS), when, when, st.booleans(), when, st.booleans())
+    return st.builds(
+        UserActivity, st.sampled_from(USERS), when, when, st.booleans(), when, st.booleans(), st.booleans()
+    )
 
 
 # How the host is counted: which accounts count is the index's to apply, as the core does.
@@ -82,6 +85,7 @@ def check(
     hash_name: Callable[[bytes], int],
     now: float,
     windows: tuple[Window, ...],
+    ages: tuple[Window, ...] = AGES,
     choice: CountingChoice | None = None,
 ) -> None:
     """Builds an index from a scan, applies the updates, and compares it with the core after each one."""
@@ -101,7 +105,8 @@ def check(
             index.set(update)
             current[update.user] = update
         data = HostData("h", Store.LASTLOG2, list(current.values()), index.choice)
-        assert index.counts(now=now, windows=windows) == count_host(data, now=now, windows=windows, connected=connected)
+        expected = count_host(data, now=now, windows=windows, connected=connected, ages=ages)
+        assert index.counts(now=now, windows=windows, ages=ages) == expected
         assert len(index) == len(current)
 
 
@@ -141,7 +146,8 @@ def test_index_equals_the_counting_core_on_any_number(
     seconds: list[int],
 ) -> None:
     # The daemon's clock is a float: times of any size and windows of any length give the core's numbers.
-    check(initial, connected, updates, hash_name=hash, now=now, windows=tuple(Window(s, f"{s}s") for s in seconds))
+    windows = tuple(Window(s, f"{s}s") for s in seconds)
+    check(initial, connected, updates, hash_name=hash, now=now, windows=windows, ages=windows)
 
 
 def test_windows_are_tested_as_the_core_does_past_float_precision() -> None:
@@ -234,7 +240,7 @@ def test_a_host_grows_from_nothing_one_change_at_a_time() -> None:
             "example.com", CountingChoice(Store.LASTLOG2), f"u{number}", UserActivity(f"u{number}", NOW - number * 3600)
         )
     counts = index.counts(now=NOW, windows=DEFAULT_WINDOWS)["example.com"]
-    assert (counts.accounts, counts.active) == (1000, {"1d": 24, "7d": 168, "30d": 720})
+    assert (counts.activity_records, counts.active) == (1000, {"1d": 24, "7d": 168, "30d": 720})
 
 
 def test_a_resync_rebuilds_a_host() -> None:

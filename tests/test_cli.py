@@ -39,10 +39,10 @@ def test_json_has_the_documented_shape(capsys: pytest.CaptureFixture[str]) -> No
     assert document["hosts"]
     for host, counts in document["hosts"].items():
         assert "%" not in host
-        assert set(counts) >= {"active", "accounts", "never_active", "registered"}
+        assert set(counts) >= {"active", "activity_records", "never_active", "registered"}
         assert set(counts["active"]) == set(counts["registered"]) == {"1d", "7d", "30d"}
         assert all(isinstance(n, int) for n in counts["active"].values())
-        assert counts["active"]["1d"] <= counts["active"]["7d"] <= counts["active"]["30d"] <= counts["accounts"]
+        assert counts["active"]["1d"] <= counts["active"]["7d"] <= counts["active"]["30d"] <= counts["activity_records"]
 
 
 def test_windows_and_host_filter(capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,7 +62,7 @@ def test_table_lists_every_host(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     table, _, notes = out.partition("\n\n")
     lines = table.splitlines()
-    assert lines[0].split()[:5] == ["host", "store", "accounts", "never", "left"]
+    assert lines[0].split()[:6] == ["host", "store", "registered", "records", "never", "left"]
     hosts = {line.split()[0]: line.split()[1:3] for line in lines[1:]}
     assert "example.com" in hosts and "münchen.example" in hosts
     # Under the table, how each host is counted, once per distinct way: here, every host alike.

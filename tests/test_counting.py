@@ -39,7 +39,7 @@ def test_never_active_registered_disabled_and_future() -> None:
         UserActivity("skewed", NOW + 3600),
     ]
     counts = count_host(host(*users, accounts=AccountRule.ENABLED), now=NOW, windows=DEFAULT_WINDOWS)
-    assert counts.accounts == 4
+    assert counts.activity_records == 4
     assert counts.never_active == 1
     assert counts.disabled == 1
     assert counts.future == 1
@@ -113,3 +113,47 @@ def test_the_account_rule_decides_who_counts_and_connected_users_always_do() -> 
             no_account,
             1,
         ), rule
+
+
+def test_returning_users_were_registered_before_the_window_began() -> None:
+    users = [
+        UserActivity("old", NOW - 3600, registered=NOW - 10 * DAY),  # returning in 1d and 7d, new in 30d
+        UserActivity("legacy", NOW - 3600),  # registered before registrations were recorded: returning
+        UserActivity("new", NOW - 60, registered=NOW - 120),  # new in every window
+        UserActivity("signup", None, registered=NOW - 120),  # never active: neither
+        UserActivity("gone", NOW - 9 * DAY, registered=NOW - 100 * DAY),  # returning in 30d only
+    ]
+    counts = count_host(host(*users), now=NOW, windows=DEFAULT_WINDOWS)
+    assert counts.active == {"1d": 3, "7d": 3, "30d": 4}
+    assert counts.returning == {"1d": 2, "7d": 2, "30d": 2}
+
+
+def test_a_connected_user_is_returning_unless_registered_within_the_window() -> None:
+    users = [UserActivity("a", None, registered=NOW - 2 * DAY, session_open=NOW - 60)]
+    connected = ConnectedUsers(ConnectedMode.HEURISTIC, prosody_started=NOW - DAY)
+    counts = count_host(host(*users), now=NOW, windows=DEFAULT_WINDOWS, connected=connected)
+    assert counts.returning == {"1d": 1, "7d": 0, "30d": 0}
+    assert counts.inactive == {"90d": 0, "180d": 0, "365d": 0}
+
+
+def test_inactive_by_last_activity_else_registration() -> None:
+    users = [
+        UserActivity("idle", NOW - 100 * DAY, registered=NOW - 400 * DAY),  # by its activity: 90d only
+        UserActivity("exactly", NOW - 180 * DAY),  # now - t >= age: 90d and 180d
+        UserActivity("abandoned", None, registered=NOW - 200 * DAY),  # never used: 90d and 180d
+        UserActivity("fresh-signup", None, registered=NOW - DAY),  # registered yesterday: never inactive
+        UserActivity("unknown", None),  # no time at all: not known to be inactive
+        UserActivity("off", NOW - 400 * DAY, disabled=True),  # left out: not counted at all
+        UserActivity("account", None, registered=NOW - 400 * DAY, account_only=True),  # no activity record: never used
+    ]
+    counts = count_host(host(*users, accounts=AccountRule.ENABLED), now=NOW, windows=DEFAULT_WINDOWS)
+    assert counts.inactive == {"90d": 4, "180d": 3, "365d": 1}
+    assert counts.never_used == {"90d": 2, "180d": 2, "365d": 1}
+    assert (counts.never_active, counts.activity_records, counts.disabled) == (4, 6, 1)
+
+
+def test_inactive_ages_are_given() -> None:
+    ages = (Window(7 * DAY, "1w"), Window(2 * 365 * DAY, "2y"))
+    users = [UserActivity("a", NOW - 8 * DAY), UserActivity("b", None, registered=NOW - 3 * 365 * DAY)]
+    counts = count_host(host(*users), now=NOW, windows=DEFAULT_WINDOWS, ages=ages)
+    assert (counts.inactive, counts.never_used) == ({"1w": 2, "2y": 1}, {"1w": 1, "2y": 1})

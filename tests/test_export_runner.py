@@ -55,8 +55,11 @@ def test_points_are_stamped_with_the_start_of_their_interval() -> None:
     assert {p.name for p in points} == {
         "active_users",
         "registrations",
-        "accounts",
+        "returning_users",
+        "activity_records",
         "accounts_never_active",
+        "accounts_inactive",
+        "accounts_never_used",
         "connected_users",
     }
 

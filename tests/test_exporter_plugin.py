@@ -45,7 +45,8 @@ def test_the_example_plugin_is_discovered_and_publishes(installed_plugin: Path, 
         exporter.close()
     lines = out.read_text().splitlines()
     assert lines[0] == f"{NOW - 30},h0.example,active_users,1d,0"
-    assert len(lines) == 3 * 2 + 3  # one host: 3 windows of 2 windowed families, 3 per-host families
+    # One host: 3 windows of 3 windowed families, 3 inactive windows of 2 families, 3 per-host families.
+    assert len(lines) == 3 * 3 + 3 * 2 + 3
 
 
 def test_the_example_plugin_imports_only_the_public_api() -> None:

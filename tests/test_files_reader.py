@@ -187,7 +187,7 @@ def mixed_tree(tmp_path: Path) -> Path:
         (accounts / name).write_bytes(b'return {\n\t["disabled"] = %s;\n};\n' % (b"true" if disabled else b"false"))
     (accounts / users[60]).write_bytes(b"return { disabled = ")
     (accounts / users[61]).write_bytes(b"")
-    (accounts / "no-activity.dat").write_bytes(b"return { disabled = ")  # never read: no activity to complete
+    (accounts / "no%2dactivity.dat").write_bytes(b"return { disabled = ")  # an account with no activity data, invalid
     return tree
 
 
@@ -216,9 +216,10 @@ def test_processes_read_what_one_reads_in_the_same_order(mixed_tree: Path, worke
     assert {p.kind for p in alone.problems} == {"empty", "invalid", "limit", "unexpected"}
     big = alone.hosts["big.example"]
     # Prosody 13's data (the account_activity case) and its default auth: missing and disabled accounts are marked.
-    assert (sum(u.disabled for u in big.users), sum(not u.no_account for u in big.users)) == (9, 62)
+    assert (sum(u.disabled for u in big.users), sum(not u.no_account for u in big.users)) == (9, 63)
+    assert [u.user for u in big.users if u.account_only] == ["no-activity"]  # read as any account, after the rest
     account_problems = {p.where for p in alone.problems if p.where.startswith("big%2eexample/accounts/")}
-    assert len(account_problems) == 2 and "big%2eexample/accounts/no-activity.dat" not in account_problems
+    assert len(account_problems) == 3 and "big%2eexample/accounts/no%2dactivity.dat" in account_problems
     assert ("example%2ecom/accounts/charlie.dat", "limit") in [(p.where, p.kind) for p in alone.problems]  # hostile
     assert sum(u.user.startswith("old") for u in alone.hosts["big.example"].users) == 40
     seen: list[int] = []

@@ -45,14 +45,14 @@ prosody.example_com.active_users.1d 4 1700000000
 prosody.example_com.active_users.7d 8 1700000000
 prosody.example_com.registrations.1d 0 1700000000
 prosody.example_com.registrations.7d 2 1700000000
-prosody.example_com.accounts 18 1700000000
+prosody.example_com.activity_records 18 1700000000
 prosody.example_com.accounts_never_active 2 1700000000
 prosody.example_com.connected_users 1 1700000000
 prosody.xn--mnchen-3ya_example.active_users.1d 2 1700000000
 prosody.xn--mnchen-3ya_example.active_users.7d 5 1700000000
 prosody.xn--mnchen-3ya_example.registrations.1d 0 1700000000
 prosody.xn--mnchen-3ya_example.registrations.7d 1 1700000000
-prosody.xn--mnchen-3ya_example.accounts 12 1700000000
+prosody.xn--mnchen-3ya_example.activity_records 12 1700000000
 prosody.xn--mnchen-3ya_example.accounts_never_active 1 1700000000
 prosody.xn--mnchen-3ya_example.connected_users 0 1700000000
 """
@@ -62,14 +62,14 @@ prosody.active_users;host=example.com;window=1d 4 1700000000
 prosody.active_users;host=example.com;window=7d 8 1700000000
 prosody.registrations;host=example.com;window=1d 0 1700000000
 prosody.registrations;host=example.com;window=7d 2 1700000000
-prosody.accounts;host=example.com 18 1700000000
+prosody.activity_records;host=example.com 18 1700000000
 prosody.accounts_never_active;host=example.com 2 1700000000
 prosody.connected_users;host=example.com 1 1700000000
 prosody.active_users;host=xn--mnchen-3ya.example;window=1d 2 1700000000
 prosody.active_users;host=xn--mnchen-3ya.example;window=7d 5 1700000000
 prosody.registrations;host=xn--mnchen-3ya.example;window=1d 0 1700000000
 prosody.registrations;host=xn--mnchen-3ya.example;window=7d 1 1700000000
-prosody.accounts;host=xn--mnchen-3ya.example 12 1700000000
+prosody.activity_records;host=xn--mnchen-3ya.example 12 1700000000
 prosody.accounts_never_active;host=xn--mnchen-3ya.example 1 1700000000
 prosody.connected_users;host=xn--mnchen-3ya.example 0 1700000000
 """
@@ -91,14 +91,14 @@ def test_template_and_prefix_byte_for_byte() -> None:
         b"xmpp.prod.registrations.1d.by_host.example_com 0 1700000000\n"
         b"xmpp.prod.registrations.7d.by_host.example_com 2 1700000000\n"
         # no window: its node is dropped, not left empty
-        b"xmpp.prod.accounts.by_host.example_com 18 1700000000\n"
+        b"xmpp.prod.activity_records.by_host.example_com 18 1700000000\n"
         b"xmpp.prod.accounts_never_active.by_host.example_com 2 1700000000\n"
         b"xmpp.prod.connected_users.by_host.example_com 1 1700000000\n"
     )
     assert format_plaintext(POINTS[:1], prefix="", template="{host}_{name}.{window}") == (
         b"example_com_active_users.1d 4 1700000000\n"
     )
-    assert format_plaintext(POINTS[4:5], prefix="", tagged=True) == b"accounts;host=example.com 18 1700000000\n"
+    assert format_plaintext(POINTS[4:5], prefix="", tagged=True) == b"activity_records;host=example.com 18 1700000000\n"
 
 
 @pytest.mark.parametrize(

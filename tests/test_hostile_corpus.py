@@ -124,9 +124,11 @@ def counted(
         more = 1 if counts_as == "active" else 0
         expected[host] = replace(
             base,
-            accounts=base.accounts + 1,
+            activity_records=base.activity_records + 1,
             never_active=base.never_active + (counts_as == "never"),
             active={window: n + more for window, n in base.active.items()},
+            returning={window: n + more for window, n in base.returning.items()},  # (no registration time)
+            inactive={age: n + (counts_as == "inactive") for age, n in base.inactive.items()},
         )
     return dict(sorted(expected.items()))
 

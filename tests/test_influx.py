@@ -67,14 +67,14 @@ prosody_active_users,host=example.com,window=1d value=4i 1763899980
 prosody_active_users,host=example.com,window=7d value=8i 1763899980
 prosody_registrations,host=example.com,window=1d value=0i 1763899980
 prosody_registrations,host=example.com,window=7d value=2i 1763899980
-prosody_accounts,host=example.com value=18i 1763899980
+prosody_activity_records,host=example.com value=18i 1763899980
 prosody_accounts_never_active,host=example.com value=2i 1763899980
 prosody_connected_users,host=example.com value=1i 1763899980
 prosody_active_users,host=m\xc3\xbcnchen.example,window=1d value=2i 1763899980
 prosody_active_users,host=m\xc3\xbcnchen.example,window=7d value=5i 1763899980
 prosody_registrations,host=m\xc3\xbcnchen.example,window=1d value=0i 1763899980
 prosody_registrations,host=m\xc3\xbcnchen.example,window=7d value=1i 1763899980
-prosody_accounts,host=m\xc3\xbcnchen.example value=12i 1763899980
+prosody_activity_records,host=m\xc3\xbcnchen.example value=12i 1763899980
 prosody_accounts_never_active,host=m\xc3\xbcnchen.example value=1i 1763899980
 prosody_connected_users,host=m\xc3\xbcnchen.example value=0i 1763899980
 """

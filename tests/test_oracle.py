@@ -92,6 +92,6 @@ def test_account_activity_store_counts() -> None:
     }
     assert dict(result.counts["thirteen.example"].active) == expected["active_users"]["thirteen.example"]
     assert dict(result.counts["only13.example"].active) == {"1d": 1, "7d": 2, "30d": 3}
-    assert result.counts["only13.example"].accounts == 4
+    assert result.counts["only13.example"].activity_records == 4
     as_13 = FileSource(case / "data").count(now=expected["now"], windows=DEFAULT_WINDOWS)
     assert as_13.counts["only13.example"].no_account == as_13.counts["only13.example"].disabled == 4

@@ -37,7 +37,7 @@ def test_prom_values_equal_the_json_counts(capsys: pytest.CaptureFixture[str]) -
             assert (
                 exposed[("prosody_registrations", (("host", host), ("window", window)))] == counts["registered"][window]
             )
-        assert exposed[("prosody_accounts", (("host", host),))] == counts["accounts"]
+        assert exposed[("prosody_activity_records", (("host", host),))] == counts["activity_records"]
         assert exposed[("prosody_accounts_never_active", (("host", host),))] == counts["never_active"]
     assert exposed[("prosody_lastlog_source_up", (("source", f"files {case_data('sample')}"),))] == 1
 

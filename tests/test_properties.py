@@ -41,7 +41,7 @@ from prosody_lastlog.core.model import (
     Store,
     UserActivity,
 )
-from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window
+from prosody_lastlog.core.windows import DEFAULT_AGES, DEFAULT_WINDOWS, Window
 from prosody_lastlog.prosody.pathnames import encode_name, encode_store
 from prosody_lastlog.sources.files import MAX_FILE_SIZE, FileStoreReader
 from tests.conftest import CASES
@@ -173,6 +173,7 @@ def _hosts(draw: st.DrawFn, one_rule: bool = False) -> list[HostData]:
                 disabled=draw(st.booleans()),
                 session_open=last_active if draw(st.booleans()) else None,
                 no_account=draw(st.booleans()),
+                account_only=last_active is None and draw(st.booleans()),
             )
             for number, last_active in enumerate(draw(st.lists(_TIMES, max_size=15)))
         ]
@@ -213,7 +214,17 @@ def test_counts_are_monotone_in_the_window_and_add_up(
             assert host.active[shorter.label] <= host.active[longer.label]
             assert host.registered[shorter.label] <= host.registered[longer.label]
         # Every account is never active, left out (not enabled), or active at some time (connected or stored).
-        assert host.never_active + host.disabled + host.active[longest.label] == host.accounts == len(data.users)
+        assert host.never_active + host.disabled + host.active[longest.label] == len(data.users)
+        assert host.activity_records == sum(not u.account_only for u in data.users)
+        for window in every:  # returning: active, and not registered within the window
+            fresh = [u for u in data.users if u.registered is not None and NOW - u.registered < window.seconds]
+            assert host.active[window.label] - len(fresh) <= host.returning[window.label] <= host.active[window.label]
+        for younger, older in pairwise(DEFAULT_AGES):
+            assert host.inactive[younger.label] >= host.inactive[older.label]
+            assert host.never_used[younger.label] >= host.never_used[older.label]
+        for age in DEFAULT_AGES:
+            assert host.never_used[age.label] <= min(host.never_active, host.inactive[age.label])
+            assert host.inactive[age.label] <= host.never_active + host.active[longest.label] - host.connected
         assert host.no_account <= host.disabled
         assert host.registered[longest.label] == sum(u.registered is not None for u in data.users)
         rule = data.counting.accounts
@@ -223,11 +234,15 @@ def test_counts_are_monotone_in_the_window_and_add_up(
             assert host.active[window.label] == len(online) + len(stored) >= host.connected == len(online)
     if counts:
         totals = total_counts(counts, every)
-        for field in ("accounts", "never_active", "disabled", "future", "connected", "no_account"):
+        for field in ("activity_records", "never_active", "disabled", "future", "connected", "no_account"):
             assert getattr(totals, field) == sum(getattr(c, field) for c in counts.values())
         for window in every:
             assert totals.active[window.label] == sum(c.active[window.label] for c in counts.values())
             assert totals.registered[window.label] == sum(c.registered[window.label] for c in counts.values())
+            assert totals.returning[window.label] == sum(c.returning[window.label] for c in counts.values())
+        for age in DEFAULT_AGES:
+            assert totals.inactive[age.label] == sum(c.inactive[age.label] for c in counts.values())
+            assert totals.never_used[age.label] == sum(c.never_used[age.label] for c in counts.values())
 
 
 @given(hosts=_hosts(one_rule=True), windows=_WINDOWS, started=st.none() | st.integers(NOW - 30 * DAY, NOW))
@@ -292,7 +307,7 @@ def _expected(counts: Mapping[str, HostCounts], windows: Sequence[Window], healt
         for w in windows:
             expected[("prosody_active_users", (("host", host), ("window", w.label)))] = c.active[w.label]
             expected[("prosody_registrations", (("host", host), ("window", w.label)))] = c.registered[w.label]
-        expected[("prosody_accounts", (("host", host),))] = c.accounts
+        expected[("prosody_activity_records", (("host", host),))] = c.activity_records
         expected[("prosody_accounts_never_active", (("host", host),))] = c.never_active
         expected[("prosody_connected_users", (("host", host),))] = c.connected
         for label in ("1d", "7d", "30d"):
@@ -356,7 +371,7 @@ class _View:
         return self._health
 
     def tracked_users(self) -> dict[str, int]:
-        return {host: c.accounts for host, c in self._counts.items()}
+        return {host: c.activity_records for host, c in self._counts.items()}
 
     def connected_detection(self) -> dict[str, ConnectedMode]:
         return {source.name: ConnectedMode.NONE for source in self._health}
@@ -412,7 +427,7 @@ def test_count_from_a_data_directory_exports_any_host_name_exactly(hosts: dict[s
                     found = _samples(parse_prometheus(text))
                     for label, value in active.items():
                         assert found[("prosody_active_users", (("host", host), ("window", label)))] == value
-                    assert found[("prosody_accounts", (("host", host),))] == 1
+                    assert found[("prosody_activity_records", (("host", host),))] == 1
                 else:
                     lines = parse_line_protocol(text)
                     mine = [line for line in lines if line.tags.get("host") == _influx_stored(host)]

@@ -92,8 +92,8 @@ def test_exposition_samples_in_order_without_timestamps() -> None:
         'prosody_registrations{host="b.example",window="1d"} 0.0',
         'prosody_registrations{host="b.example",window="7d"} 1.0',
         'prosody_registrations{host="b.example",window="30d"} 2.0',
-        'prosody_accounts{host="a.example"} 5.0',
-        'prosody_accounts{host="b.example"} 20.0',
+        'prosody_activity_records{host="a.example"} 5.0',
+        'prosody_activity_records{host="b.example"} 20.0',
         'prosody_accounts_never_active{host="a.example"} 0.0',
         'prosody_accounts_never_active{host="b.example"} 3.0',
         'prosody_connected_users{host="a.example"} 0.0',
@@ -141,7 +141,7 @@ def test_exposition_rejects_unknown_families() -> None:
 )
 def test_any_host_name_and_count_parses_back(hosts: dict[str, tuple[int, int]]) -> None:
     points = [Point("active_users", host, "7d", active, 0) for host, (active, _) in hosts.items()]
-    points += [Point("accounts", host, None, accounts, 0) for host, (_, accounts) in hosts.items()]
+    points += [Point("activity_records", host, None, accounts, 0) for host, (_, accounts) in hosts.items()]
     samples = {
         (sample.name, sample.labels["host"]): sample.value
         for family in text_string_to_metric_families(exposition(points).decode())

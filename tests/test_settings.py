@@ -39,7 +39,7 @@ def test_settings_map_to_options(tmp_path: Path) -> None:
 
 def test_every_problem_is_reported_at_once_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "settings.toml"
-    path.write_text('windows = ["1y"]\npolling = "yes"\nstore = "roster"\ncolour = "blue"\nscan_workers = 0\n')
+    path.write_text('windows = ["1x"]\npolling = "yes"\nstore = "roster"\ncolour = "blue"\nscan_workers = 0\n')
     with pytest.raises(SettingsError) as raised:
         read_settings_file(path)
     lines = str(raised.value).splitlines()

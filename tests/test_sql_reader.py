@@ -107,7 +107,7 @@ def test_counts_on_every_engine(engine: str, method: str, request: pytest.Fixtur
     assert not result.problems
     counts = result.counts
     assert list(counts) == ["conference.example.com", "example.com", "old.example"]
-    assert (counts["example.com"].accounts, counts["example.com"].never_active) == (3, 1)
+    assert (counts["example.com"].activity_records, counts["example.com"].never_active) == (3, 1)
     assert counts["example.com"].active == {"1d": 1, "7d": 2, "30d": 2}
     assert counts["example.com"].registered == {"1d": 0, "7d": 1, "30d": 1}
     assert counts["conference.example.com"].never_active == 1
@@ -150,7 +150,7 @@ def test_a_stream_left_by_a_failing_count_ends_its_time_bound(
     settings_, connection = request.getfixturevalue(engine)
     prosody_table.replace_rows(connection, settings_.driver, BASIC_ROWS)
 
-    def failing_collect(self: SqlReader, rows: Iterator[Any], *args: Any) -> None:
+    def failing_collect(self: SqlReader, rows: Iterator[Any], *args: Any, **kwargs: Any) -> None:
         next(rows)
         raise RuntimeError("a bug in collecting")
 
@@ -171,7 +171,7 @@ def test_odd_rows_fall_back_to_streaming_and_are_named(engine: str, request: pyt
     prosody_table.replace_rows(connection, settings_.driver, BASIC_ROWS + odd)
     result = SqlReader(settings_).count(now=NOW, windows=DEFAULT_WINDOWS)
     assert result.methods["example.com"] == "stream"
-    assert result.counts["example.com"].accounts == 5
+    assert result.counts["example.com"].activity_records == 5
     assert result.counts["example.com"].active == {"1d": 1, "7d": 2, "30d": 2}
     wheres = sorted(p.where for p in result.problems)
     assert len(wheres) == 2 and "user=mallory key=login" in wheres[0] and "user=trent" in wheres[1]
@@ -471,7 +471,7 @@ def test_sqlite_in_wal_mode_is_read_while_prosody_has_it_open(sqlite_db: tuple[S
     connection.execute("PRAGMA journal_mode=WAL")  # what Prosody 13's sqlite_tune does
     prosody_table.replace_rows(connection, "SQLite3", BASIC_ROWS)
     result = SqlReader(settings_).count(now=NOW, windows=DEFAULT_WINDOWS)
-    assert result.counts["example.com"].accounts == 3
+    assert result.counts["example.com"].activity_records == 3
 
 
 def test_sqlite_locked_for_a_moment_is_waited_for(sqlite_db: tuple[SqlSettings, Any]) -> None:
@@ -495,7 +495,7 @@ def test_sqlite_locked_for_a_moment_is_waited_for(sqlite_db: tuple[SqlSettings, 
         result = SqlReader(settings_).count(now=NOW, windows=DEFAULT_WINDOWS)
     finally:
         thread.join()
-    assert result.counts["example.com"].accounts == 3
+    assert result.counts["example.com"].activity_records == 3
     assert time.monotonic() - started >= 0.3  # it waited for the lock rather than failing
 
 

@@ -182,9 +182,9 @@ def scrape(url: str) -> tuple[float, float] | None:
                        if s.labels.get("host") == HOST}  # fmt: skip
     except OSError:
         return None
-    if ("prosody_accounts", None) not in samples:
+    if ("prosody_activity_records", None) not in samples:
         return None
-    return samples["prosody_accounts", None], samples["prosody_active_users", "1d"]
+    return samples["prosody_activity_records", None], samples["prosody_active_users", "1d"]
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")

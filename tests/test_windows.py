@@ -16,6 +16,7 @@ from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window, parse_window, 
         ("2w", Window(1209600, "2w")),
         ("30m", Window(1800, "30m")),
         ("45s", Window(45, "45s")),
+        ("2y", Window(2 * 365 * 86400, "2y")),
         (" 7D ", Window(604800, "7d")),
     ],
 )
@@ -23,7 +24,7 @@ def test_parses_units(text: str, window: Window) -> None:
     assert parse_window(text) == window
 
 
-@pytest.mark.parametrize("text", ["", "d", "0d", "-1d", "1.5d", "1y", "1 d", "1dd"])
+@pytest.mark.parametrize("text", ["", "d", "0d", "-1d", "1.5d", "1x", "1 d", "1dd"])
 def test_rejects_malformed(text: str) -> None:
     with pytest.raises(ValueError, match="invalid window"):
         parse_window(text)

@@ -22,17 +22,20 @@ from prosody_lastlog.core.compact import NameTable, SortedTimes
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.core.counting import HostCounts
 from prosody_lastlog.core.model import CountingChoice, Store, UserActivity
-from prosody_lastlog.core.windows import Window
+from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 
 _NO_TIME = math.nan  # a missing time; the readers never give NaN (non-finite timestamps are dropped)
 # Per-slot flags. A slot without _PRESENT is a removed user, reused if the name comes back.
-_PRESENT, _DISABLED, _NO_ACCOUNT = 1, 2, 4
+_PRESENT, _DISABLED, _NO_ACCOUNT, _ACCOUNT_ONLY = 1, 2, 4, 8
 
 
 class HostIndex:
     """One host's users: sorted last-activity times of the enabled ones, registration times, connected users.
 
-    Connected users count active in every window, whatever their last activity, so they are kept apart.
+    Connected users count active in every window, whatever their last activity, so they are kept apart. For the
+    lifecycle counts (counting.Lifecycle) two more sorted lists: of the users counted, the registration times of
+    those never active, and for those active (now, if connected) who have a registration time, the earlier of the
+    two: such a user is active in W and registered within W iff now - that < W.
     `hash_name` hashes names as NameTable's does: a NameHash for an index built in another process.
     """
 
@@ -54,9 +57,9 @@ class HostIndex:
         rule = self.choice.accounts
         # Per flags value, whether the rule leaves the user out, and for want of an account: the loops are hot.
         self._left_out = tuple(
-            rule.leaves_out(disabled=bool(f & _DISABLED), no_account=bool(f & _NO_ACCOUNT)) for f in range(8)
+            rule.leaves_out(disabled=bool(f & _DISABLED), no_account=bool(f & _NO_ACCOUNT)) for f in range(16)
         )
-        self._no_account_left_out = tuple(rule.for_want_of_account(no_account=bool(f & _NO_ACCOUNT)) for f in range(8))
+        self._no_account_left_out = tuple(rule.for_want_of_account(no_account=bool(f & _NO_ACCOUNT)) for f in range(16))
         self.connected = connected
         self._names = NameTable(hash_name, capacity=len(users) if isinstance(users, Sized) else 0)  # slot -> user
         self._flags = bytearray()
@@ -64,6 +67,7 @@ class HostIndex:
         self._registered_at = array("d")
         self._session_open = array("d")
         self._size = 0  # present users
+        self._account_only = 0  # of those, registered accounts with no activity record
         self._never_active = 0
         self._disabled = 0  # left out by the account rule
         self._no_account = 0  # of those, without an account record
@@ -82,7 +86,9 @@ class HostIndex:
             self._count(slot, -1, self.connected, activity.user)
         else:
             self._size += 1
+        self._account_only -= bool(self._flags[slot] & _ACCOUNT_ONLY)
         self._store(slot, activity)
+        self._account_only += activity.account_only
         self._count(slot, +1, self.connected, activity.user)
 
     def get(self, user: str) -> UserActivity | None:
@@ -98,6 +104,7 @@ class HostIndex:
             disabled=bool(flags & _DISABLED),
             session_open=_time_or_none(self._session_open[slot]),
             no_account=bool(flags & _NO_ACCOUNT),
+            account_only=bool(flags & _ACCOUNT_ONLY),
         )
 
     def remove(self, user: str) -> None:
@@ -127,14 +134,19 @@ class HostIndex:
                 self._count_activity(slot, -1, before, name)  # registration times do not depend on it
                 self._count_activity(slot, +1, connected, name)
 
-    def counts(self, *, now: float, windows: Sequence[Window]) -> HostCounts:
+    def counts(self, *, now: float, windows: Sequence[Window], ages: Sequence[Window] = DEFAULT_AGES) -> HostCounts:
         """The same numbers `counting.count_host` gives for these users at `now`."""
         active = {w.label: self._active.count_where(_within(now, w)) + self._connected for w in windows}
         registered = {w.label: self._registered.count_where(_within(now, w)) for w in windows}
+        returning = {w.label: active[w.label] - self._fresh.count_where(_within(now, w)) for w in windows}
+        never_used = {a.label: len(self._idle) - self._idle.count_where(_within(now, a)) for a in ages}
+        inactive = {
+            a.label: len(self._active) - self._active.count_where(_within(now, a)) + never_used[a.label] for a in ages
+        }
         future = self._active.count_where(lambda t: t > now)
         return HostCounts(
             self.store,
-            self._size,
+            self._size - self._account_only,
             self._never_active,
             self._disabled,
             future,
@@ -144,6 +156,9 @@ class HostIndex:
             self._no_account,
             self.choice,
             self.registered_accounts,
+            returning,
+            inactive,
+            never_used,
         )
 
     def _load(self, users: Iterable[UserActivity]) -> None:
@@ -151,7 +166,9 @@ class HostIndex:
         for activity in users:
             slot = self._slot(activity.user)
             self._size += not self._flags[slot]
+            self._account_only -= bool(self._flags[slot] & _ACCOUNT_ONLY)
             self._store(slot, activity)
+            self._account_only += activity.account_only
         named = self.connected.candidates(self.host)
         maybe_connected = (
             set(self._open_sessions())
@@ -161,24 +178,35 @@ class HostIndex:
         # Lists, not arrays: growing arrays leave holes in the C heap after the sort (measured: ~8 bytes a user).
         active: list[float] = []
         registered: list[float] = []
+        fresh: list[float] = []
+        idle: list[float] = []
         left_out, no_account = self._left_out, self._no_account_left_out
         for slot, flags in enumerate(self._flags):
             if not flags:
                 continue
             last_active, registered_at = self._last_active[slot], self._registered_at[slot]
+            known = not math.isnan(registered_at)
             if slot in maybe_connected and self._includes(self.connected, slot, self._names.name(slot)):
                 self._connected += 1
+                if known:
+                    fresh.append(registered_at)
             elif left_out[flags]:
                 self._disabled += 1
                 self._no_account += no_account[flags]
             elif math.isnan(last_active):
                 self._never_active += 1
+                if known:
+                    idle.append(registered_at)
             else:
                 active.append(last_active)
-            if not math.isnan(registered_at):
+                if known:
+                    fresh.append(min(last_active, registered_at))
+            if known:
                 registered.append(registered_at)
         self._active = SortedTimes(active)  # last_active of counted, unconnected users that have one
         self._registered = SortedTimes(registered)
+        self._fresh = SortedTimes(fresh)  # counted active users with a registration: min(last_active, registered)
+        self._idle = SortedTimes(idle)  # counted never-active users: their registration times
 
     def _count(self, slot: int, sign: int, connected: ConnectedUsers, name: str) -> None:
         self._count_activity(slot, sign, connected, name)
@@ -187,19 +215,27 @@ class HostIndex:
             _apply(self._registered, registered_at, sign)
 
     def _count_activity(self, slot: int, sign: int, connected: ConnectedUsers, name: str) -> None:
-        last_active, flags = self._last_active[slot], self._flags[slot]
+        last_active, flags, registered_at = self._last_active[slot], self._flags[slot], self._registered_at[slot]
+        known = not math.isnan(registered_at)
         if self._includes(connected, slot, name):
             self._connected += sign
+            if known:
+                _apply(self._fresh, registered_at, sign)
         elif self._left_out[flags]:
             self._disabled += sign
             self._no_account += sign if self._no_account_left_out[flags] else 0
         elif math.isnan(last_active):
             self._never_active += sign
+            if known:
+                _apply(self._idle, registered_at, sign)
         else:
             _apply(self._active, last_active, sign)
+            if known:
+                _apply(self._fresh, min(last_active, registered_at), sign)
 
     def _remove(self, slot: int, name: str) -> None:
         self._count(slot, -1, self.connected, name)
+        self._account_only -= bool(self._flags[slot] & _ACCOUNT_ONLY)
         self._flags[slot] = 0
         self._size -= 1
 
@@ -237,7 +273,12 @@ class HostIndex:
 
 
 def _flags(activity: UserActivity) -> int:
-    return _PRESENT | (_DISABLED if activity.disabled else 0) | (_NO_ACCOUNT if activity.no_account else 0)
+    return (
+        _PRESENT
+        | (_DISABLED if activity.disabled else 0)
+        | (_NO_ACCOUNT if activity.no_account else 0)
+        | (_ACCOUNT_ONLY if activity.account_only else 0)
+    )
 
 
 def _within(now: float, window: Window) -> Callable[[float], bool]:
@@ -333,10 +374,12 @@ class ActivityIndex:
             index = self._hosts.get(host)
             return index.get(user) if index else None
 
-    def counts(self, *, now: float, windows: Sequence[Window]) -> dict[str, HostCounts]:
+    def counts(
+        self, *, now: float, windows: Sequence[Window], ages: Sequence[Window] = DEFAULT_AGES
+    ) -> dict[str, HostCounts]:
         """Counts of every host as of `now`, sorted by host."""
         with self._lock:
-            return {host: self._hosts[host].counts(now=now, windows=windows) for host in sorted(self._hosts)}
+            return {host: self._hosts[host].counts(now=now, windows=windows, ages=ages) for host in sorted(self._hosts)}
 
     def tracked_users(self) -> Mapping[str, int]:
         """How many users each host holds."""

@@ -29,6 +29,7 @@ class UserActivity:
     disabled: bool = False  # the account record says disabled (read only where the host's AccountRule asks)
     session_open: float | None = None  # a login the log shows no later logout for: that login's time
     no_account: bool = False  # there is no account record (looked for only where the host's AccountRule asks)
+    account_only: bool = False  # a registered account with no last-activity record (so never active)
 
 
 PROBLEM_KINDS = ("empty", "invalid", "limit", "not_a_file", "unexpected", "unreadable")

@@ -112,6 +112,11 @@ class Policy:
         """keeps_accounts for `host`, as the config describes it (None without a config)."""
         return keeps_accounts(self.hosts.get(host)) if self.hosts else None
 
+    def lists_accounts(self, host: str) -> bool:
+        """Whether `host`'s registered accounts with no activity data count as its users (never active): where its
+        accounts store is its account list, or no config says otherwise."""
+        return self.keeps_accounts(host) is not False
+
     def registered_accounts(self, host: str, listed: int | None) -> int | None:
         """What to report as `host`'s registered accounts, given how many its accounts store lists (None: it has no
         such store): nothing where its accounts are kept elsewhere, or where no config says and there is no store;

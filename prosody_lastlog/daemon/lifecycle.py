@@ -20,7 +20,7 @@ from exporters.prometheus import ActiveUsersCollector
 from exporters.textfile import write_atomically
 from prosody_lastlog.core.connected import ConnectedSetting
 from prosody_lastlog.core.counting import Snapshot, totals_only
-from prosody_lastlog.core.windows import Window
+from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 from prosody_lastlog.daemon.refresh import Refresher
 from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.daemon.timer import PeriodicTimer
@@ -68,11 +68,14 @@ class Daemon:
         windows: Sequence[Window],
         options: ServeOptions,
         exporters: Sequence[Exporter] | None = None,
+        ages: Sequence[Window] = DEFAULT_AGES,
     ) -> None:
         self.options = options
         self.clock = _clock(options.as_of)
         file_sources = [s.name for s in plan.sources if s.counts_connected]
-        self.live = LiveCounts(windows=windows, source_names=[s.name for s in plan.sources], file_sources=file_sources)
+        self.live = LiveCounts(
+            windows=windows, source_names=[s.name for s in plan.sources], file_sources=file_sources, ages=ages
+        )
         detection = ConnectedSetting.OFF if options.as_of is not None or not file_sources else options.connected
         self.connected_probe = ConnectedProbe(plan.server, detection)
         self._declare_hosts(plan)
@@ -133,7 +136,7 @@ class Daemon:
         counts = self.live.counts(now=self.clock())
         log.info(
             "counted %d account(s) on %d host(s) in %.1f s",
-            sum(c.accounts for c in counts.values()),
+            sum(c.activity_records for c in counts.values()),
             len(counts),
             time.monotonic() - started,
         )

@@ -14,16 +14,22 @@ from prosody_lastlog.core.counting import HostCounts, zero_counts
 from prosody_lastlog.core.health import SourceHealth
 from prosody_lastlog.core.index import ActivityIndex
 from prosody_lastlog.core.model import CountingChoice
-from prosody_lastlog.core.windows import Window
+from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 
 
 class LiveCounts:
     """Counts of every source as of any moment, safe to read from scrape threads while refreshes write."""
 
     def __init__(
-        self, *, windows: Sequence[Window], source_names: Sequence[str], file_sources: Collection[str] = ()
+        self,
+        *,
+        windows: Sequence[Window],
+        source_names: Sequence[str],
+        file_sources: Collection[str] = (),
+        ages: Sequence[Window] = DEFAULT_AGES,
     ) -> None:
         self.windows = windows
+        self.ages = ages  # the inactive windows
         self._file_sources = set(file_sources)  # the sources whose counts include connected users
         self.index = ActivityIndex()
         self._lock = threading.Lock()
@@ -84,13 +90,13 @@ class LiveCounts:
 
     def counts(self, *, now: float) -> dict[str, HostCounts]:
         """Counts per host as of `now`; nothing for a source that has never counted (no sentinel values)."""
-        counts = self.index.counts(now=now, windows=self.windows)
+        counts = self.index.counts(now=now, windows=self.windows, ages=self.ages)
         with self._lock:
             for sql_counts in self._sql_counts.values():
                 counts.update(sql_counts)
             for host, (source, choice) in self._known_hosts.items():
                 if host not in counts and source in self._counted:
-                    counts[host] = zero_counts(choice, self.windows)
+                    counts[host] = zero_counts(choice, self.windows, self.ages)
         return dict(sorted(counts.items()))
 
     def keep_sql_counts_of(self, previous: LiveCounts) -> None:

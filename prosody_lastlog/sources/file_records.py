@@ -169,6 +169,23 @@ class RecordLoader:
             if row is not None:
                 rows.append(accounts.complete(name, row) if accounts.needed else row)
 
+    def account_only(self, host: str, accounts: AccountDirs, host_where: str, names: list[str]) -> RecordsPart:
+        """The records of registered accounts with no activity data (`<user>.dat` names of the accounts store), each
+        completed by the account files as any other (registration time, disabled)."""
+        problems: list[ReadProblem] = []
+        users: list[UserActivity] = []
+        with AccountFiles(self, accounts, host_where, problems) as files:
+            for name in names:
+                user = user_name(name)
+                if user is None:
+                    problems.append(odd_name(f"{host_where}/{ACCOUNTS}/{name}"))
+                    continue
+                row = files.complete(name, (user, None, None, False, None, False))
+                if name not in files.unreadable:
+                    users.append(UserActivity(*row, account_only=True))
+        unreadable = [user for name in files.unreadable if (user := user_name(name)) is not None]
+        return host, users, problems, unreadable
+
     def _load_many(self, chunks: list[tuple[bytes, str]]) -> list[Loaded]:
         if not chunks:
             return []

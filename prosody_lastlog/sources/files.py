@@ -100,6 +100,7 @@ class FileStoreReader:
         server = self.policy.server({name for _, _, names in entries for name in names or ()})
         result.server = server
         listed: list[UserFiles] = []
+        account_only: list[tuple[str, AccountDirs, str, list[str]]] = []  # host, its dirs, where, names
         for host, host_dir, names in entries:
             if names is None:
                 result.unreadable_hosts.add(host)
@@ -109,15 +110,19 @@ class FileStoreReader:
                 continue
             result.hosts[host] = HostData(host, choice.store, choice=choice)
             directory = os.path.join(host_dir, encode_store(choice.store.value))
-            if encode_store(choice.store.value) not in names:
-                continue  # --store names a store this host has no data in: zeros
             accounts = self._accounts(host, host_dir, names, choice, thirteen=server.thirteen, problems=result.problems)
-            files = self._user_files(directory, result.problems)
+            # (--store may name a store this host has no data in.)
+            files = self._user_files(directory, result.problems) if encode_store(choice.store.value) in names else []
             if accounts is None or files is None:
                 result.unreadable_hosts.add(host)
                 continue
-            dirs, result.hosts[host].registered_accounts = accounts
-            listed.append(UserFiles(host, choice.store, directory, self._where(directory), files, dirs))
+            dirs, result.hosts[host].registered_accounts, account_names = accounts
+            if files:
+                listed.append(UserFiles(host, choice.store, directory, self._where(directory), files, dirs))
+            if self.policy.lists_accounts(host):
+                recorded = set(files)
+                if without := [name for name in account_names if name not in recorded]:
+                    account_only.append((host, dirs, self._where(host_dir), without))
         total = sum(len(files.names) for files in listed)
         workers = min(self._workers, total // MIN_FILES_PER_WORKER)
         with collector_paused():
@@ -125,6 +130,7 @@ class FileStoreReader:
                 read = [as_records(part) for part in read_serially(self._loader, listed, progress or no_progress)]
             else:
                 read = read_in_processes(self._loader, listed, workers, progress)
+            read += [self._loader.account_only(*job) for job in account_only]
             for host, users, problems, unreadable in read:
                 result.hosts[host].users.extend(users)
                 result.problems.extend(problems)
@@ -143,7 +149,7 @@ class FileStoreReader:
         path = os.path.join(host_dir, encode_store(choice.store.value), name)
         text = self._read_regular_file(path, problems)
         if text is None:
-            return None
+            return None if self._is_regular_file(path, []) else self._account_only(host, host_dir, user, choice)
         row = activity_reader(choice.store)(user, text)
         if row is None:
             loaded = self._loader.load(text, name)
@@ -160,6 +166,19 @@ class FileStoreReader:
             if accounts.unreadable:
                 raise RecordUnreadableError(problems[-1].where)
             return UserActivity(*row)
+
+    def _account_only(self, host: str, host_dir: str, user: str, choice: CountingChoice) -> UserActivity | None:
+        """A user with no activity file, as a full read makes them: a registered account with no activity data if
+        the host's accounts are listed and theirs is there; else None."""
+        name = encode_name(user) + DAT
+        problems: list[ReadProblem] = []
+        dirs = self._one_account(host_dir, name, choice, problems)
+        if not self.policy.lists_accounts(host) or name not in dirs.names:
+            return None
+        _, users, problems, unreadable = self._loader.account_only(host, dirs, self._where(host_dir), [name])
+        if unreadable:
+            raise RecordUnreadableError(problems[-1].where)
+        return users[0] if users else None
 
     def registered_accounts(self, host: str, problems: list[ReadProblem]) -> int | None:
         """One host's registered accounts, listed again (after a change in its accounts store) as a full read counts
@@ -180,12 +199,12 @@ class FileStoreReader:
         *,
         thirteen: bool,
         problems: list[ReadProblem],
-    ) -> tuple[AccountDirs, int | None] | None:
+    ) -> tuple[AccountDirs, int | None, list[str]] | None:
         """What a full read of the host takes from its account directories: Prosody 13's account files (`created`,
-        `disabled`) and, for users with no registration time otherwise, mod_register_ibr's account_details; and
-        the registered accounts, as many as usermanager lists (the `<user>.dat` files of `accounts`, names not
-        decoded: Prosody's users() does not either), as Policy.registered_accounts says. None if a directory cannot
-        be listed."""
+        `disabled`) and, for users with no registration time otherwise, mod_register_ibr's account_details; the
+        registered accounts, as many as usermanager lists (the `<user>.dat` files of `accounts`, names not
+        decoded: Prosody's users() does not either), as Policy.registered_accounts says; and those files. None if a
+        directory cannot be listed."""
         check = choice.accounts is AccountRule.ENABLED
         listed: list[str] | None = []
         if ACCOUNTS in names and (thirteen or check or self.policy.keeps_accounts(host) is not False):
@@ -198,7 +217,7 @@ class FileStoreReader:
         registered = self.policy.registered_accounts(host, len(listed) if ACCOUNTS in names else None)
         completing = frozenset(listed) if thirteen or check else frozenset()  # else no record needs them
         dirs = AccountDirs(host_dir, completing, read=thirteen, check=check, details=frozenset(details))
-        return dirs, registered
+        return dirs, registered, listed
 
     def _one_account(
         self, host_dir: str, name: str, choice: CountingChoice, problems: list[ReadProblem]

@@ -15,7 +15,7 @@ from prosody_lastlog.core.counting import count_hosts, zero_counts
 from prosody_lastlog.core.health import SourceHealth
 from prosody_lastlog.core.model import AccountRule, CountingChoice
 from prosody_lastlog.core.rules import Policy, ServerFacts
-from prosody_lastlog.core.windows import Window
+from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 from prosody_lastlog.sources.files import FileStoreReader
 from prosody_lastlog.sources.policy import Cadence, Intervals, store_suffix
 from prosody_lastlog.sources.results import SourceCount
@@ -56,10 +56,17 @@ class FileSource:
         max_age = 2 * (intervals.resync_seconds + intervals.resync_jitter_seconds)
         return Cadence(intervals.resync_seconds, jitter, max_age, logged=True)
 
-    def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
+    def count(
+        self,
+        *,
+        now: int,
+        windows: Sequence[Window],
+        connected: ConnectedUsers = NOBODY,
+        ages: Sequence[Window] = DEFAULT_AGES,
+    ) -> SourceCount:
         """Reads every file of the chosen hosts and counts them, connected users active in every window."""
         result = self.reader.read()
-        counts = count_hosts(result.hosts.values(), now=now, windows=windows, connected=connected)
+        counts = count_hosts(result.hosts.values(), now=now, windows=windows, connected=connected, ages=ages)
         return SourceCount(counts, dict.fromkeys(counts, "files"), result.problems, result.server)
 
     def cancel(self) -> None:
@@ -81,13 +88,14 @@ def count_all(
     known_hosts: Collection[tuple[str, CountingChoice]] = (),
     connected: ConnectedUsers = NOBODY,
     clock: Callable[[], float] = time.monotonic,
+    ages: Sequence[Window] = DEFAULT_AGES,
 ) -> tuple[SourceCount, list[SourceHealth]]:
     """Counts every source; hosts known from the config but without data get zeros rather than nothing."""
     totals = SourceCount()
     health = []
     for source in sources:
         started = clock()
-        result = source.count(now=now, windows=windows, connected=connected)
+        result = source.count(now=now, windows=windows, connected=connected, ages=ages)
         kinds = Counter(problem.kind for problem in result.problems)
         health.append(SourceHealth(source.name, True, now, clock() - started, dict(kinds), server=result.server))
         log_choices(source.name, result.server, {host: c.counting for host, c in result.counts.items()})
@@ -97,7 +105,7 @@ def count_all(
         log.debug("%s: %d host(s) counted", source.name, len(result.counts))
     for host, choice in known_hosts:
         if host not in totals.counts:
-            totals.counts[host] = zero_counts(choice, windows)
+            totals.counts[host] = zero_counts(choice, windows, ages)
     totals.counts = dict(sorted(totals.counts.items()))
     return totals, health
 

@@ -26,7 +26,7 @@ from prosody_lastlog.core.model import (
     UserActivity,
 )
 from prosody_lastlog.core.rules import THIRTEEN_INDEX, THIRTEEN_STORES, Policy, ServerFacts
-from prosody_lastlog.core.windows import Window
+from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 from prosody_lastlog.prosody.decode import account_facts, interpret, registration, registration_time
 from prosody_lastlog.prosody.sandbox import PlainValue
 from prosody_lastlog.prosody.sql_settings import SqlSettings
@@ -86,18 +86,19 @@ class SqlReader:
         with _connection(self._settings, self._cancellation) as connection:
             return self._read(connection, self._hosts)
 
-    def count(self, *, now: int, windows: Sequence[Window]) -> SourceCount:
+    def count(self, *, now: int, windows: Sequence[Window], ages: Sequence[Window] = DEFAULT_AGES) -> SourceCount:
         """Counts per host: one aggregate query in the engine, else (or for hosts with odd rows) the stream."""
         with _connection(self._settings, self._cancellation) as connection:
             server = self._server(connection)
             result = SourceCount(server=server)
             to_stream: list[str] | None = None  # None: every host this reader covers
             if self._method != "stream" and self._supports_pushdown(connection):
-                to_stream = self._pushdown(connection, result, now=now, windows=windows)
+                to_stream = self._pushdown(connection, result, now=now, windows=windows, ages=ages)
             if to_stream is None or to_stream:
                 streamed = self._read(connection, self._hosts if to_stream is None else to_stream, server)
                 result.problems.extend(streamed.problems)
-                for host, counts in count_hosts(streamed.hosts.values(), now=now, windows=windows).items():
+                streamed_counts = count_hosts(streamed.hosts.values(), now=now, windows=windows, ages=ages)
+                for host, counts in streamed_counts.items():
                     result.counts[host] = counts
                     result.methods[host] = "stream"
             registered = self._registered(connection)
@@ -148,20 +149,22 @@ class SqlReader:
         return True
 
     def _pushdown(
-        self, connection: Connection, result: SourceCount, *, now: int, windows: Sequence[Window]
+        self,
+        connection: Connection,
+        result: SourceCount,
+        *,
+        now: int,
+        windows: Sequence[Window],
+        ages: Sequence[Window],
     ) -> list[str] | None:
-        """Fills `result` from the aggregate query; returns the hosts to stream instead (None: all of them).
-
-        Prosody 0.12's account records hold nothing counting needs: the aggregate reads them from Prosody 13's only.
-        """
+        """Fills `result` from the aggregate query; returns the hosts to stream instead (None: all of them)."""
         server = result.server
         assert server is not None
-        seconds = sorted({w.seconds for w in windows})
+        seconds = sorted({w.seconds for w in (*windows, *ages)})
         answers = self._answers(connection, now=now, seconds=seconds, accounts=server.thirteen)
         if answers is None:
             return None
-        positions = [seconds.index(w.seconds) for w in windows]
-        tallies = _tally(answers, len(queries.DIALECTS[connection.settings.driver].host_key), positions)
+        tallies = _tally(answers, len(queries.DIALECTS[connection.settings.driver].host_key))
         if tallies is None:
             log.info(
                 "%s has a host name the database cannot key (too long, or not text); streaming rows",
@@ -169,26 +172,35 @@ class SqlReader:
             )
             return None
         fallback = []
-        labels = [w.label for w in windows]
+        labels, age_labels = [w.label for w in windows], [a.label for a in ages]
         for host, per_store in tallies.items():
-            choice = self._policy.choose(host, per_store.keys(), server)
+            present = [store for store, tally in per_store.items() if tally.records]
+            choice = self._policy.choose(host, present, server) if present else None  # as the stream finds hosts
             if choice is None:
                 continue
-            tally = per_store.get(choice.store) or _Tally(positions, [0] * len(labels))
+            tally = per_store.get(choice.store) or _Tally()
             if tally.suspect:
                 fallback.append(host)
                 continue
-            counted = tally.counted(choice.accounts)
+            counted = tally.counted(
+                choice.accounts,
+                account_only=self._policy.lists_accounts(host),
+                windows=[seconds.index(w.seconds) for w in windows],
+                ages=[seconds.index(a.seconds) for a in ages],
+            )
             result.counts[host] = HostCounts(
                 choice.store,
-                tally.accounts,
+                tally.records,
                 counted.never,
                 counted.left_out,
                 counted.future,
                 dict(zip(labels, counted.active, strict=True)),
-                dict(zip(labels, tally.registered, strict=True)),
+                dict(zip(labels, counted.registered, strict=True)),
                 no_account=counted.no_account,
                 choice=choice,
+                returning=dict(zip(labels, counted.returning, strict=True)),
+                inactive=dict(zip(age_labels, counted.inactive, strict=True)),
+                never_used=dict(zip(age_labels, counted.never_used, strict=True)),
             )
             result.methods[host] = "pushdown"
         if fallback:
@@ -262,12 +274,16 @@ class SqlReader:
                     chosen[host] = choice
                     result.hosts[host] = HostData(host, choice.store, choice=choice)
             accounts = self._accounts(connection, sorted(chosen), server.thirteen)
+            seen: set[tuple[str, str]] = set()  # (host, user) with rows in the host's store, usable or not
             for store in Store:
                 store_hosts = sorted(host for host, choice in chosen.items() if choice.store is store)
                 if store_hosts:
                     # closed here even when collecting fails, so its time bound ends with it
                     with closing(connection.stream(*queries.rows_of(store, store_hosts))) as rows:
-                        self._collect(rows, store, chosen, accounts, result)
+                        self._collect(rows, store, chosen, accounts, result, seen=seen)
+            for host, user in sorted(accounts.holders - seen):  # registered accounts with no activity data
+                if self._policy.lists_accounts(host):
+                    result.hosts[host].users.append(accounts.account_only(host, user, chosen[host]))
         except connection.errors as exc:
             if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(_NOT_UTF8):
                 raise _NotUtf8Error from None  # the message quotes the text, maybe a user name
@@ -281,8 +297,9 @@ class SqlReader:
         found = _AccountRows()
         if not hosts:
             return found
-        if thirteen:
-            found.holders = {(host, user) for host, user in connection.query(*queries.account_holders(hosts))}
+        found.holders = {
+            (host, user) for host, user in connection.query(*queries.account_holders(hosts)) if isinstance(user, str)
+        }
         with closing(connection.stream(*queries.account_fields(hosts))) as rows:
             for host, user, store, key, kind, text in rows:
                 if store == ACCOUNTS and not thirteen:
@@ -305,10 +322,13 @@ class SqlReader:
         chosen: Mapping[str, CountingChoice],
         accounts: _AccountRows,
         result: ReadResult,
+        *,
+        seen: set[tuple[str, str]],
     ) -> None:
         result.problems.extend(accounts.problems)
         accounts.problems = []
         for (host, user), user_rows in groupby(rows, key=lambda row: (row[0], row[1])):
+            seen.add((host, user))
             where = f"{self._settings.describe()} host={host} store={store.value} user={_printable(user)}"
             if not isinstance(user, str):  # NULL or (SQLite) a blob: no account Prosody can name
                 result.problems.append(ReadProblem(where, "invalid", f"the user is {_odd_text(user)}"))
@@ -327,7 +347,7 @@ class SqlReader:
 class _AccountRows:
     """The account stores' part in each user's record, keyed by (host, user)."""
 
-    holders: set[tuple[str, str]] = field(default_factory=set)  # who has an account record (Prosody 13)
+    holders: set[tuple[str, str]] = field(default_factory=set)  # who has an account record
     facts: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # created, disabled, details' registered
     problems: list[ReadProblem] = field(default_factory=list)
 
@@ -338,6 +358,10 @@ class _AccountRows:
         check = choice.accounts is AccountRule.ENABLED
         no_account = check and (host, activity.user) not in self.holders
         return replace(activity, registered=registered, disabled=check and bool(disabled), no_account=no_account)
+
+    def account_only(self, host: str, user: str, choice: CountingChoice) -> UserActivity:
+        """A registered account with no activity data, as the file reader makes one."""
+        return self.complete(host, UserActivity(user, None, account_only=True), choice)
 
 
 def _record(rows: Iterable[tuple[Any, Any, Any]], where: str, problems: list[ReadProblem]) -> dict[Any, PlainValue]:
@@ -425,65 +449,78 @@ def _rank(value: PlainValue) -> tuple[int, float, str]:
 
 @dataclass
 class _Counted:
-    """One host's store, its account rule applied."""
+    """One host's store, its account rule applied; lists per window, or per inactive window."""
 
     active: list[int]
+    registered: list[int]
+    returning: list[int]
+    inactive: list[int]
+    never_used: list[int]
     never: int = 0
     left_out: int = 0
     no_account: int = 0
     future: int = 0
 
 
+# (has data in the store, has an account, disabled, class of the last activity, in the future, class of the
+# registration, class of the earlier of the two); a class is the shortest window the time is within, -1 no time.
+_Key = tuple[bool, bool, bool, int, bool, int, int]
+
+
 @dataclass
 class _Tally:
-    """One host's store, summed from the aggregate's rows; `registered` per window, the rest kept apart by
-    whether the account exists and is disabled until the host's rule is known."""
+    """One host's store, summed from the aggregate's rows, kept apart by what the host's rules need."""
 
-    positions: Sequence[int]  # window i's index among the query's ascending windows
-    registered: list[int]
-    accounts: int = 0
+    records: int = 0  # accounts with data in the store
     suspect: int = 0
-    # (has an account, disabled, class of the last activity, in the future) -> accounts
-    classes: dict[tuple[bool, bool, int, bool], int] = field(default_factory=dict)
+    classes: dict[_Key, int] = field(default_factory=dict)  # -> accounts
 
-    def counted(self, rule: AccountRule) -> _Counted:
-        """The counts once `rule` says which accounts count (the connected ones are not known in SQL)."""
-        counted = _Counted([0] * len(self.positions))
-        for (has_account, disabled, last_class, future), count in self.classes.items():
+    def counted(
+        self, rule: AccountRule, *, account_only: bool, windows: Sequence[int], ages: Sequence[int]
+    ) -> _Counted:
+        """The counts once `rule` says which accounts count (the connected ones are not known in SQL), with the
+        accounts that have no data in the store if `account_only`; `windows` and `ages` are positions among the
+        query's ascending windows. The same arithmetic as counting.count_host, on classes."""
+        counted = _Counted([0] * len(windows), [0] * len(windows), [0] * len(windows), [0] * len(ages), [0] * len(ages))
+        for (has_data, has_account, disabled, last, future, registered, earlier), count in self.classes.items():
+            if not has_data and not account_only:
+                continue
+            for i, position in enumerate(windows):
+                counted.registered[i] += count if 0 <= registered <= position else 0
             if rule.leaves_out(disabled=disabled, no_account=not has_account):
                 counted.left_out += count
                 counted.no_account += count if rule.for_want_of_account(no_account=not has_account) else 0
-            elif last_class < 0:  # a class is the shortest window the time is within; -1 is no time at all
+            elif last < 0:
                 counted.never += count
+                for j, position in enumerate(ages):
+                    if registered > position:  # registered, and not within the inactive window
+                        counted.inactive[j] += count
+                        counted.never_used[j] += count
             else:
                 counted.future += count if future else 0
-                for i, position in enumerate(self.positions):
-                    counted.active[i] += count if last_class <= position else 0
+                for i, position in enumerate(windows):
+                    if last <= position:
+                        counted.active[i] += count
+                        counted.returning[i] += count if not 0 <= earlier <= position else 0
+                for j, position in enumerate(ages):
+                    counted.inactive[j] += count if last > position else 0
         return counted
 
 
-def _tally(
-    rows: Iterable[Sequence[Any]], host_columns: int, positions: Sequence[int]
-) -> dict[str, dict[Store, _Tally]] | None:
-    """Sums `sql_queries.aggregate`'s rows per host and store; `positions[i]` is window i's index among the
-    query's ascending windows. None when a host name could not be keyed."""
+def _tally(rows: Iterable[Sequence[Any]], host_columns: int) -> dict[str, dict[Store, _Tally]] | None:
+    """Sums `sql_queries.aggregate`'s rows per host and store. None when a host name could not be keyed."""
     tallies: dict[str, dict[Store, _Tally]] = {}
     for row in rows:
         host = _host_name(row[:host_columns])
         if host is None:
             return None
-        code, suspect, account, disabled, last_class, future, registered_class, count = (
+        code, suspect, account, disabled, has_data, last, future, registered, earlier, count = (
             int(n) for n in row[host_columns:]
         )
-        per_store = tallies.setdefault(host, {})
-        store = Store(queries.STORES[code - 1])
-        tally = per_store.setdefault(store, _Tally(positions, [0] * len(positions)))
-        tally.accounts += count
+        tally = tallies.setdefault(host, {}).setdefault(Store(queries.STORES[code - 1]), _Tally())
+        tally.records += count if has_data else 0
         tally.suspect += count if suspect else 0
-        for i, position in enumerate(positions):
-            # A class is the shortest window the time is within; -1 is no time at all.
-            tally.registered[i] += count if 0 <= registered_class <= position else 0
-        key = (bool(account), bool(disabled), last_class, bool(future))
+        key = (bool(has_data), bool(account), bool(disabled), last, bool(future), registered, earlier)
         tally.classes[key] = tally.classes.get(key, 0) + count
     return tallies
 

@@ -215,9 +215,10 @@ def aggregate(
     now - last < window.
 
     It returns few rows: the number of accounts per host key, store code (position in `STORES`, from 1; an account
-    with data in two stores is in both), suspect, has an account record, is disabled (these two from the accounts
-    store, read only if `accounts`), class of the last activity, whether that is in the future, and class of the
-    registration (Prosody 13's `created`, else the store's own, else account_details'), a class being
+    is there once per store it has data in, and once per store it has no data in but an account record), suspect,
+    has an account record, is disabled (read, with `created`, only if `accounts`: Prosody 13), has data in the
+    store, class of the last activity, whether that is in the future, class of the registration (Prosody 13's
+    `created`, else the store's own, else account_details'), and class of the earlier of the two; a class being
     `_window_class` over the ascending, distinct `windows`. `sql._tally` applies the host's rules to them.
     """
     where, host_params = host_filter(hosts, 'p."host"')
@@ -231,7 +232,7 @@ def aggregate(
     keys = [alias for _, alias in host_key + user_key]
     host_columns = keys[: len(host_key)]
     aa, l2, ll = (f"'{store}'" for store in STORES)
-    stores = (*STORES, ACCOUNTS) if accounts else STORES  # all their rows; of account_details, `registered` only
+    stores = (*STORES, ACCOUNTS)  # all their rows; of account_details, `registered` only
 
     # Each row's JSON is parsed once, in a fenced sub-query; `odd` marks rows only the stream can read. Of the
     # account stores only `created`, `disabled` and `registered` are looked at.
@@ -245,13 +246,20 @@ def aggregate(
             THEN {dialect.whole.format(v='p."value"')} END AS jw,
           CASE WHEN p."store" = {ll} AND p."key" = 'event' THEN CASE WHEN p."type" = 'string' THEN {_EVENT} ELSE 0
             END END AS ev,
-          CASE WHEN p."store" = '{ACCOUNTS}' AND p."key" = 'disabled'
-            AND NOT (p."type" = 'boolean' AND p."value" = 'false') THEN 1 ELSE 0 END AS dis
+          CASE WHEN p."store" = '{ACCOUNTS}' AND p."key" = 'disabled' THEN CASE p."type"
+            WHEN 'boolean' THEN CASE WHEN p."value" = 'true' THEN 1 ELSE 0 END WHEN 'string' THEN 1 ELSE 2 END
+            ELSE 0 END AS dis
         FROM "prosody" p
         WHERE (p."store" IN {_in_list(len(stores))} OR (p."store" = '{ACCOUNT_DETAILS}' AND p."key" = 'registered'))
           {where}{dialect.fence}
     """
     number_m, number_w = dialect.number.format(x="q.jm"), dialect.number.format(x="q.jw")
+    # Prosody 0.12 writes neither `created` nor `disabled`: its account records only say an account exists.
+    # (Still a number when not read: a bare NULL would be text to PostgreSQL.)
+    read = "1 = 1" if accounts else "1 = 0"
+    created = f"""MAX(CASE WHEN {read} AND q."store" = '{ACCOUNTS}' AND q."key" = 'created'
+            THEN COALESCE({number_w}, {SUSPECT}) END)"""
+    disabled = "MAX(q.dis)" if accounts else "0"
 
     def latest(store: str, condition: str, number: str) -> str:
         """Per account: the latest time of `store`'s rows meeting `condition`, SUSPECT where a row should hold a
@@ -274,9 +282,8 @@ def aggregate(
           MAX(CASE WHEN q."store" = {l2} AND q."key" = 'registered' THEN COALESCE({number_m}, {SUSPECT}) END) AS r2,
           {latest(ll, timestamp, number_w)} AS a3,
           MIN(q.ev) AS ev_lo, MAX(q.ev) AS ev_hi,
-          MAX(CASE WHEN q."store" = '{ACCOUNTS}' THEN 1 ELSE 0 END) AS acc, MAX(q.dis) AS dis,
-          MAX(CASE WHEN q."store" = '{ACCOUNTS}' AND q."key" = 'created'
-            THEN COALESCE({number_w}, {SUSPECT}) END) AS cr,
+          MAX(CASE WHEN q."store" = '{ACCOUNTS}' THEN 1 ELSE 0 END) AS acc, {disabled} AS dis,
+          {created} AS cr,
           MAX(CASE WHEN q."store" = '{ACCOUNT_DETAILS}' THEN COALESCE({number_w}, {SUSPECT}) END) AS dr
         FROM ({parsed_rows}) q
         GROUP BY {", ".join(f"q.{k}" for k in keys)}{dialect.unordered}
@@ -285,25 +292,36 @@ def aggregate(
     # `timestamp`: two different events are suspect, and only a login or logout is activity.
     codes = " UNION ALL ".join(f"SELECT {i} AS sc" for i in range(1, len(STORES) + 1))
     activity = "CASE s.sc WHEN 1 THEN u.a1 WHEN 2 THEN u.a2 ELSE u.a3 END"
+    has_data = "CASE s.sc WHEN 1 THEN u.p1 WHEN 2 THEN u.p2 ELSE u.p3 END"
     own_registration = "CASE s.sc WHEN 2 THEN u.r2 WHEN 3 THEN CASE WHEN u.ev_hi = 3 THEN u.a3 END END"
     per_store = f"""
         SELECT {", ".join(f"u.{k}" for k in host_columns)}, s.sc,
-          CASE WHEN {activity} >= {SUSPECT} OR u.cr >= {SUSPECT} OR u.dr >= {SUSPECT}
-            OR (s.sc = 2 AND u.r2 >= {SUSPECT}) OR (s.sc = 3 AND (u.ev_lo <> u.ev_hi OR u.ev_lo = 0))
+          CASE WHEN u.cr >= {SUSPECT} OR u.dr >= {SUSPECT} OR u.dis = 2 OR ({has_data} = 1 AND ({activity} >= {SUSPECT}
+            OR (s.sc = 2 AND u.r2 >= {SUSPECT}) OR (s.sc = 3 AND (u.ev_lo <> u.ev_hi OR u.ev_lo = 0))))
             THEN 1 ELSE 0 END AS suspect,
-          u.acc, u.dis,
+          u.acc, u.dis, {has_data} AS rec,
           CASE WHEN s.sc <> 3 OR u.ev_hi IS NULL OR u.ev_hi IN (1, 2) THEN {activity} END AS last,
           COALESCE(u.cr, {own_registration}, u.dr) AS registered
         FROM ({per_user}) u JOIN ({codes}) s
-          ON (s.sc = 1 AND u.p1 = 1) OR (s.sc = 2 AND u.p2 = 1) OR (s.sc = 3 AND u.p3 = 1)
+          ON u.acc = 1 OR (s.sc = 1 AND u.p1 = 1) OR (s.sc = 2 AND u.p2 = 1) OR (s.sc = 3 AND u.p3 = 1)
     """
+    earlier = "(CASE WHEN v.last IS NULL THEN NULL WHEN v.last < v.registered THEN v.last ELSE v.registered END)"
     sql = f"""
-        SELECT {", ".join(f"v.{k}" for k in host_columns)}, v.sc, v.suspect, v.acc, v.dis,
+        SELECT {", ".join(f"v.{k}" for k in host_columns)}, v.sc, v.suspect, v.acc, v.dis, v.rec,
           {_window_class("v.last", windows)}, CASE WHEN v.last > ? THEN 1 ELSE 0 END,
-          {_window_class("v.registered", windows)}, COUNT(*)
+          {_window_class("v.registered", windows)}, {_window_class(earlier, windows)}, COUNT(*)
         FROM ({per_store}) v
-        GROUP BY {", ".join(str(i) for i in range(1, len(host_key) + 8))}
+        GROUP BY {", ".join(str(i) for i in range(1, len(host_key) + 10))}
     """
     window_params = tuple(p for w in windows for p in (now, w))
     # Placeholders in text order: the outer select list comes before the sub-queries.
-    return sql, (*window_params, now, *window_params, *dialect.patterns, *stores, *host_params, *part_params)
+    return sql, (
+        *window_params,
+        now,
+        *window_params,
+        *window_params,
+        *dialect.patterns,
+        *stores,
+        *host_params,
+        *part_params,
+    )

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.core.rules import Policy
-from prosody_lastlog.core.windows import Window
+from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS, Cancellation
 from prosody_lastlog.sources.policy import Cadence, Intervals, store_suffix
@@ -44,13 +44,20 @@ class SqlSource:
         max_age = 2 * intervals.sql_interval_seconds + CONNECT_TIMEOUT_SECONDS + 60
         return Cadence(intervals.sql_interval_seconds, 0.0, max_age, logged=False)
 
-    def count(self, *, now: int, windows: Sequence[Window], connected: ConnectedUsers = NOBODY) -> SourceCount:
+    def count(
+        self,
+        *,
+        now: int,
+        windows: Sequence[Window],
+        connected: ConnectedUsers = NOBODY,
+        ages: Sequence[Window] = DEFAULT_AGES,
+    ) -> SourceCount:
         """Counts in the database (or by streaming rows where it cannot); stored activity only, so `connected`
         is not used (see the README: connected users and SQL)."""
         reader = SqlReader(
             self.settings, hosts=self.hosts, policy=self.policy, method=self.method, cancellation=self.cancellation
         )
-        return reader.count(now=now, windows=windows)
+        return reader.count(now=now, windows=windows, ages=ages)
 
     def cancel(self) -> None:
         """Ends the count running at once (it raises StoppedError), and every later one: the daemon is stopping."""

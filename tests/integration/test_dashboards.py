@@ -97,13 +97,16 @@ def sample_counts(daemon: Daemon) -> dict[tuple[str, str], Results]:
 
     day, month = active_in("1d"), active_in("30d")
     expected: dict[tuple[str, str], Results] = {
-        ("Accounts, active and never active", "A"): total(per_host(lambda h: counts[h].accounts)),
+        ("Accounts, active and never active", "A"): total(per_host(lambda h: counts[h].activity_records)),
         ("Accounts, active and never active", "B"): total(month),
         ("Accounts, active and never active", "C"): total(per_host(lambda h: counts[h].never_active)),
         ("Accounts, active and never active", "D"): {(): float(sum(len(users) for users in ACCOUNTS.values()))},
         ("New registrations", "A"): per_window({h: counts[h].registered for h in hosts}),
+        ("Returning users", "A"): per_window({h: counts[h].returning for h in hosts}),
+        ("Inactive accounts", "A"): per_window({h: counts[h].inactive for h in hosts}),
+        ("Never used accounts", "A"): per_window({h: counts[h].never_used for h in hosts}),
         ("Connected users", "A"): per_host(lambda h: counts[h].connected),
-        ("Accounts per host", "A"): per_host(lambda h: counts[h].accounts),
+        ("Accounts per host", "A"): per_host(lambda h: counts[h].activity_records),
         ("Active users in every window", "A"): per_window(active),
         ("Stickiness (DAU/MAU)", "A"): {(): total(day)[()] / total(month)[()]},
         ("Stickiness (DAU/MAU) per host", "A"): {k: day[k] / n for k, n in month.items() if n},

@@ -34,12 +34,12 @@ COUNTS = {"example.com": counts(4, 1, 18, 2, 1), "münchen.example": counts(2, 0
 PLAIN = {
     "prosody.example_com.active_users.1d": 4,
     "prosody.example_com.registrations.1d": 1,
-    "prosody.example_com.accounts": 18,
+    "prosody.example_com.activity_records": 18,
     "prosody.example_com.accounts_never_active": 2,
     "prosody.example_com.connected_users": 1,
     "prosody.xn--mnchen-3ya_example.active_users.1d": 2,
     "prosody.xn--mnchen-3ya_example.registrations.1d": 0,
-    "prosody.xn--mnchen-3ya_example.accounts": 12,
+    "prosody.xn--mnchen-3ya_example.activity_records": 12,
     "prosody.xn--mnchen-3ya_example.accounts_never_active": 1,
     "prosody.xn--mnchen-3ya_example.connected_users": 0,
 }
@@ -47,12 +47,12 @@ PLAIN = {
 TAGGED = {  # as carbon stores them: tags sorted, dots of host names kept
     "prosody.active_users;host=example.com;window=1d": 4,
     "prosody.registrations;host=example.com;window=1d": 1,
-    "prosody.accounts;host=example.com": 18,
+    "prosody.activity_records;host=example.com": 18,
     "prosody.accounts_never_active;host=example.com": 2,
     "prosody.connected_users;host=example.com": 1,
     "prosody.active_users;host=xn--mnchen-3ya.example;window=1d": 2,
     "prosody.registrations;host=xn--mnchen-3ya.example;window=1d": 0,
-    "prosody.accounts;host=xn--mnchen-3ya.example": 12,
+    "prosody.activity_records;host=xn--mnchen-3ya.example": 12,
     "prosody.accounts_never_active;host=xn--mnchen-3ya.example": 1,
     "prosody.connected_users;host=xn--mnchen-3ya.example": 0,
 }
@@ -124,7 +124,7 @@ def test_points_queued_while_carbon_is_down_arrive_with_their_own_timestamps(tmp
             active = dict(zip(minutes, [10, 11, 12, 13], strict=True))
             accounts = dict(zip(minutes, [100, 101, 102, 103], strict=True))
             assert carbon.wait_for("prosody.example_com.active_users.1d", active) == active  # nothing lost
-            assert carbon.wait_for("prosody.example_com.accounts", accounts) == accounts
+            assert carbon.wait_for("prosody.example_com.activity_records", accounts) == accounts
         assert exporter.status().queue_length == 0
         assert exporter.status().dropped_total == 0
     finally:

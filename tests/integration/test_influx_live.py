@@ -34,7 +34,7 @@ Stored = dict[tuple[str, str, str | None, str], int]  # (measurement, host, wind
 def host_counts(seed: int) -> HostCounts:
     return HostCounts(
         Store.LASTLOG2,
-        accounts=20 + seed,
+        activity_records=20 + seed,
         never_active=seed,
         disabled=0,
         future=0,
@@ -89,7 +89,8 @@ def test_pushed_points_are_stored_with_their_values_and_second_timestamps(tmp_pa
             assert exporter.status().errors_total == 0
         assert stored(influx) == expected(first, second)
         # Integers stay integers (a float field would clash with them later), times are whole seconds.
-        [series] = influx.query("prosody", 'SELECT "value" FROM "prosody_accounts" WHERE "host" = \'example.com\'')
+        query = 'SELECT "value" FROM "prosody_activity_records" WHERE "host" = \'example.com\''
+        [series] = influx.query("prosody", query)
         assert series["values"] == [["2025-11-23T12:13:00Z", 20], ["2025-11-23T12:14:00Z", 20]]
         fields = influx.query("prosody", "SHOW FIELD KEYS")
         assert {tuple(value) for series in fields for value in series["values"]} == {("value", "integer")}
@@ -112,7 +113,7 @@ def test_authentication_and_a_wrong_password(tmp_path: Path, caplog: pytest.LogC
         with caplog.at_level(logging.DEBUG):
             with pytest.raises(ExportError) as refused:
                 auth = {"Authorization": "Basic " + base64.b64encode(f"admin:{wrong}".encode()).decode()}
-                post_lines(url, b"prosody_accounts value=1i\n", headers=auth, compress=False, timeout=5)
+                post_lines(url, b"prosody_activity_records value=1i\n", headers=auth, compress=False, timeout=5)
             assert str(refused.value) == f'{url} answered 401: {{"error":"authorization failed"}}'
             with running(create(url=influx.url, username=INFLUX_ADMIN, password=wrong)) as exporter:
                 exporter.publish(shot)
@@ -158,7 +159,7 @@ def test_influxd_accepts_every_line_and_stores_the_host_names(tmp_path: Path) ->
         for line in body.splitlines(keepends=True):  # each alone: a 400 (partial write, unable to parse) raises
             post_lines(url, line, headers={}, compress=False, timeout=5)
         assert len(body.splitlines()) == len(ODD_HOSTS) * (2 * len(DEFAULT_WINDOWS) + 3)
-        tag_values = influx.query("prosody", 'SHOW TAG VALUES FROM "prosody_accounts" WITH KEY = "host"')
+        tag_values = influx.query("prosody", 'SHOW TAG VALUES FROM "prosody_activity_records" WITH KEY = "host"')
         assert {value for _, value in tag_values[0]["values"]} == set(ODD_HOSTS.values())
         assert stored(influx) == expected(shot, stored_host=ODD_HOSTS)
 
@@ -167,20 +168,23 @@ def test_rejections_by_influxd(tmp_path: Path) -> None:
     with influxd(tmp_path) as influx:
         influx.query(None, "CREATE DATABASE prosody")
         url = write_url(influx.url, "/write", {"db": "prosody", "precision": "s"})
-        post_lines(url, b"prosody_accounts,host=a value=1i 1763899980\n", headers={}, compress=False, timeout=5)
+        post_lines(url, b"prosody_activity_records,host=a value=1i 1763899980\n", headers={}, compress=False, timeout=5)
         # A float where an integer is stored: influxd writes the good line, drops this one: the batch is refused.
-        clash = b"prosody_accounts,host=b value=2i 1763899980\nprosody_accounts,host=c value=1.5 1763899980\n"
+        clash = (
+            b"prosody_activity_records,host=b value=2i 1763899980\n"
+            b"prosody_activity_records,host=c value=1.5 1763899980\n"
+        )
         with pytest.raises(RejectedBatchError, match=r"answered 400: .*partial write: field type conflict"):
             post_lines(url, clash, headers={}, compress=False, timeout=5)
         # A missing database is the target's problem, not the batch's: retried (the admin may create it).
         missing = write_url(influx.url, "/write", {"db": "nope", "precision": "s"})
         with pytest.raises(ExportError, match=r"answered 404: .*database not found") as lost:
-            post_lines(missing, b"prosody_accounts value=1i\n", headers={}, compress=False, timeout=5)
+            post_lines(missing, b"prosody_activity_records value=1i\n", headers={}, compress=False, timeout=5)
         assert not isinstance(lost.value, RejectedBatchError)
         # influxd 1.6.7 predates /api/v2/write: a 404 (retried), named with its URL.
         v2 = write_url(influx.url, "/api/v2/write", {"org": "-", "bucket": "prosody", "precision": "s"})
         with pytest.raises(ExportError, match="answered 404"):
-            post_lines(v2, b"prosody_accounts value=1i\n", headers={}, compress=False, timeout=5)
+            post_lines(v2, b"prosody_activity_records value=1i\n", headers={}, compress=False, timeout=5)
 
 
 def test_points_pushed_while_influxd_is_down_arrive_in_order_once_it_is_back(tmp_path: Path) -> None:

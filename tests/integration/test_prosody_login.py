@@ -225,19 +225,19 @@ def test_heuristic_counts_a_login_since_prosody_started(prosody: LiveProsody) ->
 def test_a_new_host_appears_and_a_deleted_account_disappears(prosody: LiveProsody) -> None:
     with serving(file_plan(prosody)) as daemon:
         assert (
-            sample(daemon, "prosody_accounts", host=NEW_HOST) is None
+            sample(daemon, "prosody_activity_records", host=NEW_HOST) is None
             and not (prosody.data / "second%2eexample").exists()
         )
         prosody.prosodyctl("register", "frank", NEW_HOST, PASSWORD)
         with XmppClient(prosody.c2s_port, NEW_HOST) as client:
             client.login("frank", PASSWORD)
-            wait_until(lambda: sample(daemon, "prosody_accounts", host=NEW_HOST) == 1, FRESH, "the new host")
+            wait_until(lambda: sample(daemon, "prosody_activity_records", host=NEW_HOST) == 1, FRESH, "the new host")
             assert active(daemon, NEW_HOST) == 1
         started = time.monotonic()
         prosody.prosodyctl("deluser", f"frank@{NEW_HOST}")
         assert not (prosody.data / "second%2eexample" / "lastlog2" / "frank.dat").exists()
         # The host stays exported, with zeros: its lastlog2 directory is still there.
-        wait_until(lambda: sample(daemon, "prosody_accounts", host=NEW_HOST) == 0, FRESH, "the account deleted")
+        wait_until(lambda: sample(daemon, "prosody_activity_records", host=NEW_HOST) == 0, FRESH, "the account deleted")
         print(f"deluser -> /metrics: {time.monotonic() - started:.3f} s")
         assert active(daemon, NEW_HOST, "30d") == 0
 
@@ -256,7 +256,7 @@ def test_deleting_a_connected_account(prosody: LiveProsody) -> None:
             assert client.closed_by_server() == ["not-authorized"]
         finally:
             client.close()
-        wait_until(lambda: sample(daemon, "prosody_accounts", host=HOST) == 0, FRESH, "gina's account gone")
+        wait_until(lambda: sample(daemon, "prosody_activity_records", host=HOST) == 0, FRESH, "gina's account gone")
         assert connected(daemon, HOST) == 0 and not (records / "gina.dat").exists()
         # With prosodyctl (which edits the files; the server is not told) the session lives on, and its logout
         # makes mod_lastlog2 write the deleted user's record again: the account is back in every count.
@@ -264,9 +264,11 @@ def test_deleting_a_connected_account(prosody: LiveProsody) -> None:
             client.login("hank", PASSWORD)
             wait_until(lambda: connected(daemon, HOST) == 1, FRESH, "hank connected")
             prosody.prosodyctl("deluser", f"hank@{HOST}")
-            wait_until(lambda: sample(daemon, "prosody_accounts", host=HOST) == 0, FRESH, "hank's record gone")
+            wait_until(lambda: sample(daemon, "prosody_activity_records", host=HOST) == 0, FRESH, "hank's record gone")
             assert connected(daemon, HOST) == 0  # still in Prosody's sessions, but without a record, as Prosody counts
-        wait_until(lambda: sample(daemon, "prosody_accounts", host=HOST) == 1, FRESH, "hank's record written again")
+        wait_until(
+            lambda: sample(daemon, "prosody_activity_records", host=HOST) == 1, FRESH, "hank's record written again"
+        )
         assert active(daemon, HOST, "1d") == 1 and (records / "hank.dat").exists()
         hank = read_log_entries(prosody, HOST)["hank"]
         assert hank.last_active is not None and hank.session_open is None and hank.registered is None
