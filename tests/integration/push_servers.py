@@ -191,12 +191,19 @@ class CarbonServer:
         return names
 
     def points(self, metric: str) -> dict[int, float]:
-        """The points whisper holds for a metric (timestamp: value); empty when carbon has not created it yet."""
+        """The points whisper holds for a metric (timestamp: value); empty when carbon has not created it yet.
+
+        carbon creates a whisper file and then writes its header, so a file seen between the two has no header
+        yet: that reads as not created, and wait_for looks again.
+        """
         path = self.whisper_path(metric)
         if not path.exists():
             return {}
         now = int(time.time()) + 600  # also points a little in the future (clock skew of the sender)
-        fetched = whisper.fetch(str(path), 0, now, now=now)
+        try:
+            fetched = whisper.fetch(str(path), 0, now, now=now)
+        except whisper.CorruptWhisperFile:
+            return {}
         if fetched is None:
             return {}
         (start, _, step), values = fetched
