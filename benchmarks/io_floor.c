@@ -2,8 +2,10 @@
  * *.dat file in it, in one thread, doing nothing with the bytes. No reader of the same files can do less work.
  *
  * With `-a <accounts directory>` before a store directory (Prosody 13's account check), it also lists that accounts
- * directory first, and after each user file of the store reads the user's account file if the listing has one, as
- * a reader that checks every user's account must: the files read are exactly the store's and its users' accounts.
+ * directory first, after each user file of the store reads the user's account file if the listing has one, as a
+ * reader that checks every user's account must, and then the account files of the accounts with no store file (a
+ * registered account never active: its registration time is in it). The files read are exactly the store's and
+ * every account's.
  *
  *   io_floor [-a <accounts directory>] <store directory>...
  *       prints "files <n>\naccount_files <n>\nbytes <n>\nseconds <s>" (listings included in the time; files counts
@@ -20,9 +22,10 @@
 
 static char buffer[1 << 16];
 
-/* The *.dat names of an accounts directory, sorted for bsearch. */
+/* The *.dat names of an accounts directory, sorted for bsearch, and which of them a store file matched. */
 struct names {
     char **items;
+    char *matched;
     size_t count, capacity;
 };
 
@@ -38,7 +41,9 @@ static int compare_names(const void *a, const void *b) {
 static void free_names(struct names *names) {
     for (size_t i = 0; i < names->count; ++i) free(names->items[i]);
     free(names->items);
+    free(names->matched);
     names->items = NULL;
+    names->matched = NULL;
     names->count = names->capacity = 0;
 }
 
@@ -81,12 +86,17 @@ static int list_accounts(DIR *dir, const char *path, struct names *names) {
         ++names->count;
     }
     qsort(names->items, names->count, sizeof *names->items, compare_names);
+    if ((names->matched = calloc(names->count + 1, 1)) == NULL) {
+        perror(path);
+        return -1;
+    }
     return 0;
 }
 
 /* Reads every *.dat file of one store directory, and with `accounts` (an open directory, listed in `names`) the
- * account file of each of its users that has one; returns -1 (with a message) on any error. */
-static int read_store(const char *path, int accounts_fd, const struct names *names, long long *files,
+ * account file of each of its users that has one, then those of the accounts with no store file; returns -1 (with
+ * a message) on any error. */
+static int read_store(const char *path, int accounts_fd, struct names *names, long long *files,
                       long long *account_files, long long *bytes) {
     DIR *dir = opendir(path);
     if (dir == NULL) {
@@ -103,15 +113,23 @@ static int read_store(const char *path, int accounts_fd, const struct names *nam
         }
         ++*files;
         const char *name = entry->d_name;
-        if (accounts_fd >= 0 && bsearch(&name, names->items, names->count, sizeof *names->items, compare_names)) {
+        char **found = accounts_fd >= 0
+            ? bsearch(&name, names->items, names->count, sizeof *names->items, compare_names) : NULL;
+        if (found != NULL) {
             if (read_file(accounts_fd, name, bytes) != 0) {
                 closedir(dir);
                 return -1;
             }
+            names->matched[found - names->items] = 1;
             ++*account_files;
         }
     }
     closedir(dir);
+    for (size_t i = 0; i < names->count; ++i) {
+        if (names->matched[i]) continue;
+        if (read_file(accounts_fd, names->items[i], bytes) != 0) return -1;
+        ++*account_files;
+    }
     return 0;
 }
 
@@ -124,7 +142,7 @@ int main(int argc, char **argv) {
     struct timespec started, ended;
     clock_gettime(CLOCK_MONOTONIC, &started);
     for (int i = 1; i < argc; ++i) {
-        struct names names = {NULL, 0, 0};
+        struct names names = {NULL, NULL, 0, 0};
         DIR *accounts = NULL;
         if (strcmp(argv[i], "-a") == 0) {
             if (i + 2 >= argc) {

@@ -39,13 +39,15 @@ WINDOWS = ("1d", "7d", "30d")
 @dataclass(frozen=True)
 class Run:
     """One timed scan: seconds inside the process, its peak RSS, and the counts it found; for ours also the user
-    records read and how many of them have no account record (marked only where accounts are checked)."""
+    records read, how many of them have no account record (marked only where accounts are checked), and the
+    registered accounts with no record, whose account files it read for their registration times."""
 
     seconds: float
     peak_rss_kib: int
     counts: dict[str, list[int]]
     users: int = 0
     no_account: int = 0
+    account_only: int = 0
 
 
 def generator_version() -> str:
@@ -93,7 +95,7 @@ def run_ours(data_dir: Path, store: Store | None = None) -> Run:
         [sys.executable, __file__, "--child", str(data_dir), *(["--store", store.value] if store else [])]
     )
     result = json.loads(output)
-    return Run(result["seconds"], rss, result["counts"], result["users"], result["no_account"])
+    return Run(result["seconds"], rss, result["counts"], result["users"], result["no_account"], result["account_only"])
 
 
 def compile_bytecode() -> None:
@@ -133,7 +135,8 @@ def child(data_dir: Path, store: Store | None = None) -> None:
     counts = count_hosts(result.hosts.values(), now=NOW, windows=DEFAULT_WINDOWS)
     seconds = time.perf_counter() - started
     by_host = {host: [c.active[w] for w in WINDOWS] for host, c in counts.items()}
-    users = [user for host in result.hosts.values() for user in host.users if not user.account_only]  # records read
+    every = [user for host in result.hosts.values() for user in host.users]
+    users = [user for user in every if not user.account_only]  # records read
     print(
         json.dumps(
             {
@@ -142,6 +145,7 @@ def child(data_dir: Path, store: Store | None = None) -> None:
                 "problems": len(result.problems),
                 "users": len(users),
                 "no_account": sum(user.no_account for user in users),
+                "account_only": len(every) - len(users),
             }
         )
     )

@@ -20,8 +20,9 @@ _FIRST_READ = 16 * 1024  # one read() gets a whole real file
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # never follow a link nor block on a FIFO
 
 Progress = Callable[[int], None]
-# From some of a host's files: its records, the problems met, and the users whose files could not be read.
-ReadPart = tuple[str, list[ActivityRow], list[ReadProblem], list[str]]
+# From some of a host's files: its records, the problems met, the users whose files could not be read, and whether
+# the records are of registered accounts with no activity record (UserFiles.account_only).
+ReadPart = tuple[str, list[ActivityRow], list[ReadProblem], list[str], bool]
 RecordsPart = tuple[str, list[UserActivity], list[ReadProblem], list[str]]  # the same, records made into UserActivity
 
 
@@ -51,6 +52,9 @@ class UserFiles:
     names: list[str]  # `<user>.dat`, regular files when listed
     accounts: AccountDirs = NO_ACCOUNTS
     first: int = 0  # the place of names[0] in the whole listing of the directory
+    # The names are account files (of the `accounts` directory) whose users have no activity record: each is a
+    # registered account never active, with the facts its account file gives (registration time, disabled).
+    account_only: bool = False
 
     def part(self, start: int, stop: int) -> UserFiles:
         """Some of the files; cut at multiples of BATCH_SIZE, so a part's records come in the whole's order."""
@@ -73,15 +77,20 @@ class RecordLoader:
 
     def read(self, files: UserFiles, progress: Progress, done_before: int) -> ReadPart:
         """What `files` hold, and the problems met; `progress` gets the files done (plus `done_before`)."""
+        if files.account_only:
+            part = self._account_only(files)
+            progress(done_before + len(files.names))
+            return part
         problems: list[ReadProblem] = []
         unreadable: list[str] = []  # users
         try:
             directory = os.open(files.directory, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
-            return files.host, [], problems, unreadable  # removed since listed: the host's last record emptied
+            return files.host, [], problems, unreadable, False  # removed since listed: the host's last record emptied
         except OSError as exc:
             problems.append(ReadProblem(files.where, "unreadable", exc.strerror or str(exc)))
-            return files.host, [], problems, [user for name in files.names if (user := user_name(name)) is not None]
+            users = [user for name in files.names if (user := user_name(name)) is not None]
+            return files.host, [], problems, users, False
         try:
             with AccountFiles(self, files.accounts, files.where.rpartition("/")[0], problems) as accounts:
                 rows = self._activity(
@@ -91,7 +100,7 @@ class RecordLoader:
                 left_out = {user for name in accounts.unreadable if (user := user_name(name)) is not None}
                 rows = [row for row in rows if row[0] not in left_out]
                 unreadable.extend(left_out)
-            return files.host, rows, problems, unreadable
+            return files.host, rows, problems, unreadable, False
         finally:
             os.close(directory)
 
@@ -169,22 +178,23 @@ class RecordLoader:
             if row is not None:
                 rows.append(accounts.complete(name, row) if accounts.needed else row)
 
-    def account_only(self, host: str, accounts: AccountDirs, host_where: str, names: list[str]) -> RecordsPart:
-        """The records of registered accounts with no activity data (`<user>.dat` names of the accounts store), each
-        completed by the account files as any other (registration time, disabled)."""
+    def _account_only(self, files: UserFiles) -> ReadPart:
+        """The records of registered accounts with no activity data (`files.names`: account files), each completed
+        by the account files as any other (registration time, disabled)."""
         problems: list[ReadProblem] = []
-        users: list[UserActivity] = []
-        with AccountFiles(self, accounts, host_where, problems) as files:
-            for name in names:
+        rows: list[ActivityRow] = []
+        host_where = files.where.rpartition("/")[0]
+        with AccountFiles(self, files.accounts, host_where, problems) as accounts:
+            for name in files.names:
                 user = user_name(name)
                 if user is None:
-                    problems.append(odd_name(f"{host_where}/{ACCOUNTS}/{name}"))
+                    problems.append(odd_name(f"{files.where}/{name}"))
                     continue
-                row = files.complete(name, (user, None, None, False, None, False))
-                if name not in files.unreadable:
-                    users.append(UserActivity(*row, account_only=True))
-        unreadable = [user for name in files.unreadable if (user := user_name(name)) is not None]
-        return host, users, problems, unreadable
+                row = accounts.complete(name, (user, None, None, False, None, False))
+                if name not in accounts.unreadable:
+                    rows.append(row)
+        unreadable = [user for name in accounts.unreadable if (user := user_name(name)) is not None]
+        return files.host, rows, problems, unreadable, True
 
     def _load_many(self, chunks: list[tuple[bytes, str]]) -> list[Loaded]:
         if not chunks:
@@ -285,7 +295,10 @@ def interpreted(
 
 
 def as_records(read: ReadPart) -> RecordsPart:
-    host, rows, problems, unreadable = read
+    """The rows made into UserActivity (marked account_only where they are)."""
+    host, rows, problems, unreadable, account_only = read
+    if account_only:
+        return host, [UserActivity(*row, account_only=True) for row in rows], problems, unreadable
     return host, list(starmap(UserActivity, rows)), problems, unreadable
 
 

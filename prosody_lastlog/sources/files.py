@@ -99,8 +99,7 @@ class FileStoreReader:
         entries = [(host, path, self._host_entries(path, result.problems)) for host, path in self._host_dirs(result)]
         server = self.policy.server({name for _, _, names in entries for name in names or ()})
         result.server = server
-        listed: list[UserFiles] = []
-        account_only: list[tuple[str, AccountDirs, str, list[str]]] = []  # host, its dirs, where, names
+        listed: list[UserFiles] = []  # each host's store files, then its accounts with no activity record
         for host, host_dir, names in entries:
             if names is None:
                 result.unreadable_hosts.add(host)
@@ -122,7 +121,7 @@ class FileStoreReader:
             if self.policy.lists_accounts(host):
                 recorded = set(files)
                 if without := [name for name in account_names if name not in recorded]:
-                    account_only.append((host, dirs, self._where(host_dir), without))
+                    listed.append(self._accounts_only(host, choice.store, host_dir, dirs, without))
         total = sum(len(files.names) for files in listed)
         workers = min(self._workers, total // MIN_FILES_PER_WORKER)
         with collector_paused():
@@ -130,7 +129,6 @@ class FileStoreReader:
                 read = [as_records(part) for part in read_serially(self._loader, listed, progress or no_progress)]
             else:
                 read = read_in_processes(self._loader, listed, workers, progress)
-            read += [self._loader.account_only(*job) for job in account_only]
             for host, users, problems, unreadable in read:
                 result.hosts[host].users.extend(users)
                 result.problems.extend(problems)
@@ -175,10 +173,16 @@ class FileStoreReader:
         dirs = self._one_account(host_dir, name, choice, problems)
         if not self.policy.lists_accounts(host) or name not in dirs.names:
             return None
-        _, users, problems, unreadable = self._loader.account_only(host, dirs, self._where(host_dir), [name])
+        job = self._accounts_only(host, choice.store, host_dir, dirs, [name])
+        _, users, problems, unreadable = as_records(self._loader.read(job, no_progress, 0))
         if unreadable:
             raise RecordUnreadableError(problems[-1].where)
         return users[0] if users else None
+
+    def _accounts_only(self, host: str, store: Store, host_dir: str, dirs: AccountDirs, names: list[str]) -> UserFiles:
+        """The account files `names` of a host, to be read as registered accounts with no activity record."""
+        directory = os.path.join(host_dir, ACCOUNTS)
+        return UserFiles(host, store, directory, self._where(directory), names, dirs, account_only=True)
 
     def registered_accounts(self, host: str, problems: list[ReadProblem]) -> int | None:
         """One host's registered accounts, listed again (after a change in its accounts store) as a full read counts
