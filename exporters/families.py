@@ -21,10 +21,11 @@ class CountFamily:
     labels: tuple[str, ...]
     help: str
     read: Callable[[HostCounts], Mapping[str, int] | int | None]  # None: not known for this host, so no sample
+    opt_in: bool = False  # samples only when asked for (count --cohorts), so not on the shipped dashboards
 
     def samples(self, counts: HostCounts) -> list[tuple[str | None, int]]:
-        """The family's values for one host: (window label, value) for each window counted (in the order counted),
-        else one (None, value); none where the value is not known."""
+        """The family's values for one host: (label value, value) for each window (or cohort) counted, in the order
+        counted, else one (None, value); none where the value is not known."""
         value = self.read(counts)
         if value is None:
             return []
@@ -88,6 +89,22 @@ COUNT_FAMILIES = (  # in the order every output lists them
         ("host", "window"),
         f"Of prosody_accounts_inactive, those never active: registered at least the window ago. {CACHE_NOTE}",
         lambda counts: counts.never_used,
+    ),
+    CountFamily(
+        "cohort_accounts",
+        ("host", "cohort"),
+        "Accounts counted that registered in the cohort month (UTC, YYYY-MM), for the last 12 months; only with "
+        "count --cohorts.",
+        lambda counts: {c.month: c.registered for c in counts.cohorts},
+        opt_in=True,
+    ),
+    CountFamily(
+        "cohort_retained",
+        ("host", "cohort"),
+        "Of prosody_cohort_accounts, those last active in the current month (UTC). Last-activity data cannot tell "
+        "an account that came back and left from one that stayed. Only with count --cohorts.",
+        lambda counts: {c.month: c.active_this_month for c in counts.cohorts},
+        opt_in=True,
     ),
     CountFamily(
         "connected_users",

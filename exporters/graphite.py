@@ -118,7 +118,7 @@ def _tagged_series(point: Point, prefix: str) -> str:
     series = f"{prefix}.{name}" if prefix else name
     series += f";host={_tag_value(point.host)}"  # tags in carbon's own (sorted) order
     if point.window is not None:
-        series += f";window={_tag_value(point.window)}"
+        series += f";{point.label}={_tag_value(point.window)}"
     return series
 
 

@@ -69,7 +69,7 @@ def format_line_protocol(points: Sequence[Point], *, prefix: str = "prosody", pr
     scale = PRECISIONS[precision]
     lines = []
     for point in points:
-        tags = {"host": point.host, "window": point.window or ""}
+        tags = {"host": point.host, point.label: point.window or ""}
         tag_set = "".join(
             f",{escape_key(key)}={escape_key(value)}" for key, value in sorted(tags.items()) if value != ""
         )

@@ -18,9 +18,10 @@ class Point:
 
     name: str
     host: str
-    window: str | None
+    window: str | None  # the value of the family's second label, if it has one
     value: int
     timestamp: int
+    label: str = "window"  # the name of that label ("window", or "cohort")
 
 
 def aligned(timestamp: float, interval: float) -> int:
@@ -32,7 +33,7 @@ def aligned(timestamp: float, interval: float) -> int:
 def points_of(snapshot: Snapshot, *, timestamp: int) -> list[Point]:
     """Every point of the snapshot, stamped `timestamp`, in a stable order (host, family, window)."""
     return [
-        Point(family.name, host, window, value, timestamp)
+        Point(family.name, host, window, value, timestamp, *family.labels[1:])
         for host, counts in sorted(snapshot.counts.items())
         for family in COUNT_FAMILIES
         for window, value in family.samples(counts)

@@ -31,7 +31,7 @@ from exporters.secrets import secret_setting
 NAME = "pushgateway"
 ERROR_BODY_CHARS = 300  # of the gateway's explanation of a refusal, kept in the error message
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-RESERVED_LABELS = ("job", "host", "window")  # a grouping label overrides a pushed label of the same name
+RESERVED_LABELS = ("job", "host", "window", "cohort")  # a grouping label overrides a pushed label of the same name
 
 
 def exposition(points: Sequence[Point], *, prefix: str = "prosody") -> bytes:

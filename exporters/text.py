@@ -47,6 +47,10 @@ def to_json_document(
                 "returning": dict(c.returning),
                 "inactive": dict(c.inactive),
                 "never_used": dict(c.never_used),
+                "cohorts": [
+                    {"month": cohort.month, "registered": cohort.registered, "retained": list(cohort.retained)}
+                    for cohort in c.cohorts
+                ],
                 "store": c.store.value,
                 "store_basis": c.counting.basis.value,
                 "store_reason": c.counting.reason,
@@ -101,6 +105,30 @@ def render_table(counts: Mapping[str, HostCounts], *, windows: Sequence[Window])
     lines.append("")
     lines.extend(f"[{number}] {text}" for text, number in notes.items())
     return "\n".join(lines) + "\n"
+
+
+COHORT_NOTE = (
+    "Sign-up cohorts (UTC months): the accounts registered in each month, then how many of them were last active in "
+    "or after it (+0) and each month since (+1, +2, ...). Last-activity data keeps one time per account, so it cannot "
+    "tell an account that came back and left from one that stayed."
+)
+
+
+def render_cohorts(counts: Mapping[str, HostCounts]) -> str:
+    """Per host with cohorts, a triangle: a row per sign-up month, its size, then its accounts last active in or
+    after each month since; empty text where no host has cohorts."""
+    blocks = []
+    for host, c in counts.items():
+        if not c.cohorts:
+            continue
+        months = max(len(cohort.retained) for cohort in c.cohorts)
+        rows = [["cohort", "registered", *(f"+{k}" for k in range(months))]]
+        rows += [[cohort.month, str(cohort.registered), *map(str, cohort.retained)] for cohort in c.cohorts]
+        widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(months + 2)]
+        lines = [f"{host}:"]
+        lines += ["  " + "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=False)) for row in rows]
+        blocks.append("\n".join(lines))
+    return "\n" + "\n\n".join(blocks) + f"\n\n{COHORT_NOTE}\n" if blocks else ""
 
 
 def _how_counted(choice: CountingChoice) -> str:

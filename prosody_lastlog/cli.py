@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from exporters import DEFAULT_PORT, ExporterConfigError
+from exporters.account_list import FORMATS
 from prosody_lastlog import __version__
 from prosody_lastlog.core.connected import ConnectedSetting
 from prosody_lastlog.core.model import Store
@@ -66,18 +67,36 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "/healthz. Push exporters (Graphite, InfluxDB, Pushgateway) are [exporters.<name>] tables in --config-file.",
         **unset,
     )
-    for command in (count, serve):
-        _add_source_options(command, default)
-        _add_counting_options(command, default)
-    count.add_argument(
-        "--now", type=int, metavar="EPOCH", help="count as of this Unix time instead of the clock (reproducible runs)"
+    inactive = commands.add_parser(
+        "inactive",
+        help="list accounts inactive for a given time, for cleanup (prints user names)",
+        description="List the accounts whose last activity, else registration, is at least --older-than ago, by "
+        "the rules of the counts (prosody_accounts_inactive). The only command that prints user names, on its "
+        "stdout; it never deletes anything.",
+        **unset,
     )
+    for command in (count, serve, inactive):
+        _add_source_options(command, default)
+        _add_selection_options(command, default)
+    for command in (count, serve):
+        _add_counting_options(command, default)
+    _add_inactive_options(inactive, default)
+    for command in (count, inactive):
+        command.add_argument(
+            "--now", type=int, metavar="EPOCH", help="as of this Unix time instead of the clock (reproducible runs)"
+        )
     count.add_argument(
         "--format",
         choices=("table", "json", "prom", "influx", "graphite"),
         default=default("table"),
         help="table, json, prom (Prometheus text, e.g. for node_exporter's textfile collector), influx (line "
         "protocol, e.g. for Telegraf's inputs.exec) or graphite (carbon plaintext)",
+    )
+    count.add_argument(
+        "--cohorts",
+        action="store_true",
+        help="also count sign-up cohorts: for each of the last 12 months, the accounts registered then and how many "
+        "were last active in or after each month since (reads the data once more)",
     )
     count.add_argument(
         "--output",
@@ -179,23 +198,9 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _add_counting_options(command: argparse.ArgumentParser, default: _Default) -> None:
+def _add_selection_options(command: argparse.ArgumentParser, default: _Default) -> None:
     command.add_argument(
         "--host", action="append", default=default([]), help="count only this host (repeatable; default: all)"
-    )
-    command.add_argument(
-        "--window",
-        action="append",
-        default=default([]),
-        metavar="DURATION",
-        help="activity window such as 1h, 1d, 7d, 30d, 90d (repeatable; default 1d 7d 30d)",
-    )
-    command.add_argument(
-        "--inactive-window",
-        action="append",
-        default=default([]),
-        metavar="DURATION",
-        help="count accounts inactive at least this long, such as 90d or 1y (repeatable; default 90d 180d 365d)",
     )
     command.add_argument(
         "--store",
@@ -205,17 +210,11 @@ def _add_counting_options(command: argparse.ArgumentParser, default: _Default) -
     command.add_argument(
         "--count-disabled", action="store_true", help="count accounts marked disabled (Prosody 13) as active"
     )
-    command.add_argument("--totals-only", action="store_true", help="metrics: one series for all hosts together")
-    command.add_argument(
-        "--compat-metrics",
-        action="store_true",
-        help="metrics: also mod_measure_active_users' own metric names, for dashboards built on them",
-    )
     connected = command.add_argument_group(
         "connected users",
         "mod_measure_active_users counts connected users active in every window. auto asks Prosody's admin socket "
         "(exact), else uses the heuristic: a login with no later logout since Prosody started (its pidfile). "
-        "Off with --now (count) or --as-of (serve). File-store sources only.",
+        "Off with --now (count, inactive) or --as-of (serve). File-store sources only.",
     )
     connected.add_argument(
         "--connected",
@@ -240,6 +239,49 @@ def _add_counting_options(command: argparse.ArgumentParser, default: _Default) -
     )
 
 
+def _add_counting_options(command: argparse.ArgumentParser, default: _Default) -> None:
+    command.add_argument(
+        "--window",
+        action="append",
+        default=default([]),
+        metavar="DURATION",
+        help="activity window such as 1h, 1d, 7d, 30d, 90d (repeatable; default 1d 7d 30d)",
+    )
+    command.add_argument(
+        "--inactive-window",
+        action="append",
+        default=default([]),
+        metavar="DURATION",
+        help="count accounts inactive at least this long, such as 90d or 1y (repeatable; default 90d 180d 365d)",
+    )
+    command.add_argument("--totals-only", action="store_true", help="metrics: one series for all hosts together")
+    command.add_argument(
+        "--compat-metrics",
+        action="store_true",
+        help="metrics: also mod_measure_active_users' own metric names, for dashboards built on them",
+    )
+
+
+def _add_inactive_options(command: argparse.ArgumentParser, default: _Default) -> None:
+    command.add_argument(
+        "--older-than",
+        required=True,
+        metavar="DURATION",
+        help="list accounts whose last activity, else registration, is at least this long ago (e.g. 2y, 180d)",
+    )
+    command.add_argument(
+        "--never-used-for",
+        metavar="DURATION",
+        help="list accounts never active this long after registering (e.g. 14d; default: --older-than)",
+    )
+    command.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=default("names"),
+        help="names (one JID a line), json, or prosodyctl (Prosody's delete command per account, to review and run)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `prosody-lastlog` command."""
     parser = build_parser()
@@ -259,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             validate_exporters(args.exporters)
             return run_serve(args, lambda: parse_settings(argv))
+        if args.command == "inactive":
+            from prosody_lastlog.inactive import run_inactive  # noqa: PLC0415
+
+            return run_inactive(args)
         from prosody_lastlog.count import run_count  # noqa: PLC0415
 
         return run_count(args)

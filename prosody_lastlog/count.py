@@ -11,15 +11,15 @@ from collections import Counter
 from collections.abc import Sequence
 
 from exporters import render_points
-from exporters.text import render_json, render_table, to_json_document
-from prosody_lastlog.core.connected import NOBODY, ConnectedSetting
+from exporters.text import render_cohorts, render_json, render_table, to_json_document
+from prosody_lastlog.core.connected import NOBODY, ConnectedSetting, ConnectedUsers
 from prosody_lastlog.core.counting import HostCounts, Snapshot, totals_only
 from prosody_lastlog.core.model import ReadProblem
 from prosody_lastlog.core.windows import DEFAULT_AGES, parse_windows
 from prosody_lastlog.prosody.running import ConnectedProbe
 from prosody_lastlog.settings import source_options
-from prosody_lastlog.sources.kinds import count_all
-from prosody_lastlog.sources.plan import plan_sources
+from prosody_lastlog.sources.kinds import count_all, with_cohorts
+from prosody_lastlog.sources.plan import Plan, plan_sources
 
 log = logging.getLogger("prosody_lastlog")
 
@@ -29,13 +29,13 @@ def run_count(args: argparse.Namespace) -> int:
     plan = plan_sources(source_options(args), environ=os.environ)
     windows = parse_windows(args.window)
     ages = parse_windows(args.inactive_window, DEFAULT_AGES)
-    now = args.now if args.now is not None else int(time.time())
-    detection = ConnectedSetting.OFF if args.now is not None else ConnectedSetting(args.connected)
-    connected = ConnectedProbe(plan.server, detection).probe() if plan.has_file_source else NOBODY
+    now, connected = as_of(args, plan)
     totals, health = count_all(
         plan.sources, now=now, windows=windows, known_hosts=plan.known_hosts, connected=connected, ages=ages
     )
-    _report_problems(totals.problems)
+    report_problems(totals.problems)
+    if args.cohorts:
+        totals.counts = with_cohorts(plan.sources, totals.counts, now=now, connected=connected)
     _report_clock_skew(totals.counts)
     if args.format == "json":
         document = to_json_document(
@@ -63,7 +63,7 @@ def run_count(args: argparse.Namespace) -> int:
         counts = totals_only(totals.counts, windows) if args.totals_only else totals.counts
         text = render_points(Snapshot(now, counts, windows), args.format)
     else:
-        text = render_table(totals.counts, windows=windows)
+        text = render_table(totals.counts, windows=windows) + render_cohorts(totals.counts)
     if args.output is None:
         sys.stdout.write(text)
         return 0
@@ -76,7 +76,16 @@ def run_count(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_problems(problems: Sequence[ReadProblem]) -> None:
+def as_of(args: argparse.Namespace, plan: Plan) -> tuple[int, ConnectedUsers]:
+    """The time to count as of (--now, else the clock), and who is connected then (nobody with --now, or when no
+    file store is read: SQL counts stored activity only)."""
+    now = args.now if args.now is not None else int(time.time())
+    detection = ConnectedSetting.OFF if args.now is not None else ConnectedSetting(args.connected)
+    return now, ConnectedProbe(plan.server, detection).probe() if plan.has_file_source else NOBODY
+
+
+def report_problems(problems: Sequence[ReadProblem]) -> None:
+    """Logs each problem at debug level and a summary, with no names, as a warning."""
     # File names carry user names, so they are logged at debug level only (-v); the summary has none.
     for problem in problems:
         log.debug("%s: %s: %s", problem.where, problem.kind, problem.reason)

@@ -168,9 +168,15 @@ def usage_problems(args: argparse.Namespace) -> list[str]:
     problems = []
     for option in ("window", "inactive_window"):
         try:
-            parse_windows(getattr(args, option))
+            parse_windows(getattr(args, option, []))
         except ValueError as exc:
             problems.append(f"--{option.replace('_', '-')}: {exc}")
+    for option in ("older_than", "never_used_for"):
+        if getattr(args, option, None) is not None:
+            try:
+                parse_window(getattr(args, option))
+            except ValueError as exc:
+                problems.append(f"--{option.replace('_', '-')}: {exc}")
     if sum(bool(x) for x in (args.sql, args.data_dir, args.config)) > 1:
         problems.append("--config, --data-dir and --sql each say where the data is: give at most one")
     if args.sql_password_file and not args.sql:

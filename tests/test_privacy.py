@@ -361,6 +361,30 @@ def test_count_on_files_prints_no_user_or_address(merged_tree: Path, tmp_path: P
     assert json.loads(runs["files --format json"].stdout)["problems"] == bad_files
 
 
+def test_inactive_prints_names_on_stdout_only_and_no_address_or_hash(merged_tree: Path, merged_sqlite: Path) -> None:
+    """`inactive` is the one command that prints user names: on its stdout, in every format; its stderr stays clean,
+    and nothing it prints holds an IP address, a password hash or a canary password."""
+    commands = {
+        f"{label} --format {fmt}": ["inactive", *source, "--now", str(NOW), "--older-than", "1d", "--format", fmt]
+        for label, source in (
+            ("files", ["--data-dir", str(merged_tree)]),
+            ("sqlite", ["--sql", f"sqlite://{merged_sqlite}"]),
+        )
+        for fmt in ("names", "json", "prosodyctl")
+    }
+    found = secrets()
+    without_names = Secrets(frozenset({"\0no user"}), found.ips, found.passwords)  # the addresses and hashes only
+    for label, ran in run_all(commands).items():
+        assert ran.returncode == 0, f"{label}: {ran.stderr}"
+        found.assert_clean(f"{label}: stderr", ran.stderr)
+        without_names.assert_clean(f"{label}: stdout", ran.stdout)
+        assert any(kind == "user" for kind, _ in _kinds(found.find(ran.stdout))), label  # it does list accounts
+
+
+def _kinds(found: list[str]) -> list[tuple[str, str]]:
+    return [tuple(item.split(" ", 1)) for item in found]  # type: ignore[misc]
+
+
 def hostile_manifest() -> dict[str, Any]:
     """The hostile corpus's list of cases."""
     manifest: dict[str, Any] = json.loads((FIXTURES / "hostile" / "manifest.json").read_text())

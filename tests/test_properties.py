@@ -32,6 +32,7 @@ from prosody_lastlog.cli import main
 from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedUsers
 from prosody_lastlog.core.counting import HostCounts, count_host, count_hosts, total_counts
 from prosody_lastlog.core.health import SourceHealth
+from prosody_lastlog.core.inactive import list_inactive
 from prosody_lastlog.core.model import (
     PROBLEM_KINDS,
     AccountRule,
@@ -436,3 +437,20 @@ def test_count_from_a_data_directory_exports_any_host_name_exactly(hosts: dict[s
                         for line in mine
                         if "window" in line.tags and line.measurement.endswith("active_users")
                     } == active
+
+
+@given(hosts=_hosts(), ages=_WINDOWS, connected=_connected())
+def test_the_inactive_list_is_what_the_inactive_counts_count(
+    hosts: list[HostData], ages: tuple[Window, ...], connected: ConnectedUsers
+) -> None:
+    """`inactive --older-than A` lists exactly the accounts prosody_accounts_inactive{window=A} counts, and its
+    never-active ones are prosody_accounts_never_used{window=A}."""
+    counts = count_hosts(hosts, now=NOW, windows=DEFAULT_WINDOWS, connected=connected, ages=ages)
+    for data in hosts:
+        for age in ages:
+            listed = list_inactive(data, now=NOW, older_than=age, connected=connected)
+            assert len(listed.accounts) == counts[data.host].inactive[age.label]
+            assert sum(a.last_active is None for a in listed.accounts) == counts[data.host].never_used[age.label]
+            assert listed.left_out == counts[data.host].disabled
+            assert listed.unknown <= counts[data.host].never_active
+            assert [a.user for a in listed.accounts] == sorted(a.user for a in listed.accounts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from prosody_lastlog.core.cohorts import Cohort, add_cohorts
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
 from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, Store
 from prosody_lastlog.core.windows import DEFAULT_AGES, Window
@@ -31,6 +32,7 @@ class HostCounts:
     returning: Mapping[str, int] = field(default_factory=dict)  # active in the window, registered before it began
     inactive: Mapping[str, int] = field(default_factory=dict)  # last activity (else registration) >= age ago
     never_used: Mapping[str, int] = field(default_factory=dict)  # of those, never active
+    cohorts: tuple[Cohort, ...] = ()  # sign-up cohorts, oldest first; only where asked for (count --cohorts)
 
     def __post_init__(self) -> None:
         if self.choice is None:  # so that equal counts compare equal however the choice was given
@@ -137,7 +139,7 @@ class Lifecycle:
             if now - last_active < window.seconds and (registered is None or now - registered >= window.seconds):
                 self.returning[window.label] += 1
         for age in self._ages:
-            if now - last_active >= age.seconds:
+            if idle_for(now, last_active, age):
                 self.inactive[age.label] += 1
 
     def add_never_active(self, registered: float | None) -> None:
@@ -145,9 +147,15 @@ class Lifecycle:
         if registered is None:
             return
         for age in self._ages:
-            if self._now - registered >= age.seconds:
+            if idle_for(self._now, registered, age):
                 self.inactive[age.label] += 1
                 self.never_used[age.label] += 1
+
+
+def idle_for(now: float, since: float, age: Window) -> bool:
+    """Whether an account last active (or, never active, registered) at `since` is inactive for `age` as of `now`:
+    at least `age` ago, the complement of "active in a window of that length"."""
+    return now - since >= age.seconds
 
 
 def count_hosts(
@@ -184,6 +192,7 @@ def total_counts(counts: Mapping[str, HostCounts], windows: Sequence[Window]) ->
         _sum_each([c.returning for c in values]),
         _sum_each([c.inactive for c in values]),
         _sum_each([c.never_used for c in values]),
+        add_cohorts([c.cohorts for c in values]),
     )
 
 

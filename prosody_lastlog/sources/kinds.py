@@ -6,19 +6,20 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
+from prosody_lastlog.core.cohorts import Cohort, sign_up_cohorts
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
-from prosody_lastlog.core.counting import count_hosts, zero_counts
+from prosody_lastlog.core.counting import HostCounts, count_hosts, zero_counts
 from prosody_lastlog.core.health import SourceHealth
-from prosody_lastlog.core.model import AccountRule, CountingChoice
+from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData
 from prosody_lastlog.core.rules import Policy, ServerFacts
 from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 from prosody_lastlog.sources.files import FileStoreReader
 from prosody_lastlog.sources.policy import Cadence, Intervals, store_suffix
-from prosody_lastlog.sources.results import SourceCount
+from prosody_lastlog.sources.results import ReadResult, SourceCount
 
 if TYPE_CHECKING:
     from prosody_lastlog.sources.sql_source import SqlSource
@@ -69,14 +70,18 @@ class FileSource:
         counts = count_hosts(result.hosts.values(), now=now, windows=windows, connected=connected, ages=ages)
         return SourceCount(counts, dict.fromkeys(counts, "files"), result.problems, result.server)
 
+    def read(self) -> ReadResult:
+        """Every file of the chosen hosts, as activity records (for listing accounts, not counting)."""
+        return self.reader.read()
+
     def cancel(self) -> None:
         """Nothing to cut here: a full read runs in processes its caller owns and ends (the daemon's scans)."""
 
 
-# Every kind has a name, the hosts it reads (empty: all), `count` (raising DataDirError or DatabaseError when it
-# cannot be read at all), and its refresh policy: `watch_dir`, `counts_connected`, `cadence` and `cancel`. The union
-# is closed: a new kind is added here, and where the daemon reads each kind (daemon/refresh.py, one match). The SQL
-# kind is in its own module, imported only where a database is read.
+# Every kind has a name, the hosts it reads (empty: all), `count` and `read` (raising DataDirError or DatabaseError
+# when it cannot be read at all), and its refresh policy: `watch_dir`, `counts_connected`, `cadence` and `cancel`.
+# The union is closed: a new kind is added here, and where the daemon reads each kind (daemon/refresh.py, one
+# match). The SQL kind is in its own module, imported only where a database is read.
 Source: TypeAlias = "FileSource | SqlSource"
 
 
@@ -108,6 +113,22 @@ def count_all(
             totals.counts[host] = zero_counts(choice, windows, ages)
     totals.counts = dict(sorted(totals.counts.items()))
     return totals, health
+
+
+def with_cohorts(
+    sources: Sequence[Source], counts: Mapping[str, HostCounts], *, now: int, connected: ConnectedUsers = NOBODY
+) -> dict[str, HostCounts]:
+    """The counts with each host's sign-up cohorts, from one more read of every source's records (an SQL source's
+    counts are made in the database, which keeps no per-account result); its problems were reported by the count."""
+    cohorts: dict[str, tuple[Cohort, ...]] = {}
+    for source in sources:
+        online = connected if source.counts_connected else NOBODY
+        for host, data in source.read().hosts.items():
+            cohorts[host] = tuple(sign_up_cohorts(data, now=now, connected=online))
+    return {
+        host: replace(c, cohorts=cohorts.get(host) or tuple(sign_up_cohorts(HostData(host, c.store), now=now)))
+        for host, c in counts.items()
+    }
 
 
 def log_choices(source: str, server: ServerFacts | None, choices: Mapping[str, CountingChoice]) -> None:

@@ -13,7 +13,7 @@ from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS, Cancellation
 from prosody_lastlog.sources.policy import Cadence, Intervals, store_suffix
-from prosody_lastlog.sources.results import SourceCount
+from prosody_lastlog.sources.results import ReadResult, SourceCount
 from prosody_lastlog.sources.sql import SqlReader
 
 
@@ -54,10 +54,16 @@ class SqlSource:
     ) -> SourceCount:
         """Counts in the database (or by streaming rows where it cannot); stored activity only, so `connected`
         is not used (see the README: connected users and SQL)."""
-        reader = SqlReader(
+        return self._reader().count(now=now, windows=windows, ages=ages)
+
+    def read(self) -> ReadResult:
+        """Every row of the chosen hosts' stores, as activity records (for listing accounts, not counting)."""
+        return self._reader().read()
+
+    def _reader(self) -> SqlReader:
+        return SqlReader(
             self.settings, hosts=self.hosts, policy=self.policy, method=self.method, cancellation=self.cancellation
         )
-        return reader.count(now=now, windows=windows, ages=ages)
 
     def cancel(self) -> None:
         """Ends the count running at once (it raises StoppedError), and every later one: the daemon is stopping."""

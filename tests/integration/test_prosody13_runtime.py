@@ -28,6 +28,7 @@ from tests.integration.live_prosody import running_prosody
 from tests.integration.xmpp_client import XmppClient, XmppError
 from tests.prosody13_cases import VARIANTS, module_dir, write_config
 from tests.sql_servers import SqlServer, fresh_mysql_database, fresh_postgres_database
+from tests.test_lifecycle13 import assert_counts_as_prosody_reads, assert_lists_as_list_inactive
 
 sys.path.insert(0, str(FIXTURES))
 
@@ -203,11 +204,19 @@ def host_user(path: str) -> tuple[str, str]:
 
 def test_the_prosody13_scenario_counts_the_same_in_every_storage(database: SqlServer | None, tmp_path: Path) -> None:
     """A live generation of the committed prosody13 case, in files or in a fresh PostgreSQL or MariaDB database:
-    Prosody 13 reports the same counts, and disabled the same accounts, as in the committed file-store case."""
+    Prosody 13 reports the same counts, disabled the same accounts and reads back the same lifecycle reference as in
+    the committed file-store case; and our counts and `inactive` list agree with that reference in every storage."""
     committed = json.loads((COMMITTED / "expected.json").read_text(encoding="utf-8"))
     sql = None if database is None else database.prosody_sql()
     expected = load_generator().generate_case(SCENARIO, tmp_path, sql=sql)
-    for key in ("now", "prosody_version", "prosody_modules_version", "active_users", "active_users_account_activity"):
+    for key in (
+        "now",
+        "prosody_version",
+        "prosody_modules_version",
+        "active_users",
+        "active_users_account_activity",
+        "lifecycle",  # what Prosody's usermanager, storage API and user:list_inactive read back
+    ):
         assert expected[key] == committed[key], key
     assert expected["notes"] == committed["notes"]
     assert expected["active_users"] != expected["active_users_account_activity"]  # the stores disagree somewhere
@@ -219,6 +228,9 @@ def test_the_prosody13_scenario_counts_the_same_in_every_storage(database: SqlSe
         plan = plan_sources(SourceOptions(config=config), environ={})
         totals, _ = count_all(plan.sources, now=expected["now"], windows=DEFAULT_WINDOWS, known_hosts=plan.known_hosts)
         assert {host: dict(counts.active) for host, counts in totals.counts.items()} == expected[key], variant
+        if variant == "account_activity":  # the store user:list_inactive reads: the lifecycle as Prosody reads it
+            assert_counts_as_prosody_reads(config, expected)
+            assert_lists_as_list_inactive(config, expected)
     if database is None:
         assert "storage" not in expected
         assert file_records(tmp_path / "prosody13" / "data") == file_records(COMMITTED / "data")
