@@ -157,3 +157,12 @@ def test_inactive_ages_are_given() -> None:
     users = [UserActivity("a", NOW - 8 * DAY), UserActivity("b", None, registered=NOW - 3 * 365 * DAY)]
     counts = count_host(host(*users), now=NOW, windows=DEFAULT_WINDOWS, ages=ages)
     assert (counts.inactive, counts.never_used) == ({"1w": 2, "2y": 1}, {"1w": 1, "2y": 1})
+
+
+def test_a_registered_account_with_no_record_is_never_counted_connected() -> None:
+    """mod_measure_active_users looks for sessions among the users of its store only: an account whose record is
+    gone (deleted while connected) or not yet written is never active, whatever its sessions."""
+    users = [UserActivity("no-record", None, registered=NOW - DAY, session_open=NOW - 60, account_only=True)]
+    connected = ConnectedUsers(ConnectedMode.ADMIN_SOCKET, {"example.com": frozenset({"no-record"})})
+    counts = count_host(host(*users), now=NOW, windows=DEFAULT_WINDOWS, connected=connected)
+    assert (counts.connected, counts.active["30d"], counts.never_active) == (0, 0, 1)

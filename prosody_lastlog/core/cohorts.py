@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
+from prosody_lastlog.core.connected import NOBODY, ConnectedUsers, is_connected
 from prosody_lastlog.core.model import HostData
 
 MAX_MONTHS = 12  # cohorts shown and exported at most: one series per cohort month and host
@@ -48,7 +48,7 @@ def sign_up_cohorts(
     for user in data.users:
         if user.registered is None or not start <= user.registered <= now:
             continue
-        online = connected.includes(data.host, user.user, user.session_open)
+        online = is_connected(connected, data.host, user)
         if not online and rule.leaves_out(disabled=user.disabled, no_account=user.no_account):
             continue
         cohort = month_number(user.registered) - first

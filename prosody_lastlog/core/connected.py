@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from prosody_lastlog.core.model import UserActivity
+
 
 class ConnectedSetting(StrEnum):
     """The `connected` setting: the ways of finding connected users that may be tried (ConnectedMode: the one found)."""
@@ -60,3 +62,10 @@ class ConnectedUsers:
 
 
 NOBODY = ConnectedUsers()
+
+
+def is_connected(connected: ConnectedUsers, host: str, user: UserActivity) -> bool:
+    """Whether a user counts as connected now (so active in every window): mod_measure_active_users looks for
+    sessions only among the users of the store it reads, so a registered account with no record there
+    (`account_only`) never does, whatever its sessions."""
+    return not user.account_only and connected.includes(host, user.user, user.session_open)

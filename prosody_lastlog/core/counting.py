@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prosody_lastlog.core.cohorts import Cohort, add_cohorts
-from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
+from prosody_lastlog.core.connected import NOBODY, ConnectedUsers, is_connected
 from prosody_lastlog.core.model import AccountRule, CountingChoice, HostData, Store
 from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 
@@ -83,7 +83,7 @@ def count_host(
         records += not user.account_only
         if user.registered is not None:
             _add_within(registered, windows, now - user.registered)
-        if connected.includes(data.host, user.user, user.session_open):
+        if is_connected(connected, data.host, user):
             online += 1
             for window in windows:
                 active[window.label] += 1

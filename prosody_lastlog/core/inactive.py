@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
+from prosody_lastlog.core.connected import NOBODY, ConnectedUsers, is_connected
 from prosody_lastlog.core.counting import idle_for
 from prosody_lastlog.core.model import HostData
 from prosody_lastlog.core.windows import Window
@@ -50,7 +50,7 @@ def list_inactive(
     accounts = []
     unknown = left_out = 0
     for user in data.users:
-        if connected.includes(data.host, user.user, user.session_open):
+        if is_connected(connected, data.host, user):
             continue
         if rule.leaves_out(disabled=user.disabled, no_account=user.no_account):
             left_out += 1

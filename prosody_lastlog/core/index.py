@@ -129,8 +129,7 @@ class HostIndex:
                 users.setdefault(slot, None)
         for slot, known in users.items():
             name = self._names.name(slot) if known is None else known
-            session_open = _time_or_none(self._session_open[slot])
-            if before.includes(self.host, name, session_open) != connected.includes(self.host, name, session_open):
+            if self._includes(before, slot, name) != self._includes(connected, slot, name):
                 self._count_activity(slot, -1, before, name)  # registration times do not depend on it
                 self._count_activity(slot, +1, connected, name)
 
@@ -249,6 +248,9 @@ class HostIndex:
         )
 
     def _includes(self, connected: ConnectedUsers, slot: int, name: str) -> bool:
+        """connected.is_connected, for a slot."""
+        if self._flags[slot] & _ACCOUNT_ONLY:
+            return False
         return connected.includes(self.host, name, _time_or_none(self._session_open[slot]))
 
     def _store(self, slot: int, activity: UserActivity) -> None:
