@@ -66,7 +66,7 @@ fixtures: $(BIN)/prosody-lastlog
 	tools/prosody13-tree.sh
 	$(BIN)/python fixtures/make_fixtures.py
 	$(BIN)/python fixtures/make_fixtures.py --sql sqlite --case sample --case boundaries --case lastlog_legacy \
-		--case account_activity --case prosody13
+		--case account_activity --case prosody13 --case lifecycle
 	$(BIN)/python fixtures/make_hostile.py
 
 clean:

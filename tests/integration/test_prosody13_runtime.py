@@ -28,7 +28,7 @@ from tests.integration.live_prosody import running_prosody
 from tests.integration.xmpp_client import XmppClient, XmppError
 from tests.prosody13_cases import VARIANTS, module_dir, write_config
 from tests.sql_servers import SqlServer, fresh_mysql_database, fresh_postgres_database
-from tests.test_lifecycle13 import assert_counts_as_prosody_reads, assert_lists_as_list_inactive
+from tests.test_lifecycle_reference import assert_counts_as_prosody_reads, assert_lists_as_list_inactive
 
 sys.path.insert(0, str(FIXTURES))
 
@@ -229,8 +229,8 @@ def test_the_prosody13_scenario_counts_the_same_in_every_storage(database: SqlSe
         totals, _ = count_all(plan.sources, now=expected["now"], windows=DEFAULT_WINDOWS, known_hosts=plan.known_hosts)
         assert {host: dict(counts.active) for host, counts in totals.counts.items()} == expected[key], variant
         if variant == "account_activity":  # the store user:list_inactive reads: the lifecycle as Prosody reads it
-            assert_counts_as_prosody_reads(config, expected)
-            assert_lists_as_list_inactive(config, expected)
+            assert assert_counts_as_prosody_reads(SourceOptions(config=config), expected) >= 4
+            assert assert_lists_as_list_inactive(SourceOptions(config=config), expected) >= 12
     if database is None:
         assert "storage" not in expected
         assert file_records(tmp_path / "prosody13" / "data") == file_records(COMMITTED / "data")
