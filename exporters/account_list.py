@@ -12,9 +12,12 @@ import shlex
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prosody_lastlog.core.inactive import InactiveList
 from prosody_lastlog.core.windows import Window
+
+if TYPE_CHECKING:  # the command line loads this module for FORMATS: no more than that at start-up
+    from prosody_lastlog.core.inactive import InactiveList
 
 FORMATS = ("names", "json", "prosodyctl")
 # The delete command of each Prosody: 0.12's prosodyctl deletes from the data itself; 13's asks the running server

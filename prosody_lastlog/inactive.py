@@ -40,8 +40,8 @@ def run_inactive(args: argparse.Namespace) -> int:
         result = source.read()
         log_choices(source.name, result.server, {host: data.counting for host, data in result.hosts.items()})
         report_problems(result.problems)
+        online = connected if source.counts_connected else NOBODY
         for host, data in result.hosts.items():
-            online = connected if source.counts_connected else NOBODY
             lists.append(
                 list_inactive(
                     data,

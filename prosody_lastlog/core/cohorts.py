@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers, is_connected
 from prosody_lastlog.core.model import HostData
@@ -81,12 +80,16 @@ def add_cohorts(per_host: Sequence[Sequence[Cohort]]) -> tuple[Cohort, ...]:
 
 def month_number(epoch: float) -> int:
     """The calendar month (UTC) of a Unix time, as year * 12 + month - 1."""
+    from datetime import UTC, datetime  # noqa: PLC0415  # only when cohorts are counted: every count imports this
+
     moment = datetime.fromtimestamp(epoch, UTC)
     return moment.year * 12 + moment.month - 1
 
 
 def month_start(number: int) -> float:
     """The Unix time a month_number begins (UTC)."""
+    from datetime import UTC, datetime  # noqa: PLC0415  # as in month_number
+
     return datetime(number // 12, number % 12 + 1, 1, tzinfo=UTC).timestamp()
 
 
