@@ -1,4 +1,5 @@
-"""HTTP for Prometheus: a landing page at /, /metrics (text or OpenMetrics by Accept), and /healthz."""
+"""HTTP for Prometheus: a landing page at /, /metrics (text or OpenMetrics by Accept), and /healthz; NodeInfo for
+the hosts opted in (exporters/nodeinfo_pages.py), public even where the rest asks for a password."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from exporters.http_transport import (
     Reply,
     Request,
 )
+from exporters.nodeinfo import PATHS as NODEINFO_PATHS
+from exporters.nodeinfo_pages import NodeInfoPages
 from exporters.prometheus import CountsView
 from prosody_lastlog import __version__
 
@@ -51,8 +54,9 @@ class MetricsServer:
         credentials: Mapping[str, str] | None = None,
         max_connections: int = MAX_CONNECTIONS,
         request_deadline: float = REQUEST_DEADLINE,
+        nodeinfo: NodeInfoPages | None = None,
     ) -> None:
-        site = _Site(Exposition(registry), live, max_age_seconds, clock, credentials or {})
+        site = _Site(Exposition(registry), live, max_age_seconds, clock, credentials or {}, nodeinfo=nodeinfo)
         self._scheme = "https" if tls else "http"
         self._server = HttpServer(
             site,
@@ -227,18 +231,23 @@ class _Site:
         max_age_seconds: Mapping[str, float],
         clock: Callable[[], float],
         credentials: Mapping[str, str],
+        *,
+        nodeinfo: NodeInfoPages | None,
     ) -> None:
         self._exposition = exposition
         self._live = live
         self._max_age_seconds = max_age_seconds
         self._clock = clock
         self._credentials = credentials
+        self._nodeinfo = nodeinfo
 
     def answer(self, request: Request) -> Reply:
         """A GET request's status, headers (but Content-Length) and body."""
+        path = request.target.split("?", 1)[0]
+        if self._nodeinfo is not None and path in NODEINFO_PATHS:  # public: crawlers have no password
+            return self._nodeinfo.answer(request, path)
         if not _authorized(request.headers.get("authorization"), self._credentials):
             return HTTPStatus.UNAUTHORIZED, [("WWW-Authenticate", 'Basic realm="prosody-lastlog"')], b""
-        path = request.target.split("?", 1)[0]
         if path == "/metrics":
             content_type, body = self._exposition.render(request.headers.get("accept", ""))
             return HTTPStatus.OK, [("Content-Type", content_type)], body

@@ -600,7 +600,8 @@ def _reply(
     """A whole reply, for one write."""
     lines = [f"HTTP/1.1 {status.value} {status.phrase}", f"Server: {server_name}", f"Date: {formatdate(usegmt=True)}"]
     lines += [f"{name}: {value}" for name, value in headers]
-    lines.append(f"Content-Length: {len(body)}")
+    if status is not HTTPStatus.NOT_MODIFIED:  # a 304 has no content, and its length would be the 200's
+        lines.append(f"Content-Length: {len(body)}")
     if close:  # the client's choice (Connection: close, HTTP/1.0) or this server's
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -80,6 +80,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         _add_selection_options(command, default)
     for command in (count, serve):
         _add_counting_options(command, default)
+        _add_nodeinfo_options(command, default, serving=command is serve)
     _add_inactive_options(inactive, default)
     for command in (count, inactive):
         command.add_argument(
@@ -87,10 +88,11 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         )
     count.add_argument(
         "--format",
-        choices=("table", "json", "prom", "influx", "graphite"),
+        choices=("table", "json", "prom", "influx", "graphite", "nodeinfo"),
         default=default("table"),
         help="table, json, prom (Prometheus text, e.g. for node_exporter's textfile collector), influx (line "
-        "protocol, e.g. for Telegraf's inputs.exec) or graphite (carbon plaintext)",
+        "protocol, e.g. for Telegraf's inputs.exec), graphite (carbon plaintext) or nodeinfo (the NodeInfo 2.1 "
+        "document of the one --host, to publish as a static file)",
     )
     count.add_argument(
         "--cohorts",
@@ -259,6 +261,36 @@ def _add_counting_options(command: argparse.ArgumentParser, default: _Default) -
         "--compat-metrics",
         action="store_true",
         help="metrics: also mod_measure_active_users' own metric names, for dashboards built on them",
+    )
+
+
+def _add_nodeinfo_options(command: argparse.ArgumentParser, default: _Default, *, serving: bool) -> None:
+    nodeinfo = command.add_argument_group(
+        "NodeInfo",
+        "Public usage figures for directories of federated servers (docs/nodeinfo.md): registered accounts, "
+        "active in 30 and 180 days, whether registration is open.",
+    )
+    if serving:
+        nodeinfo.add_argument(
+            "--nodeinfo-host",
+            action="append",
+            default=default([]),
+            metavar="HOST",
+            help="serve /.well-known/nodeinfo and /nodeinfo/2.1 for requests to this host (by their Host header; "
+            "repeatable; default: none, off)",
+        )
+    nodeinfo.add_argument(
+        "--nodeinfo-node-name",
+        action="append",
+        default=default([]),
+        metavar="HOST=NAME",
+        help="publish NAME as the host's metadata.nodeName (repeatable)",
+    )
+    nodeinfo.add_argument(
+        "--prosody-version",
+        metavar="VERSION",
+        help="Prosody's version to publish when neither the running Prosody (admin socket) nor an installed "
+        "package says",
     )
 
 

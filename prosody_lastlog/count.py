@@ -8,16 +8,17 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from exporters import render_points
+from exporters.nodeinfo import NODEINFO_WINDOWS, nodeinfo_2_1, public_hosts, render_document
 from exporters.text import render_cohorts, render_json, render_table, to_json_document
 from prosody_lastlog.core.connected import NOBODY, ConnectedSetting, ConnectedUsers
 from prosody_lastlog.core.counting import HostCounts, Snapshot, totals_only
 from prosody_lastlog.core.model import ReadProblem
 from prosody_lastlog.core.windows import DEFAULT_AGES, parse_windows
-from prosody_lastlog.prosody.running import ConnectedProbe
-from prosody_lastlog.settings import source_options
+from prosody_lastlog.prosody.running import ConnectedProbe, VersionFinder
+from prosody_lastlog.settings import node_names, source_options
 from prosody_lastlog.sources.kinds import count_all, with_cohorts
 from prosody_lastlog.sources.plan import Plan, plan_sources
 
@@ -27,7 +28,7 @@ log = logging.getLogger("prosody_lastlog")
 def run_count(args: argparse.Namespace) -> int:
     """Counts once as of --now (else the clock), prints or writes the result; 0 when done."""
     plan = plan_sources(source_options(args), environ=os.environ)
-    windows = parse_windows(args.window)
+    windows = NODEINFO_WINDOWS if args.format == "nodeinfo" else parse_windows(args.window)
     ages = parse_windows(args.inactive_window, DEFAULT_AGES)
     now, connected = as_of(args, plan)
     totals, health = count_all(
@@ -59,6 +60,8 @@ def run_count(args: argparse.Namespace) -> int:
             compat=args.compat_metrics,
             detection=plan.connected_detection(connected.mode),
         )
+    elif args.format == "nodeinfo":
+        text = _nodeinfo(args, plan, totals.counts)
     elif args.format in ("influx", "graphite"):
         counts = totals_only(totals.counts, windows) if args.totals_only else totals.counts
         text = render_points(Snapshot(now, counts, windows), args.format)
@@ -74,6 +77,19 @@ def run_count(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise OSError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     return 0
+
+
+def _nodeinfo(args: argparse.Namespace, plan: Plan, counts: Mapping[str, HostCounts]) -> str:
+    """The NodeInfo 2.1 document of the one --host, as serve answers it for a host opted in."""
+    (host,) = public_hosts(args.host, plan.open_registration, node_names(args)).values()
+    version = VersionFinder(plan.server, plan.installed, args.prosody_version).find()
+    if version is None:
+        raise ValueError(
+            "Prosody's version is not known: no Prosody answers, none is installed here; set --prosody-version"
+        )
+    if host.name not in counts:
+        raise ValueError(f"{host.name}: no such host counted here")
+    return render_document(nodeinfo_2_1(host, counts[host.name], version))
 
 
 def as_of(args: argparse.Namespace, plan: Plan) -> tuple[int, ConnectedUsers]:

@@ -23,7 +23,7 @@ from exporters.text import render_table
 from prosody_lastlog.core.connected import ConnectedSetting
 from prosody_lastlog.core.windows import DEFAULT_AGES, Window, parse_window, parse_windows
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
-from prosody_lastlog.settings import FATAL_ERRORS, SettingsError, source_options, usage_problems
+from prosody_lastlog.settings import FATAL_ERRORS, SettingsError, node_names, source_options, usage_problems
 from prosody_lastlog.sources.plan import plan_sources
 
 log = logging.getLogger("prosody_lastlog")
@@ -213,6 +213,9 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         tls=load_tls(args.tls_cert, args.tls_key) if args.tls_cert else None,
         credentials=load_credentials(args.basic_auth_file) if args.basic_auth_file else None,
         exporters=args.exporters,
+        nodeinfo_hosts=tuple(args.nodeinfo_host),
+        node_names=node_names(args),
+        prosody_version=args.prosody_version,
     )
 
 

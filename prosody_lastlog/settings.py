@@ -83,6 +83,12 @@ def _one_of(*choices: str) -> Callable[[object], object]:
     return check
 
 
+def _node_names(value: object) -> object:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError('expected a table of host = "name"')
+    return [f"{host}={name}" for host, name in value.items()]
+
+
 def _exporter_sections(value: object) -> object:
     if not isinstance(value, dict) or not all(isinstance(section, dict) for section in value.values()):
         raise ValueError("expected tables: [exporters.graphite], [exporters.influxdb], ...")
@@ -116,6 +122,9 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "tls_cert": ("tls_cert", _path),
     "tls_key": ("tls_key", _path),
     "basic_auth_file": ("basic_auth_file", _path),
+    "nodeinfo_hosts": ("nodeinfo_host", _texts),
+    "nodeinfo_node_names": ("nodeinfo_node_name", _node_names),
+    "prosody_version": ("prosody_version", _text),
     "exporters": ("exporters", _exporter_sections),
 }
 
@@ -183,6 +192,35 @@ def usage_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--sql-password-file goes with --sql")
     if args.command == "serve":
         problems.extend(_serve_problems(args))
+    problems.extend(_nodeinfo_problems(args))
+    return problems
+
+
+_MAX_NODE_NAME = 200  # characters
+
+
+def node_names(args: argparse.Namespace) -> dict[str, str]:
+    """--nodeinfo-node-name HOST=NAME, by host (lower-case, as Prosody names hosts)."""
+    names = {}
+    for item in getattr(args, "nodeinfo_node_name", []):
+        host, _, name = item.partition("=")
+        names[host.strip().lower()] = name.strip()
+    return names
+
+
+def _nodeinfo_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
+    for item in getattr(args, "nodeinfo_node_name", []):
+        host, sep, name = item.partition("=")
+        if not sep or not host.strip() or not name.strip():
+            problems.append(f"--nodeinfo-node-name wants HOST=NAME, not {item!r}")
+        elif len(name) > _MAX_NODE_NAME or not name.isprintable():
+            problems.append(f"--nodeinfo-node-name {host}: a name of printable characters, at most {_MAX_NODE_NAME}")
+    version = getattr(args, "prosody_version", None)
+    if version is not None and (not version.strip() or not version.isprintable() or len(version) > 100):
+        problems.append(f"--prosody-version: expected a version such as 13.0.1, not {version!r}")
+    if getattr(args, "format", None) == "nodeinfo" and len(args.host) != 1:
+        problems.append("--format nodeinfo is the document of one host: give exactly one --host")
     return problems
 
 

@@ -1,5 +1,6 @@
 """Privacy and exposure (issue 8): at the default log level no user name, IP address or password leaves the tool,
-and the HTTP server answers only /metrics, /healthz and its landing page, on 127.0.0.1 unless told otherwise.
+and the HTTP server answers only /metrics, /healthz and its landing page (and NodeInfo for the hosts opted in,
+aggregates only), on 127.0.0.1 unless told otherwise.
 
 The secrets are every user name and IP address in fixtures/cases (file stores evaluated in the project's Lua
 sandbox, the SQLite fixtures read with sqlite3), a few hostile SQL rows added here, and canary passwords. A user
@@ -419,6 +420,42 @@ def test_count_on_sqlite_prints_no_user_or_address(merged_sqlite: Path) -> None:
     assert "sqlrow_trudy" in verbose.stderr  # the rows are named with -v
 
 
+def test_count_nodeinfo_prints_no_user_or_address(merged_tree: Path, merged_sqlite: Path) -> None:
+    """The NodeInfo document of every host, from files and from SQLite: aggregates only."""
+    commands = {}
+    for label, where in [
+        ("files", ["--data-dir", str(merged_tree)]),
+        ("sqlite", ["--sql", f"sqlite://{merged_sqlite}"]),
+    ]:
+        listed = run_all({"json": ["count", *where, "--now", str(NOW), "--format", "json"]})["json"]
+        for host in json.loads(listed.stdout)["hosts"]:
+            commands[f"{label} {host}"] = ["count", *where, "--now", str(NOW), "--format", "nodeinfo", "--host", host]
+    assert len(commands) > 10
+    runs = run_all(commands)
+    assert_runs(runs, lambda _: 0)
+    assert all('"activeMonth"' in ran.stdout for ran in runs.values())
+
+
+def test_served_nodeinfo_holds_no_user_or_address(merged_tree: Path) -> None:
+    """Every host of every file fixture opted in: each NodeInfo document, as served, holds aggregates only."""
+    plan = plan_sources(SourceOptions(data_dir=merged_tree), environ={})
+    names = tuple(name for host in merged_tree.iterdir() if (name := decode_name(host.name)) is not None)
+    options = ServeOptions(port=0, as_of=NOW, nodeinfo_hosts=names, node_names={names[0]: "A name"})
+    daemon = Daemon(plan, windows=DEFAULT_WINDOWS, options=options)
+    daemon.start()
+    try:
+        served = 0
+        for name in names:
+            for path in ["/.well-known/nodeinfo", "/nodeinfo/2.1", "/.well-known/x-nodeinfo2"]:
+                status, _, body = raw_request(daemon, "GET", path, {"Host": name.encode("idna").decode()})
+                assert status in (200, 503), (name, path, body)  # 503: a host with no data counted
+                secrets().assert_clean(f"{name}{path}", body.decode())
+                served += status == 200
+        assert served > 20
+    finally:
+        daemon.stop()
+
+
 def sql_commands(reader: Reader, password_file: Path, *, bad_urls: bool) -> dict[str, list[str]]:
     """Every format with the password in the URL and from a file, connection errors, and (`bad_urls`) URLs or
     arguments refused before connecting."""
@@ -734,8 +771,8 @@ def raw_request(daemon: Daemon, method: str, path: str, headers: Mapping[str, st
 NOT_SERVED = [
     "/../etc/passwd", "/%2e%2e/etc/passwd", "/metrics/../", "/metrics/", "/METRICS", "/metrics.txt", "/healthz/x",
     "/static/", "/favicon.ico", "/index.html", "/.git/config", "/data/", "/example%2ecom/lastlog2/", "/robots.txt",
-    "http://example.com/etc/passwd",
-]  # fmt: skip
+    "http://example.com/etc/passwd", "/.well-known/nodeinfo", "/nodeinfo/2.1", "/.well-known/x-nodeinfo2",
+]  # fmt: skip  # NodeInfo only for hosts opted in
 
 
 def test_only_metrics_healthz_and_the_landing_page_are_served(hostile_daemon: Daemon) -> None:
@@ -769,6 +806,26 @@ def test_unknown_paths_need_credentials_too(sample_tree: Path) -> None:
             assert (status, headers["WWW-Authenticate"], body) == (401, 'Basic realm="prosody-lastlog"', b""), path
         good = {"Authorization": _basic("prometheus", SCRAPE_PASSWORD)}
         assert raw_request(daemon, "GET", "/nope", good)[0] == 404
+    finally:
+        daemon.stop()
+
+
+def test_nodeinfo_is_public_for_the_hosts_opted_in_and_nothing_else_is(sample_tree: Path) -> None:
+    """With basic auth on, the NodeInfo paths of an opted-in host answer without credentials (crawlers have none);
+    every other path, and NodeInfo for any other host, still asks for them."""
+    options = ServeOptions(
+        port=0, as_of=NOW, credentials={"prometheus": SCRAPE_PASSWORD}, nodeinfo_hosts=("example.com",)
+    )
+    plan = plan_sources(SourceOptions(data_dir=sample_tree), environ={})
+    daemon = Daemon(plan, windows=DEFAULT_WINDOWS, options=options)
+    daemon.start()
+    try:
+        for path in ["/.well-known/nodeinfo", "/nodeinfo/2.1", "/.well-known/x-nodeinfo2"]:
+            assert raw_request(daemon, "GET", path, {"Host": "example.com"})[0] == 200, path
+            assert raw_request(daemon, "GET", path, {"Host": "xmpp.example-org.net"})[0] == 404, path
+            assert raw_request(daemon, "GET", path + "?x=1", {"Host": "example.com"})[0] == 200, path
+        for path in ["/", "/metrics", "/healthz", "/nodeinfo/2.0", "/.well-known/nodeinfo/"]:
+            assert raw_request(daemon, "GET", path, {"Host": "example.com"})[0] == 401, path
     finally:
         daemon.stop()
 

@@ -527,6 +527,54 @@ def test_what_decides_which_accounts_count_and_where_modules_are(tmp_path: Path)
     assert hosts["rooms.example"].auth_provider is None and hosts["rooms.example"].is_component
 
 
+@pytest.mark.parametrize(
+    ("lines", "open_registration"),
+    [
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = true', True),
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = "true"', True),  # get_option_boolean
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = 1', True),
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = "yes"', False),  # not a boolean: default
+        ('modules_enabled = { "lastlog2", "register" }', False),  # allow_registration is off by default
+        ('modules_enabled = { "lastlog2" }\nallow_registration = true', False),  # no mod_register: nothing registers
+        ('modules_enabled = { "lastlog2", "register_ibr" }', True),  # the in-band module itself takes anyone
+        ('modules_enabled = { "lastlog2", "register", "invites_register" }\nallow_registration = true', False),
+        (
+            'modules_enabled = { "lastlog2", "register", "invites_register" }\nallow_registration = true\n'
+            "registration_invite_only = false",
+            True,
+        ),
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = true\nmodules_disabled = { "register" }',
+         False),
+    ],
+)  # fmt: skip
+def test_open_registration_as_prosody_decides_it(lines: str, open_registration: bool, tmp_path: Path) -> None:
+    """Whether anyone may register in-band (NodeInfo's openRegistrations): mod_register_ibr loaded, by mod_register
+    with allow_registration or by itself, and not held to invites by mod_invites_register."""
+    config = tmp_path / "prosody.cfg.lua"
+    config.write_text(f'data_path = "/srv/data"\n{lines}\nVirtualHost "example.com"\n')
+    assert load_prosody_config(config, environ={}).hosts["example.com"].open_registration is open_registration
+
+
+def test_open_registration_per_host(tmp_path: Path) -> None:
+    """A host's own option wins over the global one, as configmanager's lookup does."""
+    config = tmp_path / "prosody.cfg.lua"
+    config.write_text(
+        'data_path = "/srv/data"\nmodules_enabled = { "lastlog2", "register" }\nallow_registration = true\n'
+        'VirtualHost "open.example"\nVirtualHost "closed.example"\n  allow_registration = false\n'
+        'VirtualHost "invites.example"\n  modules_enabled = { "invites_register" }\n'
+    )
+    hosts = load_prosody_config(config, environ={}).hosts
+    assert {name: settings.open_registration for name, settings in hosts.items()} == {
+        "closed.example": False, "invites.example": False, "open.example": True
+    }  # fmt: skip
+
+
+def test_the_debian_stock_config_does_not_open_registration(tmp_path: Path) -> None:
+    """Debian's shipped config loads mod_register and mod_invites_register and leaves allow_registration off."""
+    found = load_prosody_config(copy_tree("debian_stock", tmp_path) / "prosody.cfg.lua", environ={})
+    assert found.hosts and not any(settings.open_registration for settings in found.hosts.values())
+
+
 # --- what the export to Python may cost, and nesting past Lua's limits --------------------------------------
 
 # The five lines of issue 17: one string, stored many times, passes every limit of the evaluation.

@@ -1,4 +1,5 @@
-"""Finding connected users: the admin-socket client's handling of answers, the pidfile, and the mode chosen."""
+"""Finding connected users: the admin-socket client's handling of answers, the pidfile, and the mode chosen; and
+which version of Prosody runs."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from prosody_lastlog.core.connected import ConnectedMode, ConnectedSetting
-from prosody_lastlog.prosody.admin_socket import AdminSocketError, ask_connected_users
-from prosody_lastlog.prosody.running import ConnectedProbe, ProsodyServer, prosody_start_time
+from prosody_lastlog.core.rules import InstalledProsody
+from prosody_lastlog.prosody.admin_socket import AdminSocketError, ask_connected_users, ask_version
+from prosody_lastlog.prosody.running import ConnectedProbe, ProsodyServer, VersionFinder, prosody_start_time
 from tests.conftest import as_nobody
 
 
@@ -180,3 +182,84 @@ def test_nothing_found_means_none(tmp_path: Path) -> None:
 def test_the_chosen_mode_is_kept(tmp_path: Path) -> None:
     assert probe(tmp_path, ConnectedSetting.HEURISTIC, socket_works=True)[0].probe().mode is ConnectedMode.HEURISTIC
     assert probe(tmp_path, ConnectedSetting.OFF, socket_works=True)[0].probe().mode is ConnectedMode.NONE
+
+
+# --------------------------------------------------------------------------- which version runs (NodeInfo)
+
+
+def test_reads_the_version_from_the_shell_answer(tmp_path: Path) -> None:
+    answer = STREAM + b"<repl-output>13.0.1</repl-output><repl-result type='ok'>Result: 1</repl-result>"
+    with admin_socket(tmp_path / "prosody.sock", answer) as received:
+        assert ask_version(tmp_path / "prosody.sock") == "13.0.1"
+    assert b"<repl-input>&gt;print(prosody.version) return 1</repl-input>" in received[0]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"<repl-output></repl-output><repl-result>Result: 0</repl-result>", "unexpected version"),
+        (b"<repl-output>1\n2</repl-output><repl-result>Result: 2</repl-result>", "unexpected version"),
+        (b"<repl-output>" + b"9" * 101 + b"</repl-output><repl-result>Result: 1</repl-result>", "unexpected version"),
+        (b"<repl-output>13.0.1\t(odd)</repl-output><repl-result>Result: 1</repl-result>", "unexpected version"),
+        (b"<repl-output>13.0.1</repl-output><repl-result>Result: 2</repl-result>", "counted 2"),
+        (b"<repl-result type='error'>Error: attempt to index nil</repl-result>", "answered an error"),
+    ],
+)
+def test_odd_version_answers_are_errors(tmp_path: Path, answer: bytes, reason: str) -> None:
+    with admin_socket(tmp_path / "prosody.sock", STREAM + answer), pytest.raises(AdminSocketError, match=reason):
+        ask_version(tmp_path / "prosody.sock", timeout=2)
+
+
+def finder(tmp_path: Path, asked: str | Exception, installed: str | None, setting: str | None) -> VersionFinder:
+    """A VersionFinder whose admin socket answers `asked` (or raises it), with a prosody.version file holding
+    `installed` (none if None)."""
+    version_file = tmp_path / "prosody.version"
+    if installed is not None:
+        version_file.write_text(installed + "\n")
+
+    def ask(_: Path) -> str:
+        if isinstance(asked, Exception):
+            raise asked
+        return asked
+
+    return VersionFinder(
+        ProsodyServer(tmp_path / "prosody.sock"), InstalledProsody("0.12.3", str(version_file)), setting, ask=ask
+    )
+
+
+DOWN = AdminSocketError("Prosody is not running")
+
+
+@pytest.mark.parametrize(
+    ("asked", "installed", "setting", "found"),
+    [
+        ("13.0.2", "13.0.1", "1.0", "13.0.2"),  # the running server first
+        (DOWN, "13.0.1", "1.0", "13.0.1"),  # else the package's file, read now (not the version planned with)
+        (DOWN, "bd2fc0e9ff44", "1.0", "hg:bd2fc0e9ff44"),  # a build from Mercurial names its revision
+        (DOWN, None, "1.0", "1.0"),  # else the setting
+        (DOWN, "", "1.0", "1.0"),
+        (DOWN, None, None, None),  # never a guess
+    ],
+)
+def test_the_version_comes_from_prosody_then_the_package_then_the_setting(
+    tmp_path: Path, asked: str | Exception, installed: str | None, setting: str | None, found: str | None
+) -> None:
+    assert finder(tmp_path, asked, installed, setting).find() == found
+
+
+def test_where_the_version_came_from_is_logged_once_per_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "prosody_lastlog")
+    versions = finder(tmp_path, DOWN, "13.0.1", None)
+    for _ in range(3):
+        assert versions.find() == "13.0.1"
+    (tmp_path / "prosody.version").unlink()
+    assert versions.find() is None
+    notes = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("version: ")]
+    assert notes == [
+        ("INFO", f"version: Prosody 13.0.1, from the installed package's {tmp_path}/prosody.version "
+         "(Prosody is not running)"),
+        ("ERROR", "version: Prosody's version is not known (Prosody is not running; no installed Prosody found; no "
+         "prosody_version setting)"),
+    ]  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 from prosody_lastlog.cli import main, parse_settings
 from prosody_lastlog.daemon.lifecycle import Daemon
 from prosody_lastlog.serve import _reload, _start_daemon
-from prosody_lastlog.settings import SettingsError, read_settings_file
+from prosody_lastlog.settings import SettingsError, node_names, read_settings_file
 from tests.conftest import case_data
 from tests.integration.servers import free_port
 
@@ -176,3 +176,22 @@ def test_a_reload_counts_while_the_old_configuration_serves_and_keeps_push_queue
             assert response.status == 200
     finally:
         reloaded.stop()
+
+
+def test_nodeinfo_settings_map_to_options(tmp_path: Path) -> None:
+    """The node names are a table in the file and HOST=NAME options on the command line: one rule reads both."""
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        'nodeinfo_hosts = ["example.org", "münchen.example"]\nprosody_version = "13.0.1"\n'
+        '[nodeinfo_node_names]\n"example.org" = "Example chat = fun"\n"MÜNCHEN.example" = "Bei uns"\n'
+    )
+    args = parse_settings(["serve", "--config-file", str(path)])
+    assert args.nodeinfo_host == ["example.org", "münchen.example"]
+    assert args.prosody_version == "13.0.1"
+    assert node_names(args) == {"example.org": "Example chat = fun", "münchen.example": "Bei uns"}
+    given = parse_settings(["serve", "--config-file", str(path), "--nodeinfo-node-name", "example.org=Other"])
+    assert node_names(given) == {"example.org": "Other"}  # the command line's list replaces the file's table
+    path.write_text('nodeinfo_hosts = "example.org"\n[nodeinfo_node_names]\n"example.org" = 1\n')
+    with pytest.raises(SettingsError) as raised:
+        read_settings_file(path)
+    assert [line.split(": ")[1] for line in str(raised.value).splitlines()] == ["nodeinfo_hosts", "nodeinfo_node_names"]

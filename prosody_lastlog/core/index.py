@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence, Sized
 
 from prosody_lastlog.core.compact import NameTable, SortedTimes
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
@@ -377,11 +377,17 @@ class ActivityIndex:
             return index.get(user) if index else None
 
     def counts(
-        self, *, now: float, windows: Sequence[Window], ages: Sequence[Window] = DEFAULT_AGES
+        self,
+        *,
+        now: float,
+        windows: Sequence[Window],
+        ages: Sequence[Window] = DEFAULT_AGES,
+        hosts: Collection[str] | None = None,
     ) -> dict[str, HostCounts]:
-        """Counts of every host as of `now`, sorted by host."""
+        """Counts of every host (of `hosts`, if given) as of `now`, sorted by host."""
         with self._lock:
-            return {host: self._hosts[host].counts(now=now, windows=windows, ages=ages) for host in sorted(self._hosts)}
+            held = sorted(self._hosts if hosts is None else self._hosts.keys() & set(hosts))
+            return {host: self._hosts[host].counts(now=now, windows=windows, ages=ages) for host in held}
 
     def tracked_users(self) -> Mapping[str, int]:
         """How many users each host holds."""

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporters import DEFAULT_PORT, Exporter, build_exporters
 from exporters.http import MetricsServer
+from exporters.nodeinfo import NODEINFO_WINDOWS, public_hosts
+from exporters.nodeinfo_pages import NodeInfoPages
 from exporters.prometheus import ActiveUsersCollector
 from exporters.textfile import write_atomically
 from prosody_lastlog.core.connected import ConnectedSetting
@@ -25,11 +27,13 @@ from prosody_lastlog.daemon.refresh import Refresher
 from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.daemon.timer import PeriodicTimer
 from prosody_lastlog.daemon.watcher import watchers_for
-from prosody_lastlog.prosody.running import ConnectedProbe
+from prosody_lastlog.prosody.running import ConnectedProbe, VersionFinder
 from prosody_lastlog.sources.kinds import Source
 from prosody_lastlog.sources.plan import Plan
 
 log = logging.getLogger(__name__)
+
+_VERSION_INTERVAL = 3600.0  # seconds between asking which Prosody runs (for NodeInfo): it changes on upgrades only
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class ServeOptions:
     tls: ssl.SSLContext | None = None
     credentials: Mapping[str, str] | None = field(default=None, repr=False)  # basic auth user -> password
     exporters: Mapping[str, Mapping[str, object]] = field(default_factory=dict, repr=False)  # [exporters.<name>]
+    nodeinfo_hosts: tuple[str, ...] = ()  # hosts whose NodeInfo is served; none: NodeInfo off
+    node_names: Mapping[str, str] = field(default_factory=dict)  # host -> NodeInfo's metadata.nodeName
+    prosody_version: str | None = None  # NodeInfo's software.version where neither Prosody nor its package says
 
 
 class Daemon:
@@ -74,8 +81,15 @@ class Daemon:
         self.clock = _clock(options.as_of)
         file_sources = [s.name for s in plan.sources if s.counts_connected]
         self.live = LiveCounts(
-            windows=windows, source_names=[s.name for s in plan.sources], file_sources=file_sources, ages=ages
+            windows=windows,
+            source_names=[s.name for s in plan.sources],
+            file_sources=file_sources,
+            ages=ages,
+            also_counted=NODEINFO_WINDOWS if options.nodeinfo_hosts else (),
         )
+        self._public_hosts = public_hosts(options.nodeinfo_hosts, plan.open_registration, options.node_names)
+        self._version_finder = VersionFinder(plan.server, plan.installed, options.prosody_version)
+        self.prosody_version: str | None = None  # the running Prosody's, for NodeInfo (asked only if served)
         detection = ConnectedSetting.OFF if options.as_of is not None or not file_sources else options.connected
         self.connected_probe = ConnectedProbe(plan.server, detection)
         self._declare_hosts(plan)
@@ -122,6 +136,7 @@ class Daemon:
         started = time.monotonic()
         self.refresher.progress = _progress_bar() if sys.stderr.isatty() else None
         self._probe_connected()
+        self._find_version()
         try:
             for watcher in self._watchers:
                 watcher.start()
@@ -140,6 +155,8 @@ class Daemon:
             len(counts),
             time.monotonic() - started,
         )
+        for host in self._public_hosts.keys() - counts.keys():
+            log.warning("nodeinfo: %s is not counted here; its NodeInfo answers 503 until it is", host)
 
     def serve(self) -> None:
         """Serves /metrics and keeps counting: timers, push exporters, textfile."""
@@ -154,6 +171,7 @@ class Daemon:
                 clock=self.clock,
                 tls=options.tls,
                 credentials=options.credentials,
+                nodeinfo=self._nodeinfo_pages(),
             )
             self._server.start()
             self._publish()
@@ -200,7 +218,25 @@ class Daemon:
             timers.append(PeriodicTimer(partial(self._publish, exporter), interval=exporter.interval))
         if self.connected_probe.detection is not ConnectedSetting.OFF:
             timers.append(PeriodicTimer(self._probe_connected, interval=options.connected_interval_seconds))
+        if self._public_hosts:
+            timers.append(PeriodicTimer(self._find_version, interval=_VERSION_INTERVAL))
         return timers
+
+    def _nodeinfo_pages(self) -> NodeInfoPages | None:
+        """NodeInfo for the hosts opted in, if any: counts as of each request, NodeInfo's windows included."""
+        if not self._public_hosts:
+            return None
+        live = self.live
+        return NodeInfoPages(
+            self._public_hosts,
+            lambda host, now: live.counts(now=now, windows=NODEINFO_WINDOWS, hosts={host}).get(host),
+            lambda: self.prosody_version,
+            self.clock,
+        )
+
+    def _find_version(self) -> None:
+        if self._public_hosts:
+            self.prosody_version = self._version_finder.find()
 
     def _resync(self, source: Source) -> None:
         log.info("%s: full resync", source.name)

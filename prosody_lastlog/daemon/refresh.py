@@ -185,7 +185,7 @@ class Refresher:
             log_choices(source, server, choices)
 
     def _count(self, source: SqlSource) -> list[ReadProblem]:
-        result = source.count(now=int(self._wall_clock()), windows=self.live.windows, ages=self.live.ages)
+        result = source.count(now=int(self._wall_clock()), windows=self.live.counted_windows, ages=self.live.ages)
         self.live.set_sql_counts(source.name, result.counts)
         self._log_choices(source.name, result.server, {host: c.counting for host, c in result.counts.items()})
         return result.problems

@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedUsers
-from prosody_lastlog.core.counting import HostCounts, zero_counts
+from prosody_lastlog.core.counting import HostCounts, for_windows, zero_counts
 from prosody_lastlog.core.health import SourceHealth
 from prosody_lastlog.core.index import ActivityIndex
 from prosody_lastlog.core.model import CountingChoice
@@ -27,8 +27,10 @@ class LiveCounts:
         source_names: Sequence[str],
         file_sources: Collection[str] = (),
         ages: Sequence[Window] = DEFAULT_AGES,
+        also_counted: Sequence[Window] = (),
     ) -> None:
-        self.windows = windows
+        self.windows = windows  # those counts() gives unless asked for others
+        self.counted_windows = tuple(sorted(set(windows) | set(also_counted)))  # those SQL sources count
         self.ages = ages  # the inactive windows
         self._file_sources = set(file_sources)  # the sources whose counts include connected users
         self.index = ActivityIndex()
@@ -88,20 +90,29 @@ class LiveCounts:
             health = self._health[source]
             self._health[source] = replace(health, problems=_added(health.problems, problems))
 
-    def counts(self, *, now: float) -> dict[str, HostCounts]:
-        """Counts per host as of `now`; nothing for a source that has never counted (no sentinel values)."""
-        counts = self.index.counts(now=now, windows=self.windows, ages=self.ages)
+    def counts(
+        self, *, now: float, windows: Sequence[Window] | None = None, hosts: Collection[str] | None = None
+    ) -> dict[str, HostCounts]:
+        """Counts per host (of `hosts`; default: every one) as of `now`, for `windows` (of counted_windows; default:
+        `self.windows`); nothing for a source that has never counted (no sentinel values)."""
+        windows = self.windows if windows is None else windows
+        counts = self.index.counts(now=now, windows=windows, ages=self.ages, hosts=hosts)
         with self._lock:
             for sql_counts in self._sql_counts.values():
-                counts.update(sql_counts)
+                counts.update(
+                    (host, for_windows(c, windows)) for host, c in sql_counts.items() if hosts is None or host in hosts
+                )
             for host, (source, choice) in self._known_hosts.items():
-                if host not in counts and source in self._counted:
-                    counts[host] = zero_counts(choice, self.windows, self.ages)
+                if host not in counts and source in self._counted and (hosts is None or host in hosts):
+                    counts[host] = zero_counts(choice, windows, self.ages)
         return dict(sorted(counts.items()))
 
     def keep_sql_counts_of(self, previous: LiveCounts) -> None:
         """After a reload: an SQL source that has not counted here yet (its database is down) keeps serving what
-        it last counted under the previous configuration; its health still says it is down."""
+        it last counted under the previous configuration, if that counted every window counted now; its health
+        still says it is down."""
+        if not set(self.counted_windows) <= set(previous.counted_windows):
+            return
         with previous._lock:
             kept = {name: dict(counts) for name, counts in previous._sql_counts.items() if name in previous._counted}
         with self._lock:

@@ -1,4 +1,4 @@
-"""Asks the running Prosody over its admin socket which users have a session.
+"""Asks the running Prosody over its admin socket which users have a session, and which version it is.
 
 The admin socket is the one `prosodyctl shell` uses (mod_admin_socket, `prosody.sock` in data_path): an XML
 stream in the `xmpp:prosody.im/admin` namespace carrying `<repl-input>` lines and `<repl-output>`/`<repl-result>`
@@ -26,7 +26,10 @@ _LIST_SESSIONS = (
     ">local o = {} for h, host in pairs(prosody.hosts) do for u in pairs(host.sessions or {}) do "
     'o[#o + 1] = h .. "\\t" .. u end end print(table.concat(o, "\\n")) return #o'
 )
+# One output line, `prosody.version` as the running server has it (0.12 and 13 alike), and 1 as the result.
+_VERSION = ">print(prosody.version) return 1"
 _MAX_ANSWER_BYTES = 64 * 1024 * 1024
+_MAX_VERSION_CHARACTERS = 100
 
 
 class AdminSocketError(Exception):
@@ -35,6 +38,26 @@ class AdminSocketError(Exception):
 
 def ask_connected_users(path: Path, *, timeout: float = 5.0) -> dict[str, frozenset[str]]:
     """The users with a bound session, per host, as the running Prosody lists them through its admin socket."""
+    lines = _ask(path, _LIST_SESSIONS, timeout=timeout, what="session(s)")
+    users: dict[str, set[str]] = {}
+    for line in lines:
+        host, _, user = line.partition("\t")
+        users.setdefault(host, set()).add(user)
+    return {host: frozenset(names) for host, names in users.items()}
+
+
+def ask_version(path: Path, *, timeout: float = 5.0) -> str:
+    """The running Prosody's version (`prosody.version`: "0.12.3", "13.0.1", or a build's own), as it answers
+    through its admin socket."""
+    lines = _ask(path, _VERSION, timeout=timeout, what="version line(s)")
+    version = lines[0].strip() if len(lines) == 1 else ""
+    if not version or len(version) > _MAX_VERSION_CHARACTERS or not version.isprintable():
+        raise AdminSocketError(f"{path} answered an unexpected version: {version[:_MAX_VERSION_CHARACTERS]!r}")
+    return version
+
+
+def _ask(path: Path, lua: str, *, timeout: float, what: str) -> list[str]:
+    """The output lines of one line of Lua run in Prosody's shell, which must return how many lines it printed."""
     import html  # noqa: PLC0415
     import socket  # noqa: PLC0415
 
@@ -43,19 +66,15 @@ def ask_connected_users(path: Path, *, timeout: float = 5.0) -> dict[str, frozen
             connection.settimeout(timeout)
             connection.connect(str(path))
             connection.sendall(
-                _STREAM_OPEN + b"<repl-input>" + html.escape(_LIST_SESSIONS, quote=False).encode() + b"</repl-input>"
+                _STREAM_OPEN + b"<repl-input>" + html.escape(lua, quote=False).encode() + b"</repl-input>"
             )
             lines, expected = _read_answer(connection)
             connection.sendall(b"</stream:stream>")
     except OSError as exc:
         raise AdminSocketError(_why_not(path, exc)) from exc
     if len(lines) != expected:
-        raise AdminSocketError(f"{path} listed {len(lines)} session(s) but counted {expected}")
-    users: dict[str, set[str]] = {}
-    for line in lines:
-        host, _, user = line.partition("\t")
-        users.setdefault(host, set()).add(user)
-    return {host: frozenset(names) for host, names in users.items()}
+        raise AdminSocketError(f"{path} listed {len(lines)} {what} but counted {expected}")
+    return lines
 
 
 def _why_not(path: Path, error: OSError) -> str:

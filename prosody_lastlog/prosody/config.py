@@ -94,6 +94,7 @@ class HostSettings:
     auth_provider: str | None = DEFAULT_AUTH  # `authentication` (None on a component)
     count_disabled: bool = False  # `measure_active_users_count_disabled`
     measures: bool = False  # mod_measure_active_users is enabled here
+    open_registration: bool = False  # anyone may register an account in-band, without an invite
 
 
 @dataclass(frozen=True)
@@ -333,9 +334,30 @@ def _host_settings(options: Options, host: str, data_path: Path, warnings: list[
         sql=sql,
         drivers=drivers,
         auth_provider=None if component is not None else _auth_provider(options, host),
-        count_disabled=_get(options, host, "measure_active_users_count_disabled") in (True, "true", 1),
+        count_disabled=_boolean(_get(options, host, "measure_active_users_count_disabled")),
         measures=MEASURE_MODULE in modules,
+        open_registration=_open_registration(options, host, modules),
     )
+
+
+def _open_registration(options: Options, host: str, modules: set[PlainValue]) -> bool:
+    """Whether anyone may register in-band: mod_register_ibr is loaded (mod_register loads it when
+    `allow_registration` is on; it may also be enabled itself), and mod_invites_register does not hold it to invites
+    (`registration_invite_only`, on by default). Prosody 0.12 and 13 alike."""
+    in_band = "register_ibr" in modules or (
+        "register" in modules and _boolean(_get(options, host, "allow_registration"))
+    )
+    invite_only = "invites_register" in modules and _boolean(_get(options, host, "registration_invite_only"), True)
+    return in_band and not invite_only
+
+
+def _boolean(value: PlainValue | None, default: bool = False) -> bool:
+    """module:get_option_boolean: true, "true" or 1 is on; false, "false" or 0 off; anything else the default."""
+    if value in (True, "true", 1):
+        return True
+    if value in (False, "false", 0):
+        return False
+    return default
 
 
 def _auth_provider(options: Options, host: str) -> str:

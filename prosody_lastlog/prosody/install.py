@@ -27,12 +27,10 @@ def find_installed(*, config_dirs: Sequence[Path] = (), source_dirs: Sequence[Pa
     version, version_file = None, None
     for directory in source_dirs:
         path = directory / "prosody.version"
-        try:
-            text = path.read_bytes()[:200].decode("utf-8", "replace").strip()
-        except OSError:
-            continue
-        version, version_file = (f"hg:{text}" if re.fullmatch(r"[0-9a-f]{12}", text) else text), str(path)
-        break
+        version = read_version_file(path)
+        if version is not None:
+            version_file = str(path)
+            break
     searched = [(directory, True) for directory in config_dirs]
     searched += [(directory / "modules", False) for directory in source_dirs]
     places = tuple(str(directory) for directory, _ in searched)
@@ -43,6 +41,16 @@ def find_installed(*, config_dirs: Sequence[Path] = (), source_dirs: Sequence[Pa
             unrecognized = None if module is not None else str(found)
             return InstalledProsody(version, version_file, module, places, unrecognized)
     return InstalledProsody(version, version_file, None, places)
+
+
+def read_version_file(path: Path) -> str | None:
+    """The version a `prosody.version` file names (a build from Mercurial names its revision: "hg:<rev>"); None if
+    it cannot be read."""
+    try:
+        text = path.read_bytes()[:200].decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return f"hg:{text}" if re.fullmatch(r"[0-9a-f]{12}", text) else text
 
 
 def read_module(path: Path, *, named_by_config: bool) -> MeasureModule | None:

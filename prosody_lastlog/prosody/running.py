@@ -1,5 +1,5 @@
 """Finds who is connected to the running Prosody: its admin socket (exact, admin_socket.py), or its start time
-(for the heuristic). Usernames read here stay in memory; they are never logged or exported.
+(for the heuristic); and which version it is. Usernames read here stay in memory; they are never logged or exported.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedSetting, ConnectedUsers
-from prosody_lastlog.prosody.admin_socket import AdminSocketError, ask_connected_users
+from prosody_lastlog.core.rules import InstalledProsody
+from prosody_lastlog.prosody.admin_socket import AdminSocketError, ask_connected_users, ask_version
+from prosody_lastlog.prosody.install import read_version_file
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,55 @@ class ConnectedProbe:
         if how != self._last_note:
             log.info("connected users: %s", how)
             self._last_note = how
+
+
+class VersionFinder:
+    """Which Prosody version to publish (NodeInfo's software.version): the running server's, asked through its admin
+    socket; else the installed package's (its prosody.version file, read again each time: an upgrade changes it);
+    else `setting`; else None, never a guess. Logs (once per change) where it came from."""
+
+    def __init__(
+        self,
+        server: ProsodyServer,
+        installed: InstalledProsody,
+        setting: str | None = None,
+        *,
+        ask: Callable[[Path], str] = ask_version,
+    ) -> None:
+        self._socket = server.admin_socket
+        self._version_file = Path(installed.version_file) if installed.version_file else None
+        self._setting = setting
+        self._ask = ask
+        self._last_note: str | None = None
+
+    def find(self) -> str | None:
+        """The version, by the first way that answers."""
+        socket_error = "no admin socket"
+        if self._socket is not None:
+            try:
+                return self._found(self._ask(self._socket), f"the running Prosody, asked at {self._socket}")
+            except AdminSocketError as exc:
+                socket_error = str(exc)
+        if self._version_file is not None:
+            version = read_version_file(self._version_file)
+            if version:
+                return self._found(version, f"the installed package's {self._version_file} ({socket_error})")
+        if self._setting:
+            return self._found(self._setting, f"the prosody_version setting ({socket_error}; no installed Prosody)")
+        self._note(
+            f"Prosody's version is not known ({socket_error}; no installed Prosody found; no prosody_version setting)",
+            logging.ERROR,
+        )
+        return None
+
+    def _found(self, version: str, how: str) -> str:
+        self._note(f"Prosody {version}, from {how}", logging.INFO)
+        return version
+
+    def _note(self, text: str, level: int) -> None:
+        if text != self._last_note:
+            log.log(level, "version: %s", text)
+            self._last_note = text
 
 
 def _whole_second(started: float | None) -> int | None:

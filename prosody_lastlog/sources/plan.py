@@ -43,11 +43,14 @@ class SourceOptions:
 @dataclass
 class Plan:
     """The sources to read, the hosts the config declares (reported with zeros when they have no data, and how they
-    would be counted), and where the running Prosody can be asked who is connected."""
+    would be counted), where the running Prosody can be asked who is connected, the Prosody installed here, and
+    the hosts whose config lets anyone register (None without a config to say)."""
 
     sources: list[Source]
     known_hosts: list[tuple[str, CountingChoice]] = field(default_factory=list)
     server: ProsodyServer = field(default_factory=ProsodyServer)
+    installed: InstalledProsody = field(default_factory=InstalledProsody)
+    open_registration: frozenset[str] | None = None
 
     @property
     def has_file_source(self) -> bool:
@@ -76,6 +79,7 @@ def plan_sources(
         return Plan(
             [_sql_source(settings, options.hosts, policy, options.sql_method)],
             server=_server(options, admin_socket=None, pidfile=None),
+            installed=policy.installed,
         )
     data_dir = options.data_dir
     if data_dir is None:
@@ -88,7 +92,8 @@ def plan_sources(
         log.info("reading Prosody's file store in %s", data_dir)
     policy = _policy(options, find_install((data_dir / "custom_plugins",)))
     files = FileSource(data_dir, hosts=options.hosts, policy=policy, workers=options.scan_workers)
-    return Plan([files], server=_server(options, admin_socket=data_dir / "prosody.sock", pidfile=None))
+    server = _server(options, admin_socket=data_dir / "prosody.sock", pidfile=None)
+    return Plan([files], server=server, installed=policy.installed)
 
 
 def _policy(
@@ -131,7 +136,12 @@ def _plan_from_config(
     policy = _policy(options, installed, {name: _host_config(settings) for name, settings in hosts.items()})
     server = policy.server(())  # before any data is read: what the install says
     places: dict[SqlSettings | None, dict[str, HostConfig]] = {}  # None: the file store
-    plan = Plan([], server=_server(options, admin_socket=config.admin_socket, pidfile=config.pidfile))
+    plan = Plan(
+        [],
+        server=_server(options, admin_socket=config.admin_socket, pidfile=config.pidfile),
+        installed=installed,
+        open_registration=frozenset(name for name, settings in hosts.items() if settings.open_registration),
+    )
     for host, settings in hosts.items():
         choice = policy.choose(host, settings.stores.keys(), server)
         if choice is None:

@@ -18,10 +18,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fixtures"))
 
@@ -143,10 +144,11 @@ def running_prosody(
     preamble: str = "",
     runtime: ProsodyRuntime | None = None,
     modules: Sequence[str] = (),
+    host_options: Mapping[str, str] = MappingProxyType({}),
 ) -> Iterator[LiveProsody]:
     """Starts Prosody (this machine's 0.12 unless `runtime` says otherwise) on a free loopback port (three tries),
-    `preamble` (Lua) at the top of its config, `modules` enabled besides the usual ones; always stops it by PID
-    (SIGTERM, then SIGKILL)."""
+    `preamble` (Lua) at the top of its config, `modules` enabled besides the usual ones, `host_options` (Lua) under
+    each host's VirtualHost line; always stops it by PID (SIGTERM, then SIGKILL)."""
     runtime = runtime or prosody_012()
     if not _installed(runtime, "prosody") or not runtime.host_path(LASTLOG2).exists():
         raise RuntimeError(
@@ -174,7 +176,7 @@ def running_prosody(
                     f", {lua_string(module)}"
                     for module in (*(["account_activity"] if runtime.version == "13" else []), *modules)
                 ),
-                hosts="".join(f"VirtualHost {lua_string(host)}\n" for host in hosts),
+                hosts="".join(f"VirtualHost {lua_string(host)}\n{host_options.get(host, '')}\n" for host in hosts),
             ),
             encoding="utf-8",
         )

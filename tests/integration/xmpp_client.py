@@ -18,6 +18,7 @@ STREAM_NS = "http://etherx.jabber.org/streams"
 SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
 BIND_NS = "urn:ietf:params:xml:ns:xmpp-bind"
 ADMIN_NS = "xmpp:prosody.im/admin"
+REGISTER_NS = "jabber:iq:register"
 
 
 class XmppError(Exception):
@@ -119,6 +120,19 @@ class XmppClient:
         if _local(answer) != (SASL_NS, "success"):
             raise XmppError(f"authentication failed: {[_local(c)[1] for c in answer] or _local(answer)[1]}")
         self._reader = _StreamReader(self._connection)  # the stream restarts after SASL
+
+    def register(self, user: str, password: str) -> bool:
+        """Opens the stream and registers an account in-band (XEP-0077); whether the server took it (False: it
+        refused, e.g. registration is closed)."""
+        self._open_stream()
+        self._send(
+            f"<iq type='set' id='register-1'><query xmlns='{REGISTER_NS}'><username>{escape(user)}</username>"
+            f"<password>{escape(password)}</password></query></iq>"
+        )
+        answer = self._expect_element()
+        if answer.get("id") != "register-1" or answer.get("type") not in ("result", "error"):
+            raise XmppError(f"unexpected answer to a registration: {_local(answer)[1]} {answer.attrib}")
+        return answer.get("type") == "result"
 
     def bind(self, resource: str) -> str:
         """Restarts the stream and binds `resource` (RFC 6120 section 7); returns the bound full JID."""
