@@ -404,6 +404,8 @@ ROWS: list[tuple[str, str, str, float]] = [  # (label, figure, format, scale)
     ("daemon: /metrics failed requests", "daemon.load_errors", ".0f", 1),
     ("daemon: wrk p50 (ms)", "daemon.wrk_p50_ms", ".2f", 1),
     ("daemon: wrk p99 (ms)", "daemon.wrk_p99_ms", ".2f", 1),
+    ("daemon: /nodeinfo/2.1 p99 (ms)", "daemon.nodeinfo_p99_ms", ".2f", 1),
+    ("daemon: /nodeinfo/2.1 p99 / /metrics p99", "daemon.nodeinfo_p99_over_metrics", ".2f", 1),
     ("daemon: rename -> /metrics median (ms)", "daemon.rename_median_ms", ".1f", 1),
     ("daemon: rename -> /metrics p99 (ms)", "daemon.rename_p99_ms", ".1f", 1),
 ]
