@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -13,21 +14,23 @@ from exporters.nodeinfo import (
     DISCOVERY_MAX_AGE,
     DISCOVERY_PATH,
     DOCUMENT_MAX_AGE,
-    NODEINFO_PATH,
-    SCHEMA_2_1,
+    DOCUMENT_PATHS,
+    SCHEMA,
     PublicHost,
-    a_label,
     discovery,
+    host_name,
+    nodeinfo,
     nodeinfo2,
-    nodeinfo_2_1,
 )
 from prosody_lastlog.core.counting import HostCounts
+
+COUNTS_REUSED_SECONDS = 1.0  # a host's counts serve every request within this: a flood costs a count a second
 
 
 class NodeInfoPages:
     """Answers the NodeInfo paths for the hosts opted in, chosen by the request's Host header; 404 for any other
-    host. Documents are built from the counts as of the request, with an ETag (a request naming it gets 304) and a
-    public Cache-Control."""
+    host. Documents are built from the counts as of the request (at most COUNTS_REUSED_SECONDS old), with an ETag
+    (a request naming it gets 304) and a public Cache-Control. Called on the HTTP server's one thread."""
 
     def __init__(
         self,
@@ -36,11 +39,11 @@ class NodeInfoPages:
         version: Callable[[], str | None],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._hosts = {name.lower(): host for name, host in hosts.items()}
-        self._by_ascii = {a_label(name): host for name, host in self._hosts.items()}
+        self._hosts = dict(hosts)  # by host_name
         self._counts = counts  # one host's as of a time, with NODEINFO_WINDOWS; None before it is counted
         self._version = version
         self._clock = clock
+        self._counted: dict[str, tuple[float, HostCounts | None]] = {}  # host -> (when, its counts then)
 
     def answer(self, request: Request, path: str) -> Reply:
         """The reply to a GET of one of PATHS."""
@@ -50,23 +53,35 @@ class NodeInfoPages:
         if path == DISCOVERY_PATH:
             return _json(request, discovery(host), "application/json", DISCOVERY_MAX_AGE)
         version = self._version()
-        counts = self._counts(host.name, self._clock())
+        counts = self._counts_of(host.name)
         if version is None or counts is None:
             why = "Prosody's version is not known" if version is None else "not counted yet"
             headers = [("Content-Type", PLAIN_TEXT), ("Retry-After", "60"), ("Cache-Control", "no-store")]
             return HTTPStatus.SERVICE_UNAVAILABLE, headers, f"{why}: try again later\n".encode()
-        if path == NODEINFO_PATH:
-            content_type = f'application/json; profile="{SCHEMA_2_1}#"'
-            return _json(request, nodeinfo_2_1(host, counts, version), content_type, DOCUMENT_MAX_AGE)
+        schema = DOCUMENT_PATHS.get(path)
+        if schema is not None:
+            content_type = f'application/json; profile="{SCHEMA}{schema}#"'
+            return _json(request, nodeinfo(host, counts, version, schema), content_type, DOCUMENT_MAX_AGE)
         return _json(request, nodeinfo2(host, counts, version), "application/json", DOCUMENT_MAX_AGE)
 
     def _host(self, authority: str) -> PublicHost | None:
-        """The opted-in host a Host header names (any port, a trailing dot, any case, Unicode or its A-label)."""
+        """The opted-in host a Host header names: any port, a trailing dot, any case, its A-label or its Unicode name
+        (sent as UTF-8, which the transport reads as Latin-1, or as Latin-1)."""
         name, _, port = authority.rpartition(":") if authority.count(":") == 1 else (authority, "", "")
         if port and not port.isdigit():
             return None
-        name = name.rstrip(".").lower()
-        return self._hosts.get(name) or self._by_ascii.get(name)
+        with contextlib.suppress(UnicodeError):
+            name = name.encode("latin-1").decode("utf-8")
+        found = host_name(name)
+        return None if found is None else self._hosts.get(found)
+
+    def _counts_of(self, host: str) -> HostCounts | None:
+        now = self._clock()
+        taken, counts = self._counted.get(host, (-COUNTS_REUSED_SECONDS, None))
+        if not 0 <= now - taken < COUNTS_REUSED_SECONDS:
+            counts = self._counts(host, now)
+            self._counted[host] = (now, counts)
+        return counts
 
 
 def _json(request: Request, document: Mapping[str, object], content_type: str, max_age: int) -> Reply:

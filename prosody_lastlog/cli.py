@@ -276,8 +276,8 @@ def _add_nodeinfo_options(command: argparse.ArgumentParser, default: _Default, *
             action="append",
             default=default([]),
             metavar="HOST",
-            help="serve /.well-known/nodeinfo and /nodeinfo/2.1 for requests to this host (by their Host header; "
-            "repeatable; default: none, off)",
+            help="serve /.well-known/nodeinfo, /nodeinfo/2.1, /nodeinfo/2.0 and /.well-known/x-nodeinfo2 for "
+            "requests to this host (by their Host header; repeatable; default: none, off)",
         )
     nodeinfo.add_argument(
         "--nodeinfo-node-name",

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from exporters import render_points
-from exporters.nodeinfo import NODEINFO_WINDOWS, nodeinfo_2_1, public_hosts, render_document
+from exporters.nodeinfo import NODEINFO_WINDOWS, host_name, nodeinfo, public_hosts, render_document
 from exporters.text import render_cohorts, render_json, render_table, to_json_document
 from prosody_lastlog.core.connected import NOBODY, ConnectedSetting, ConnectedUsers
 from prosody_lastlog.core.counting import HostCounts, Snapshot, totals_only
@@ -27,6 +27,8 @@ log = logging.getLogger("prosody_lastlog")
 
 def run_count(args: argparse.Namespace) -> int:
     """Counts once as of --now (else the clock), prints or writes the result; 0 when done."""
+    if args.format == "nodeinfo":  # the host as serve's --nodeinfo-host takes it (checked by usage_problems)
+        args.host = [host_name(args.host[0])]
     plan = plan_sources(source_options(args), environ=os.environ)
     windows = NODEINFO_WINDOWS if args.format == "nodeinfo" else parse_windows(args.window)
     ages = parse_windows(args.inactive_window, DEFAULT_AGES)
@@ -88,8 +90,8 @@ def _nodeinfo(args: argparse.Namespace, plan: Plan, counts: Mapping[str, HostCou
             "Prosody's version is not known: no Prosody answers, none is installed here; set --prosody-version"
         )
     if host.name not in counts:
-        raise ValueError(f"{host.name}: no such host counted here")
-    return render_document(nodeinfo_2_1(host, counts[host.name], version))
+        raise ValueError(f"{host.name}: no such host counted here (`prosody-lastlog count -v` lists the hosts)")
+    return render_document(nodeinfo(host, counts[host.name], version))
 
 
 def as_of(args: argparse.Namespace, plan: Plan) -> tuple[int, ConnectedUsers]:

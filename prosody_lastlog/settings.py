@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from exporters import DEFAULT_PORT
+from exporters.nodeinfo import host_name
 from exporters.secrets import read_secret
 from prosody_lastlog.core.connected import ConnectedSetting
 from prosody_lastlog.core.model import Store
@@ -219,8 +220,14 @@ def _nodeinfo_problems(args: argparse.Namespace) -> list[str]:
     version = getattr(args, "prosody_version", None)
     if version is not None and (not version.strip() or not version.isprintable() or len(version) > 100):
         problems.append(f"--prosody-version: expected a version such as 13.0.1, not {version!r}")
-    if getattr(args, "format", None) == "nodeinfo" and len(args.host) != 1:
-        problems.append("--format nodeinfo is the document of one host: give exactly one --host")
+    for host in getattr(args, "nodeinfo_host", []):
+        if host_name(host) is None:
+            problems.append(f"--nodeinfo-host wants a host name as in Prosody's config (example.org), not {host!r}")
+    if getattr(args, "format", None) == "nodeinfo":
+        if len(args.host) != 1 or host_name(args.host[0]) is None:
+            problems.append("--format nodeinfo is the document of one host: give exactly one --host, a host name")
+        problems += [f"--{option} does not go with --format nodeinfo" for option in ("cohorts", "totals-only")
+                     if getattr(args, option.replace("-", "_"))]  # fmt: skip
     return problems
 
 

@@ -26,14 +26,15 @@ from hypothesis import strategies as st
 from exporters.http_transport import Request
 from exporters.nodeinfo import (
     NODEINFO_WINDOWS,
-    SCHEMA_2_1,
+    SCHEMA,
     PublicHost,
     discovery,
+    host_name,
+    nodeinfo,
     nodeinfo2,
-    nodeinfo_2_1,
     public_hosts,
 )
-from exporters.nodeinfo_pages import NodeInfoPages
+from exporters.nodeinfo_pages import COUNTS_REUSED_SECONDS, NodeInfoPages
 from prosody_lastlog.cli import main
 from prosody_lastlog.core.counting import HostCounts
 from prosody_lastlog.core.model import Store
@@ -47,11 +48,12 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 NOW = 1763900000  # the fixtures' `now`
 CLI = [sys.executable, "-m", "prosody_lastlog"]
 NODEINFO_WINDOW_OPTIONS = ["--window", "30d", "--window", "180d"]
+SCHEMA_2_1 = SCHEMA + "2.1"
 
 
 @cache
 def validator(name: str) -> jsonschema.Draft4Validator:
-    """A validator of a vendored schema (both are draft 4)."""
+    """A validator of a vendored schema (all are draft 4)."""
     schema = json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema)
@@ -65,6 +67,10 @@ def assert_valid(document: object, schema: str) -> None:
 
 def assert_nodeinfo_2_1(document: object) -> None:
     assert_valid(document, "nodeinfo-2.1.schema.json")
+
+
+def assert_nodeinfo_2_0(document: object) -> None:
+    assert_valid(document, "nodeinfo-2.0.schema.json")
 
 
 def assert_nodeinfo2(document: object) -> None:
@@ -86,7 +92,7 @@ ACTIVE = {"7d": 3, "30d": 5, "180d": 8}
 
 def test_the_schemas_catch_what_they_should() -> None:
     """The validators are live: a document missing software.version, or with a negative count, fails."""
-    good = nodeinfo_2_1(PublicHost("example.com", True), counts(ACTIVE, 12), "13.0.1")
+    good = nodeinfo(PublicHost("example.com", True), counts(ACTIVE, 12), "13.0.1")
     assert_nodeinfo_2_1(good)
     for broken in [
         {**good, "software": {"name": "prosody"}},
@@ -113,7 +119,7 @@ def test_every_document_validates(  # noqa: PLR0917  # hypothesis passes each dr
 ) -> None:  # fmt: skip
     host = PublicHost("münchen.example", open_registrations, node_name)
     host_counts = counts({"7d": week, "30d": month, "180d": half_year}, total)
-    document = nodeinfo_2_1(host, host_counts, version)
+    document = nodeinfo(host, host_counts, version)
     assert_nodeinfo_2_1(document)
     assert_nodeinfo2(nodeinfo2(host, host_counts, version))
     users = document["usage"]["users"]  # type: ignore[index]
@@ -138,10 +144,27 @@ def test_the_older_nodeinfo2_document_has_the_week_too() -> None:
     assert unnamed["server"]["name"] == "example.com"  # type: ignore[index]  # as mod_nodeinfo2: the host
 
 
-def test_discovery_links_to_the_2_1_document_on_the_domain_over_https() -> None:
+def test_discovery_links_to_the_2_1_and_2_0_documents_on_the_domain_over_https() -> None:
     assert discovery(PublicHost("münchen.example", False)) == {
-        "links": [{"rel": SCHEMA_2_1, "href": "https://xn--mnchen-3ya.example/nodeinfo/2.1"}]
+        "links": [
+            {"rel": SCHEMA + "2.1", "href": "https://xn--mnchen-3ya.example/nodeinfo/2.1"},
+            {"rel": SCHEMA + "2.0", "href": "https://xn--mnchen-3ya.example/nodeinfo/2.0"},
+        ]
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("example.org", "example.org"), (" Example.ORG. ", "example.org"),
+        ("xn--mnchen-3ya.example", "münchen.example"), ("MÜNCHEN.example", "münchen.example"), ("", None),
+        (".", None), ("https://example.org/", None),
+        ("example.org:443", None), ("user@example.org", None), ("a b.example", None), ("xn--zz.example", None),
+        ("example.org\x00", None),
+    ],
+)  # fmt: skip
+def test_host_names_as_prosody_writes_them(text: str, name: str | None) -> None:
+    assert host_name(text) == name
 
 
 def test_public_hosts_take_open_registration_from_the_config_and_say_when_there_is_none(
@@ -197,28 +220,31 @@ def test_an_opted_in_host_is_found_by_its_host_header(host_header: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "host_header", ["xn--mnchen-3ya.example", "münchen.example".encode().decode("latin-1"), "MÜNCHEN.example"]
+    "host_header",
+    [
+        "xn--mnchen-3ya.example",
+        "XN--MNCHEN-3YA.example",
+        "münchen.example".encode().decode("latin-1"),
+        "münchen.example",
+    ],
 )
 def test_an_internationalized_host_is_found_by_its_a_label_or_its_name(host_header: str) -> None:
+    """A client sends the A-label, or the name in UTF-8 (which the transport reads as Latin-1) or in Latin-1."""
     site, _ = pages()
-    status, _, body = site.answer(
-        request("/.well-known/x-nodeinfo2", {"Host": host_header}), "/.well-known/x-nodeinfo2"
-    )
-    if host_header.isascii() or host_header.lower() == "münchen.example":
-        assert status == HTTPStatus.OK
-        assert_nodeinfo2(json.loads(body))
-    else:  # the UTF-8 bytes read as Latin-1: no such host
-        assert status == HTTPStatus.NOT_FOUND
+    path = "/.well-known/x-nodeinfo2"
+    status, _, body = site.answer(request(path, {"Host": host_header}), path)
+    assert status == HTTPStatus.OK
+    assert_nodeinfo2(json.loads(body))
 
 
 @pytest.mark.parametrize(
     "host_header",
     ["", "x.example", "other.com", "example.com.evil", "evil.example.com", "example.com:x", "[::1]:10522", "127.0.0.1",
-     "example.com:443:443", " example.com"],
+     "example.com:443:443", "example.com/", "münchen.example.com", "\xff.example"],
 )  # fmt: skip
 def test_any_other_host_gets_404(host_header: str) -> None:
     site, asked = pages()
-    for path in ["/.well-known/nodeinfo", "/nodeinfo/2.1", "/.well-known/x-nodeinfo2"]:
+    for path in ["/.well-known/nodeinfo", "/nodeinfo/2.1", "/nodeinfo/2.0", "/.well-known/x-nodeinfo2"]:
         headers = {"Host": host_header} if host_header else {}
         assert site.answer(request(path, headers), path) == (
             HTTPStatus.NOT_FOUND, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
@@ -232,6 +258,7 @@ def test_documents_carry_an_etag_and_a_public_cache_lifetime_and_304_when_unchan
     for path, max_age in [
         ("/.well-known/nodeinfo", 86400),
         ("/nodeinfo/2.1", 1800),
+        ("/nodeinfo/2.0", 1800),
         ("/.well-known/x-nodeinfo2", 1800),
     ]:
         status, headers, body = site.answer(request(path, host), path)
@@ -256,6 +283,29 @@ def test_new_counts_make_a_new_etag() -> None:
         dict(before.answer(request(path, host), path)[1])["ETag"]
         != dict(after.answer(request(path, host), path)[1])["ETag"]
     )
+
+
+def test_a_flood_counts_a_host_once_a_second() -> None:
+    """Public requests cost one count of the host a second, however many; each host has its own."""
+    clock = [1000.0]
+    asked: list[tuple[str, float]] = []
+
+    def counts_at(host: str, now: float) -> HostCounts:
+        asked.append((host, now))
+        return counts(ACTIVE, 12)
+
+    hosts = public_hosts(["example.com", "b.example"], frozenset(), {})
+    site = NodeInfoPages(hosts, counts_at, lambda: "13.0.1", clock=lambda: clock[0])
+    for step in range(30):
+        clock[0] = 1000.0 + step / 10
+        for host in ("example.com", "b.example"):
+            for path in ["/nodeinfo/2.1", "/nodeinfo/2.0", "/.well-known/x-nodeinfo2"]:
+                assert site.answer(request(path, {"Host": host}), path)[0] == HTTPStatus.OK
+    assert COUNTS_REUSED_SECONDS == 1.0
+    assert asked == [(host, at) for at in (1000.0, 1001.0, 1002.0) for host in ("example.com", "b.example")]
+    clock[0] = 999.0  # the clock went back: counted again
+    site.answer(request("/nodeinfo/2.1", {"Host": "example.com"}), "/nodeinfo/2.1")
+    assert asked[-1] == ("example.com", 999.0)
 
 
 @pytest.mark.parametrize(("version", "counted", "why"), [(None, None, b"version"), ("13.0.1", {}, b"not counted yet")])
@@ -399,6 +449,9 @@ def test_count_prints_the_document_of_one_host(capsys: pytest.CaptureFixture[str
         (["--format", "nodeinfo", "--host", "a.example", "--host", "b.example"], "give exactly one --host"),
         (["--format", "nodeinfo", "--host", "a", "--nodeinfo-node-name", "a"], "wants HOST=NAME"),
         (["--format", "nodeinfo", "--host", "a", "--nodeinfo-node-name", "a=\x1b[2J"], "printable"),
+        (["--format", "nodeinfo", "--host", "https://a.example/"], "a host name"),
+        (["--format", "nodeinfo", "--host", "a.example", "--cohorts"], "--cohorts does not go with"),
+        (["--format", "nodeinfo", "--host", "a.example", "--totals-only"], "--totals-only does not go with"),
     ],
 )
 def test_count_nodeinfo_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -462,5 +515,21 @@ def test_a_304_over_http_has_no_content_and_keeps_the_connection(sample_tree: Pa
         third = connection.getresponse()
         assert (third.status, third.read()) == (200, body)
         connection.close()
+    finally:
+        daemon.stop()
+
+
+def test_an_opted_in_host_never_counted_here_is_not_served(sample_tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A host no source counts (a typo, a component) is refused at start with an error, and answers 404."""
+    plan = plan_sources(SourceOptions(data_dir=sample_tree), environ={})
+    options = ServeOptions(port=0, as_of=NOW, nodeinfo_hosts=("example.com", "nowhere.example"))
+    daemon = Daemon(plan, windows=DEFAULT_WINDOWS, options=options)
+    with caplog.at_level(logging.WARNING):
+        daemon.start()
+    try:
+        assert "nodeinfo: nowhere.example is not a host counted here; its NodeInfo is not served" in caplog.text
+        base = daemon.server.url.removesuffix("/metrics")
+        assert http_get(f"{base}/.well-known/nodeinfo", "nowhere.example")[0] == 404
+        assert http_get(f"{base}/.well-known/nodeinfo", "example.com")[0] == 200
     finally:
         daemon.stop()

@@ -43,6 +43,7 @@ import pytest
 from psycopg import sql
 
 from exporters import DEFAULT_PORT
+from exporters.nodeinfo import PATHS as NODEINFO_PATHS
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.prosody.pathnames import decode_name, encode_name
@@ -446,7 +447,7 @@ def test_served_nodeinfo_holds_no_user_or_address(merged_tree: Path) -> None:
     try:
         served = 0
         for name in names:
-            for path in ["/.well-known/nodeinfo", "/nodeinfo/2.1", "/.well-known/x-nodeinfo2"]:
+            for path in NODEINFO_PATHS:
                 status, _, body = raw_request(daemon, "GET", path, {"Host": name.encode("idna").decode()})
                 assert status in (200, 503), (name, path, body)  # 503: a host with no data counted
                 secrets().assert_clean(f"{name}{path}", body.decode())
@@ -771,7 +772,7 @@ def raw_request(daemon: Daemon, method: str, path: str, headers: Mapping[str, st
 NOT_SERVED = [
     "/../etc/passwd", "/%2e%2e/etc/passwd", "/metrics/../", "/metrics/", "/METRICS", "/metrics.txt", "/healthz/x",
     "/static/", "/favicon.ico", "/index.html", "/.git/config", "/data/", "/example%2ecom/lastlog2/", "/robots.txt",
-    "http://example.com/etc/passwd", "/.well-known/nodeinfo", "/nodeinfo/2.1", "/.well-known/x-nodeinfo2",
+    "http://example.com/etc/passwd", *NODEINFO_PATHS,
 ]  # fmt: skip  # NodeInfo only for hosts opted in
 
 
@@ -820,11 +821,11 @@ def test_nodeinfo_is_public_for_the_hosts_opted_in_and_nothing_else_is(sample_tr
     daemon = Daemon(plan, windows=DEFAULT_WINDOWS, options=options)
     daemon.start()
     try:
-        for path in ["/.well-known/nodeinfo", "/nodeinfo/2.1", "/.well-known/x-nodeinfo2"]:
+        for path in NODEINFO_PATHS:
             assert raw_request(daemon, "GET", path, {"Host": "example.com"})[0] == 200, path
             assert raw_request(daemon, "GET", path, {"Host": "xmpp.example-org.net"})[0] == 404, path
             assert raw_request(daemon, "GET", path + "?x=1", {"Host": "example.com"})[0] == 200, path
-        for path in ["/", "/metrics", "/healthz", "/nodeinfo/2.0", "/.well-known/nodeinfo/"]:
+        for path in ["/", "/metrics", "/healthz", "/nodeinfo/1.0", "/.well-known/nodeinfo/"]:
             assert raw_request(daemon, "GET", path, {"Host": "example.com"})[0] == 401, path
     finally:
         daemon.stop()

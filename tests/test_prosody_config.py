@@ -545,11 +545,23 @@ def test_what_decides_which_accounts_count_and_where_modules_are(tmp_path: Path)
         ),
         ('modules_enabled = { "lastlog2", "register" }\nallow_registration = true\nmodules_disabled = { "register" }',
          False),
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = { true }', True),  # a list: its first
+        ('modules_enabled = { "lastlog2", "register", "invites_register" }\nallow_registration = true\n'
+         'registration_invite_only = "yes"', True),  # not understood: nil, which `if` takes as off
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = true\nallowlist_registration_only = true',
+         False),  # only the allowlisted addresses (127.0.0.1 and ::1 by default) may register
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = true\nwhitelist_registration_only = true',
+         False),  # the option's former name
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = true\nauthentication = "anonymous"',
+         False),  # cannot create accounts
+        ('modules_enabled = { "lastlog2", "register" }\nallow_registration = true\nauthentication = "internal_plain"',
+         True),
     ],
 )  # fmt: skip
 def test_open_registration_as_prosody_decides_it(lines: str, open_registration: bool, tmp_path: Path) -> None:
     """Whether anyone may register in-band (NodeInfo's openRegistrations): mod_register_ibr loaded, by mod_register
-    with allow_registration or by itself, and not held to invites by mod_invites_register."""
+    with allow_registration or by itself, an auth provider that creates accounts, and not held to allowlisted
+    addresses by mod_register_limits or to invites by mod_invites_register."""
     config = tmp_path / "prosody.cfg.lua"
     config.write_text(f'data_path = "/srv/data"\n{lines}\nVirtualHost "example.com"\n')
     assert load_prosody_config(config, environ={}).hosts["example.com"].open_registration is open_registration

@@ -263,3 +263,13 @@ def test_where_the_version_came_from_is_logged_once_per_change(
         ("ERROR", "version: Prosody's version is not known (Prosody is not running; no installed Prosody found; no "
          "prosody_version setting)"),
     ]  # fmt: skip
+
+
+def test_a_version_setting_that_is_not_used_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The running Prosody and the installed package come first; whoever set prosody_version is told it is not used."""
+    caplog.set_level(logging.INFO, "prosody_lastlog")
+    assert finder(tmp_path, "13.0.2", "13.0.1", "1.0").find() == "13.0.2"
+    assert finder(tmp_path, DOWN, "13.0.1", "1.0").find() == "13.0.1"
+    notes = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("version: ")]
+    assert [level for level, _ in notes] == ["WARNING", "WARNING"]
+    assert all(text.endswith("; the prosody_version setting is not used") for _, text in notes)

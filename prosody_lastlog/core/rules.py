@@ -81,7 +81,9 @@ class HostConfig:
     accounts_storage: str | None = None  # the accounts store's driver, where it is not the activity's (not read)
 
 
-_ACCOUNTS_IN_STORAGE = frozenset({HASHED, "internal_plain"})  # providers whose accounts are the `accounts` store
+ACCOUNTS_IN_STORAGE = frozenset(
+    {HASHED, "internal_plain"}
+)  # providers whose accounts are the `accounts` store (and which can create them)
 
 
 def keeps_accounts(config: HostConfig | None) -> bool | None:
@@ -92,7 +94,7 @@ def keeps_accounts(config: HostConfig | None) -> bool | None:
         return None
     if config.is_component or config.accounts_storage is not None:
         return False
-    return (config.auth_provider or DEFAULT_AUTH) in _ACCOUNTS_IN_STORAGE
+    return (config.auth_provider or DEFAULT_AUTH) in ACCOUNTS_IN_STORAGE
 
 
 @dataclass(frozen=True)

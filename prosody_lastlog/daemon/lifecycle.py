@@ -88,6 +88,7 @@ class Daemon:
             also_counted=NODEINFO_WINDOWS if options.nodeinfo_hosts else (),
         )
         self._public_hosts = public_hosts(options.nodeinfo_hosts, plan.open_registration, options.node_names)
+        self._declared_hosts = {host for host, _ in plan.known_hosts}  # counted once their source is
         self._version_finder = VersionFinder(plan.server, plan.installed, options.prosody_version)
         self.prosody_version: str | None = None  # the running Prosody's, for NodeInfo (asked only if served)
         detection = ConnectedSetting.OFF if options.as_of is not None or not file_sources else options.connected
@@ -155,8 +156,12 @@ class Daemon:
             len(counts),
             time.monotonic() - started,
         )
-        for host in self._public_hosts.keys() - counts.keys():
-            log.warning("nodeinfo: %s is not counted here; its NodeInfo answers 503 until it is", host)
+        for host in sorted(self._public_hosts.keys() - counts.keys()):
+            if host in self._declared_hosts:
+                log.warning("nodeinfo: %s is not counted yet; its NodeInfo answers 503 until it is", host)
+            else:
+                log.error("nodeinfo: %s is not a host counted here; its NodeInfo is not served", host)
+                del self._public_hosts[host]
 
     def serve(self) -> None:
         """Serves /metrics and keeps counting: timers, push exporters, textfile."""

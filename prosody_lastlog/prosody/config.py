@@ -43,7 +43,7 @@ from typing import Any, TypeAlias
 from lupa.lua54 import lua_type
 
 from prosody_lastlog.core.model import ACCOUNTS, Store
-from prosody_lastlog.core.rules import DEFAULT_AUTH
+from prosody_lastlog.core.rules import ACCOUNTS_IN_STORAGE, DEFAULT_AUTH
 from prosody_lastlog.prosody.pathnames import DEFAULT_DATA_PATH
 from prosody_lastlog.prosody.sandbox import PlainValue, restricted_runtime
 from prosody_lastlog.prosody.sql_settings import DRIVERS, SqlSettings
@@ -327,37 +327,44 @@ def _host_settings(options: Options, host: str, data_path: Path, warnings: list[
         raise _UnusableHostError(NO_STORE_MODULE)
     drivers = {str(store): _storage_driver(options, host, str(store), warnings) for store in (*Store, ACCOUNTS)}
     sql = _sql_settings(options, host, data_path) if "sql" in drivers.values() else None
+    auth_provider = None if component is not None else _auth_provider(options, host)
     return HostSettings(
         name=host,
         is_component=component is not None,
         stores={store: drivers[str(store)] for store in Store if store in recorded},
         sql=sql,
         drivers=drivers,
-        auth_provider=None if component is not None else _auth_provider(options, host),
+        auth_provider=auth_provider,
         count_disabled=_boolean(_get(options, host, "measure_active_users_count_disabled")),
         measures=MEASURE_MODULE in modules,
-        open_registration=_open_registration(options, host, modules),
+        open_registration=auth_provider is not None and _open_registration(options, host, modules, auth_provider),
     )
 
 
-def _open_registration(options: Options, host: str, modules: set[PlainValue]) -> bool:
-    """Whether anyone may register in-band: mod_register_ibr is loaded (mod_register loads it when
-    `allow_registration` is on; it may also be enabled itself), and mod_invites_register does not hold it to invites
-    (`registration_invite_only`, on by default). Prosody 0.12 and 13 alike."""
-    in_band = "register_ibr" in modules or (
-        "register" in modules and _boolean(_get(options, host, "allow_registration"))
-    )
-    invite_only = "invites_register" in modules and _boolean(_get(options, host, "registration_invite_only"), True)
-    return in_band and not invite_only
+def _open_registration(options: Options, host: str, modules: set[PlainValue], auth_provider: str) -> bool:
+    """Whether anyone may register in-band, as Prosody 0.12 and 13 decide: mod_register_ibr is loaded (mod_register
+    loads it when `allow_registration` is on; it may also be enabled itself), the auth provider can create accounts,
+    mod_register_limits (which mod_register_ibr loads) does not hold it to allowlisted addresses
+    (`allowlist_registration_only`, formerly `whitelist_...`), and mod_invites_register does not hold it to invites
+    (`registration_invite_only`, on by default)."""
+
+    def option(name: str, default: bool = False) -> bool:
+        return _boolean(_get(options, host, name), default)
+
+    in_band = "register_ibr" in modules or ("register" in modules and option("allow_registration"))
+    allowlist_only = option("allowlist_registration_only", option("whitelist_registration_only"))
+    invite_only = "invites_register" in modules and option("registration_invite_only", True)
+    return in_band and auth_provider in ACCOUNTS_IN_STORAGE and not allowlist_only and not invite_only
 
 
 def _boolean(value: PlainValue | None, default: bool = False) -> bool:
-    """module:get_option_boolean: true, "true" or 1 is on; false, "false" or 0 off; anything else the default."""
-    if value in (True, "true", 1):
-        return True
-    if value in (False, "false", 0):
-        return False
-    return default
+    """module:get_option_boolean as an `if` tests it: a list counts as its first item; unset is the default; true,
+    "true" or 1 is on; anything else is off (false, "false", 0, or a value Prosody does not understand: nil)."""
+    if isinstance(value, dict):
+        value = value.get(1)
+    if value is None:
+        return default
+    return value in (True, "true", 1)
 
 
 def _auth_provider(options: Options, host: str) -> str:

@@ -143,15 +143,19 @@ class VersionFinder:
             if version:
                 return self._found(version, f"the installed package's {self._version_file} ({socket_error})")
         if self._setting:
-            return self._found(self._setting, f"the prosody_version setting ({socket_error}; no installed Prosody)")
+            how = f"the prosody_version setting ({socket_error}; no installed Prosody)"
+            return self._found(self._setting, how, from_setting=True)
         self._note(
             f"Prosody's version is not known ({socket_error}; no installed Prosody found; no prosody_version setting)",
             logging.ERROR,
         )
         return None
 
-    def _found(self, version: str, how: str) -> str:
-        self._note(f"Prosody {version}, from {how}", logging.INFO)
+    def _found(self, version: str, how: str, *, from_setting: bool = False) -> str:
+        if self._setting and not from_setting:  # said, so as not to surprise whoever set it
+            self._note(f"Prosody {version}, from {how}; the prosody_version setting is not used", logging.WARNING)
+        else:
+            self._note(f"Prosody {version}, from {how}", logging.INFO)
         return version
 
     def _note(self, text: str, level: int) -> None:

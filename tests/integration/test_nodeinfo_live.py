@@ -19,7 +19,7 @@ from tests.test_nodeinfo import assert_nodeinfo2, assert_nodeinfo_2_1, http_get,
 
 pytestmark = pytest.mark.integration
 
-OPEN, CLOSED = "open.example", "closed.example"
+OPEN, CLOSED, ALLOWLIST = "open.example", "closed.example", "allowlist.example"
 PASSWORD = "nodeinfo test password"
 
 
@@ -29,18 +29,22 @@ def test_nodeinfo_of_a_running_prosody(version: str, tmp_path: Path, capsys: pyt
     root = tmp_path / "prosody"
     with running_prosody(
         root,
-        [OPEN, CLOSED],
+        [OPEN, CLOSED, ALLOWLIST],
         runtime=runtime,
         preamble="allow_registration = true",
         modules=["register"],
-        host_options={CLOSED: "    allow_registration = false"},
+        host_options={
+            CLOSED: "    allow_registration = false",
+            ALLOWLIST: '    allowlist_registration_only = true\n    registration_allowlist = { "192.0.2.1" }',
+        },
     ) as live:
         running = live.runtime.host_path("/usr/lib/prosody/prosody.version").read_text().strip()
         # Prosody itself: anyone may register on the open host, nobody on the closed one.
         with XmppClient(live.c2s_port, OPEN) as client:
             assert client.register("alice", PASSWORD)
-        with XmppClient(live.c2s_port, CLOSED) as client:
-            assert not client.register("mallory", PASSWORD)
+        for host in (CLOSED, ALLOWLIST):  # closed; open only to an address this client does not have
+            with XmppClient(live.c2s_port, host) as client:
+                assert not client.register("mallory", PASSWORD), host
         live.create_user(f"bob@{CLOSED}", PASSWORD)
         live.create_user(f"carol@{OPEN}", PASSWORD)  # never logs in
         for user, host in [("alice", OPEN), ("bob", CLOSED)]:
@@ -53,10 +57,11 @@ def test_nodeinfo_of_a_running_prosody(version: str, tmp_path: Path, capsys: pyt
             time.sleep(0.05)
         port = free_port()
         args = ["--config", str(live.config), "--listen", f"127.0.0.1:{port}"]
-        args += ["--nodeinfo-host", OPEN, "--nodeinfo-host", CLOSED, "--nodeinfo-node-name", f"{OPEN}=Open chat"]
+        args += [arg for host in (OPEN, CLOSED, ALLOWLIST) for arg in ("--nodeinfo-host", host)]
+        args += ["--nodeinfo-node-name", f"{OPEN}=Open chat"]
         with serving(args, tmp_path) as logged:
             documents = {}
-            for host in (OPEN, CLOSED):
+            for host in (OPEN, CLOSED, ALLOWLIST):
                 status, _, body = http_get(f"http://127.0.0.1:{port}/nodeinfo/2.1", host)
                 assert status == 200, body
                 documents[host] = json.loads(body)
@@ -73,11 +78,13 @@ def test_nodeinfo_of_a_running_prosody(version: str, tmp_path: Path, capsys: pyt
     for host, document in documents.items():
         assert document["software"]["version"] == running  # 13's, though this machine's package is 0.12
         assert document["openRegistrations"] is (host == OPEN)
+        total = counted[host]["registered_accounts"]  # not known for a host with no data yet: left out
         assert document["usage"]["users"] == {
-            "total": counted[host]["registered_accounts"],
+            **({} if total is None else {"total": total}),
             "activeHalfyear": counted[host]["active"]["180d"],
             "activeMonth": counted[host]["active"]["30d"],
         }
     assert documents[OPEN]["usage"]["users"] == {"total": 2, "activeHalfyear": 1, "activeMonth": 1}
     assert documents[CLOSED]["usage"]["users"] == {"total": 1, "activeHalfyear": 1, "activeMonth": 1}
+    assert documents[ALLOWLIST]["usage"]["users"] == {"activeHalfyear": 0, "activeMonth": 0}
     assert documents[OPEN]["metadata"] == {"nodeName": "Open chat"} and documents[CLOSED]["metadata"] == {}
