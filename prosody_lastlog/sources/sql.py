@@ -312,7 +312,7 @@ class SqlReader:
                 else:
                     created, disabled = account_facts(record)
                     facts[0] = created if key == "created" else facts[0]
-                    facts[1] = disabled if key == "disabled" else facts[1]
+                    facts[1] = (facts[1] or disabled) if key == "disabled" else facts[1]  # duplicates: any, as MAX
         return found
 
     def _collect(
