@@ -525,3 +525,19 @@ def test_a_host_filter_matching_nothing_counts_nothing(sqlite_db: tuple[SqlSetti
 def test_relative_sqlite_url_is_refused() -> None:
     with pytest.raises(ValueError, match="absolute"):
         parse_sql_url("sqlite:relative.sqlite")
+
+
+@pytest.mark.parametrize("engine", ["sqlite_db", "postgres_db", "mysql_db"])
+def test_duplicate_disabled_rows_disable_the_account_on_every_path(engine: str, request: pytest.FixtureRequest) -> None:
+    """Prosody 0.12's table has no unique index: of two `disabled` rows, any true one disables (as MAX does)."""
+    settings_, connection = request.getfixturevalue(engine)
+    rows = [
+        *THIRTEEN_ROWS,
+        ("new.example", "hal", "accounts", "disabled", "boolean", "true"),
+        ("new.example", "hal", "accounts", "disabled", "boolean", "false"),
+        ("new.example", "hal", "account_activity", "timestamp", "number", str(NOW - 100)),
+    ]
+    for order in (rows, rows[::-1]):
+        _assert_pushdown_equals_stream(settings_, connection, order, ["1d"], parts=1, policy=Policy())
+        counted = SqlReader(settings_, method="stream").count(now=NOW, windows=parse_windows(["1d"]))
+        assert counted.counts["new.example"].disabled == 3  # frank and hal disabled, gina without an account
