@@ -13,6 +13,10 @@ bulk-loaded into a fresh database that is dropped afterwards (with --reuse, into
   floors    a bare scan of the rows, and the per-account grouping alone (the pushdown's GROUP BY without JSON or
             aggregates, one connection): no exact count can do less than either
   stream    (--stream) the row stream the reader falls back to
+  refresh   (sql_refresh.py) the rows and bytes the seed and the pushdown move to the tool; serve's full read
+            and one of its refreshes between full reads after --changes logins; and, with --latency-samples,
+            seconds from a login written to the table to the counts showing it (serve, and the pushdown as before).
+            MariaDB gets a buffer pool twice the table's size for the run, as a DBA would give it.
 
 Counts must agree: the pushdown's with the seed's (when the seed runs in full) and with the stream's.
 """
@@ -33,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sql_refresh import buffer_pool_for, login_latencies, refresh_figures, summary
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.prosody.sql_settings import parse_sql_url
@@ -284,6 +290,32 @@ def _line(label: str, seconds: float, note: str) -> None:
     print(f"  {label:<34} {seconds:9.2f} s   {note}")
 
 
+def _refresh_part(server: SqlServer, args: argparse.Namespace, *, seed_s: float, pushdown_s: float) -> dict[str, Any]:
+    """The refresh figures (sql_refresh.py), printed, and the login-to-counts latencies if asked for."""
+    figures: dict[str, Any] = refresh_figures(server, args.users, repeat=args.repeat, changes=args.changes)
+    for name in ("seed", "pushdown", "steady"):
+        rows, size = int(figures[f"{name}_rows"]), int(figures[f"{name}_bytes"])
+        print(f"  moved to the tool, {name:<9} {rows:>11,} rows {size:>13,} bytes")
+    _line(
+        "serve: full read (start, reconcile)",
+        figures["full_read_s"],
+        f"/ pushdown {figures['full_read_s'] / pushdown_s:.1f}x",
+    )
+    steady = figures["steady_s"]
+    _line(
+        f"serve: a look after {args.changes:,} logins",
+        steady,
+        f"{int(figures['steady_accounts']):,} accounts read again; / pushdown {steady / pushdown_s:.3f}, "
+        f"/ seed {steady / seed_s:.4f}",
+    )
+    if args.latency_samples:
+        latencies = login_latencies(server, args.users, args.latency_interval, args.latency_samples)
+        figures |= {"latency_interval_s": args.latency_interval, "latency_s": latencies}
+        for name, seconds in latencies.items():
+            print(f"  login -> counts, {name} every {args.latency_interval} s: {summary(seconds)}")
+    return figures
+
+
 @contextmanager
 def _database(engine: str, users: int, *, reuse: bool) -> Iterator[tuple[SqlServer, float | None]]:
     if reuse:
@@ -308,14 +340,19 @@ def main() -> int:
     parser.add_argument("--stream", action="store_true", help="also time the row stream")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--reuse", action="store_true", help="keep the loaded databases, and use kept ones")
+    parser.add_argument("--changes", type=int, default=1000, help="logins before a steady-state refresh (1000)")
+    parser.add_argument(
+        "--latency-samples", type=int, default=3, help="logins timed from the table to the counts (3; 0: none)"
+    )
+    parser.add_argument("--latency-interval", type=int, default=30, help="--sql-interval for the latencies (30 s)")
     args = parser.parse_args()
     agree = True
     report: dict[str, Any] = {"users": args.users, "repeat": args.repeat, "parts": PARTS, "engines": {}}
     for engine in args.engine or sorted(SERVERS):
-        with _database(engine, args.users, reuse=args.reuse) as (server, loaded):
-            figures: dict[str, Any] = {"load_s": loaded or 0.0, "reused": loaded is None}
+        with _database(engine, args.users, reuse=args.reuse) as (server, loaded), buffer_pool_for(server) as pool:
+            figures: dict[str, Any] = {"load_s": loaded or 0.0, "reused": loaded is None, "cache": pool}
             how = "reused a kept database of" if loaded is None else f"loaded in {loaded:.1f} s:"
-            print(f"{engine}: {how} {args.users:,} users; load average {_load_average()}")
+            print(f"{engine}: {how} {args.users:,} users; load average {_load_average()}; {pool}")
             seed_s, seeded = time_seed_pattern(server, args.repeat, None if args.seed_full else args.seed_sample)
             pushdown_s, pushed = time_method(server, "pushdown", args.repeat)
             single_s, single = time_method(server, "pushdown", args.repeat, parts=1)
@@ -337,6 +374,7 @@ def main() -> int:
                 same &= pushed == streamed
                 versus.append("stream")
             print(f"  counts agree: {'yes' if same else 'NO'} (pushdown with {', '.join(versus)}) {pushed}")
+            figures |= _refresh_part(server, args, seed_s=seed_s, pushdown_s=pushdown_s)
             figures["counts_agree"] = same
             report["engines"][engine] = figures
             agree &= same

@@ -89,6 +89,7 @@ import daemon
 import prosody13
 import scan
 import sql_count
+import sql_refresh
 
 from prosody_lastlog.core.model import Store
 
@@ -117,6 +118,7 @@ TARGETS = [
     Target("files13.default_over_floor", 1.5, "≤ 1.5"),
     *(Target(f"sql.{engine}.pushdown_s", 1.0, "≤ 1", MILLION) for engine in sql_count.SERVERS),
     *(Target(f"sql.{engine}.pushdown_over_seed", 0.02, "≤ 0.02", MILLION) for engine in sql_count.SERVERS),
+    *(Target(f"sql.{engine}.steady_s", 1.0, "≤ 1", MILLION) for engine in sql_count.SERVERS),
     Target("daemon.rss_bytes_per_user", 120, "≤ 120", MILLION),
     Target("daemon.p99_ms", 10, "≤ 10"),
     Target("daemon.rename_p99_ms", 2000, "≤ 2000"),
@@ -294,9 +296,11 @@ def sql_figures(engine: str, users: int, repeat: int) -> Figures:
     load = _load_1min()
     with sql_count.SERVERS[engine]() as server:
         loaded = sql_count.load(server, users)
-        seed_s, seeded = sql_count.time_seed_pattern(server, repeat)
-        pushdown_s, pushed = sql_count.time_method(server, "pushdown", repeat)
-        scan_s, group_s = sql_count.time_floors(server, repeat)
+        with sql_refresh.buffer_pool_for(server):
+            seed_s, seeded = sql_count.time_seed_pattern(server, repeat)
+            pushdown_s, pushed = sql_count.time_method(server, "pushdown", repeat)
+            scan_s, group_s = sql_count.time_floors(server, repeat)
+            refresh = sql_refresh.refresh_figures(server, users, repeat=repeat, changes=1000)
     result: Figures = {
         f"sql.{engine}.load_1min": load,
         f"sql.{engine}.load_s": loaded,
@@ -307,6 +311,12 @@ def sql_figures(engine: str, users: int, repeat: int) -> Figures:
         f"sql.{engine}.group_floor_s": group_s,
         f"sql.{engine}.pushdown_over_seed": pushdown_s / seed_s,
         f"sql.{engine}.pushdown_over_scan_floor": pushdown_s / scan_s,
+        f"sql.{engine}.full_read_s": refresh["full_read_s"],
+        f"sql.{engine}.steady_s": refresh["steady_s"],
+        f"sql.{engine}.steady_over_pushdown": refresh["steady_s"] / pushdown_s,
+        f"sql.{engine}.steady_bytes": refresh["steady_bytes"],
+        f"sql.{engine}.pushdown_bytes": refresh["pushdown_bytes"],
+        f"sql.{engine}.seed_bytes": refresh["seed_bytes"],
     }
     if seeded is not None:
         result[f"sql.{engine}.counts_agree"] = pushed == seeded
@@ -389,6 +399,12 @@ ROWS: list[tuple[str, str, str, float]] = [  # (label, figure, format, scale)
             (f"{engine}: floor, bare scan of the rows (s)", f"sql.{engine}.scan_floor_s", ".3f", 1),
             (f"{engine}: floor, per-account GROUP BY (s)", f"sql.{engine}.group_floor_s", ".3f", 1),
             (f"{engine}: pushdown / seed", f"sql.{engine}.pushdown_over_seed", ".4f", 1),
+            (f"{engine}: serve, full read (s)", f"sql.{engine}.full_read_s", ".3f", 1),
+            (f"{engine}: serve, a look after 1,000 logins (s)", f"sql.{engine}.steady_s", ".3f", 1),
+            (f"{engine}: a look / pushdown", f"sql.{engine}.steady_over_pushdown", ".3f", 1),
+            (f"{engine}: KiB moved: seed", f"sql.{engine}.seed_bytes", ".0f", 1 / 1024),
+            (f"{engine}: KiB moved: pushdown", f"sql.{engine}.pushdown_bytes", ".1f", 1 / 1024),
+            (f"{engine}: KiB moved: a look", f"sql.{engine}.steady_bytes", ".1f", 1 / 1024),
             (f"{engine}: pushdown / scan floor", f"sql.{engine}.pushdown_over_scan_floor", ".2f", 1),
             (f"{engine}: counts agree (pushdown = seed)", f"sql.{engine}.counts_agree", "", 1),
         )

@@ -184,6 +184,16 @@ def health_problems(live: CountsView, *, now: float, max_age_seconds: Mapping[st
     return problems
 
 
+def _modes(live: CountsView) -> list[str]:
+    """A line per SQL source read incrementally: how it finds changes, and when it was last read in full."""
+    return [
+        f"{source.name}: changes found {source.changes_found}, last full read "
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(source.last_full_read))}"
+        for source in live.health()
+        if source.changes_found is not None and source.last_full_read is not None
+    ]
+
+
 def load_tls(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     """A server TLS context from PEM files (TLS 1.2 or newer)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -254,7 +264,8 @@ class _Site:
         if path == "/healthz":
             problems = health_problems(self._live, now=self._clock(), max_age_seconds=self._max_age_seconds)
             status = HTTPStatus.SERVICE_UNAVAILABLE if problems else HTTPStatus.OK
-            return status, [("Content-Type", PLAIN_TEXT)], (("\n".join(problems) if problems else "ok") + "\n").encode()
+            lines = [*(problems or ["ok"]), *_modes(self._live)]
+            return status, [("Content-Type", PLAIN_TEXT)], "".join(f"{line}\n" for line in lines).encode()
         if path == "/":
             return HTTPStatus.OK, [("Content-Type", "text/html; charset=utf-8")], _LANDING
         return HTTPStatus.NOT_FOUND, [("Content-Type", PLAIN_TEXT)], b"not found: try /metrics\n"

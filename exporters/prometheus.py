@@ -164,8 +164,30 @@ class ActiveUsersCollector(Collector):
             "are polled for want of inotify watches, or it is missing (0); /healthz says which.",
             labels=["source"],
         )
+        changes = InfoMetricFamily(
+            "prosody_lastlog_sql_changes",
+            "How an SQL source finds the accounts changed between full reads: by_version (PostgreSQL's row versions, "
+            "exact) or by_time (the time Prosody writes into a changed row: MariaDB, SQLite).",
+            labels=["source"],
+        )
+        full_read = GaugeMetricFamily(
+            "prosody_lastlog_last_full_read_timestamp_seconds",
+            "Unix time of the last full read (the reconcile, every --resync-interval) of an SQL source; between them "
+            "it reads only the accounts changed.",
+            labels=["source"],
+        )
+        reread = CounterMetricFamily(
+            "prosody_lastlog_accounts_reread",
+            "Accounts an SQL source read again because they changed, since start.",
+            labels=["source"],
+        )
         for source in self._view.health():
             up.add_metric([source.name], 1 if source.up else 0)
+            if source.changes_found is not None:
+                changes.add_metric([source.name], {"found": source.changes_found.replace(" ", "_")})
+                reread.add_metric([source.name], source.accounts_reread)
+            if source.last_full_read is not None:
+                full_read.add_metric([source.name], source.last_full_read)
             if source.has_watcher:
                 watched.add_metric([source.name], 1 if source.unwatched is None else 0)
             if source.last_success is not None:
@@ -192,7 +214,7 @@ class ActiveUsersCollector(Collector):
             detection.add_metric([name], {"mode": mode.value})
         info = InfoMetricFamily("prosody_lastlog_build", "prosody-lastlog build information.")
         info.add_metric([], {"version": __version__})
-        yield from (up, last, duration, problems, watched, tracked, detection, info)
+        yield from (up, last, duration, problems, watched, changes, full_read, reread, tracked, detection, info)
 
 
 class _FixedView:

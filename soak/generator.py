@@ -1,7 +1,8 @@
-"""Load on the stored data: user files rewritten through Prosody's util.datamanager, rows rewritten in SQL.
+"""Load on the stored data: user files rewritten through Prosody's util.datamanager, logins and logouts in SQL.
 
 Every timestamp written keeps `margin` seconds away from the edges of the 1d, 7d and 30d windows as long as the
-soak runs, so a count taken a few seconds (or one SQL interval) earlier or later gives the same numbers.
+soak runs (an SQL login or logout, written at its time as Prosody does, is a day from the 1d edge), so a count
+taken a few seconds (or one SQL interval) earlier or later gives the same numbers.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class FileGenerator:
 
 
 class SqlGenerator:
-    """Rewrites one user's lastlog2 rows at a time in Prosody's table, as mod_storage_sql does; skips while down."""
+    """Writes one user's login or logout at a time into Prosody's table, as mod_storage_sql does; skips while
+    down."""
 
     def __init__(
         self, connect: Callable[[], Any], driver: str, hosts: Sequence[str], users: int, *, margin: int, seed: int
@@ -150,6 +152,7 @@ class SqlGenerator:
         self._rng = random.Random(seed)
         self._table = "`prosody`" if driver == "MySQL" else '"prosody"'
         self._column = "`user`" if driver == "MySQL" else '"user"'
+        self._key = "`key`" if driver == "MySQL" else '"key"'
 
     def populate(self) -> None:
         """Creates the table and writes every user once."""
@@ -165,19 +168,21 @@ class SqlGenerator:
         self.last_write = time.time()
 
     def step(self) -> None:
-        """Replaces one random user's rows in one transaction; a failure (server down) is counted, not raised."""
+        """A login or logout of one random user, as mod_lastlog2 writes it through mod_storage_sql: that key's row
+        replaced, in one transaction, with the time of the event (Prosody always writes os.time(); the look by time
+        of MariaDB relies on it). A failure (server down) is counted, not raised."""
         host, user = self._rng.choice(self.hosts), f"user{self._rng.randrange(self.users)}"
-        record = random_record(self._rng, int(time.time()), self.bands)
+        key = self._rng.choice(["login", "logout"])
+        row = (host, user, "lastlog2", key, "json", json.dumps({"timestamp": int(time.time())}, separators=(",", ":")))
         try:
             with closing(self._connect()) as connection:
                 cursor = connection.cursor()
                 cursor.execute(
-                    f"DELETE FROM {self._table} WHERE host = %s AND {self._column} = %s AND store = 'lastlog2'",
-                    (host, user),
+                    f"DELETE FROM {self._table} WHERE host = %s AND {self._column} = %s AND store = 'lastlog2' "
+                    f"AND {self._key} = %s",
+                    (host, user, key),
                 )
-                cursor.executemany(
-                    f"INSERT INTO {self._table} VALUES (%s, %s, %s, %s, %s, %s)", record.rows(host, user)
-                )
+                cursor.execute(f"INSERT INTO {self._table} VALUES (%s, %s, %s, %s, %s, %s)", row)
                 connection.commit()
         except Exception:  # the server is stopped or frozen: psycopg, PyMySQL and socket errors alike
             self.failures += 1

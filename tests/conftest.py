@@ -7,14 +7,22 @@ import logging
 import os
 import pwd
 import shutil
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import psycopg
+import pymysql
 import pytest
 from hypothesis import settings
+
+from prosody_lastlog.prosody.sql_settings import SqlSettings, parse_sql_url
+from tests import prosody_table
+from tests.sql_servers import SqlServer, fresh_mysql_database, fresh_postgres_database
 
 # Examples run on a loaded 2-core CI machine too: no per-example deadline (property tests bound their size).
 settings.register_profile("prosody-lastlog", deadline=None)
@@ -86,3 +94,40 @@ def fresh_cli_logging() -> Iterator[None]:
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
+
+
+# --- Prosody's SQL table on each engine: an empty one per test (SQLite) or per module (the servers) -----------------
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[tuple[SqlSettings, Any]]:
+    path = tmp_path / "prosody.sqlite"
+    connection = sqlite3.connect(path)
+    prosody_table.create(connection, "SQLite3")
+    yield SqlSettings("SQLite3", str(path)), connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def postgres_db() -> Iterator[tuple[SqlSettings, Any]]:
+    with fresh_postgres_database() as server:
+        connection = psycopg.connect(server_dsn(server))
+        prosody_table.create(connection, "PostgreSQL")
+        yield parse_sql_url(server.url()), connection
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def mysql_db() -> Iterator[tuple[SqlSettings, Any]]:
+    with fresh_mysql_database() as server:
+        connection = pymysql.connect(
+            host=server.host, port=server.port, user=server.username, password=server.password, database=server.database
+        )
+        prosody_table.create(connection, "MySQL")
+        yield parse_sql_url(server.url()), connection
+        connection.close()
+
+
+def server_dsn(server: SqlServer) -> str:
+    """psycopg's connection string for a test database."""
+    return f"host={server.host} port={server.port} dbname={server.database} user={server.username}"

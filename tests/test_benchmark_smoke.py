@@ -22,11 +22,15 @@ def test_scan_benchmark_smoke() -> None:
 
 def test_sql_benchmark_smoke() -> None:
     completed = subprocess.run(
-        [sys.executable, str(BENCHMARK.with_name("sql_count.py")), "--users", "300", "--repeat", "1"],
+        [sys.executable, str(BENCHMARK.with_name("sql_count.py")), "--users", "300", "--repeat", "1",
+         "--changes", "20", "--latency-samples", "1", "--latency-interval", "1"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("counts agree: yes") == 2
+    assert completed.stdout.count("serve: a look after 20 logins") == 2
+    assert completed.stdout.count("login -> counts, serve every 1 s") == 2
+    assert completed.stdout.count("login -> counts, pushdown every 1 s") == 2
 
 
 def test_daemon_benchmark_smoke(tmp_path: Path) -> None:

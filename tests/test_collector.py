@@ -10,13 +10,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporters.nodeinfo import NODEINFO_WINDOWS
 from exporters.prometheus import ActiveUsersCollector
 from prosody_lastlog.core.connected import ConnectedMode, ConnectedUsers
-from prosody_lastlog.core.counting import count_host, zero_counts
-from prosody_lastlog.core.model import CountingChoice, HostData, Store, UserActivity
+from prosody_lastlog.core.index import HostIndex
+from prosody_lastlog.core.model import CountingChoice, Store, UserActivity
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS, Window
 from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.daemon.timer import PeriodicTimer
 
 NOW = 1_763_900_000
+DAY = 86400
 
 
 def scrape(live: LiveCounts, clock: list[float]) -> str:
@@ -78,63 +79,47 @@ def test_connected_users_and_how_they_are_found() -> None:
     assert "alice" not in text
 
 
+def stored(host: str, *users: UserActivity) -> HostIndex:
+    """An SQL source's index of one host."""
+    return HostIndex(host, Store.LASTLOG2, users=users, choice=CountingChoice(Store.LASTLOG2))
+
+
 def test_a_reload_keeps_the_last_counts_of_an_sql_source_that_is_down() -> None:
-    counted = zero_counts(CountingChoice(Store.LASTLOG2), DEFAULT_WINDOWS)
     old = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files", "db", "gone"], file_sources=["files"])
-    old.set_sql_counts("db", {"sql.example": counted})
+    old.swap_in_stored("db", [stored("sql.example", UserActivity("bob", NOW - 60))])
     old.succeeded("db", at=NOW, duration=0.1, problems={})
-    old.set_sql_counts("gone", {"gone.example": counted})
+    old.swap_in_stored("gone", [stored("gone.example")])
     old.succeeded("gone", at=NOW, duration=0.1, problems={})
     new = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["files", "db"], file_sources=["files"])
     new.failed("db", "cannot connect to postgresql://prosody@db/prosody: timeout")
     new.keep_sql_counts_of(old)
-    assert new.counts(now=NOW) == {"sql.example": counted}  # a source the new configuration dropped stays dropped
+    kept = new.counts(now=NOW)
+    assert list(kept) == ["sql.example"]  # a source the new configuration dropped stays dropped
+    assert kept["sql.example"].active == {"1d": 1, "7d": 1, "30d": 1}
     assert [(h.name, h.up) for h in new.health()] == [("files", False), ("db", False)]
 
 
-def test_windows_counted_besides_the_exported_ones_are_given_only_when_asked_for() -> None:
-    """NodeInfo's 30 and 180 days are counted for every source (the SQL ones in their aggregate) while /metrics
-    and the pushes keep to --window."""
+def test_an_sql_sources_hosts_count_any_window_and_no_connected_user() -> None:
+    """SQL sources feed the index too (as of each scrape, any window: NodeInfo's besides --window); their counts
+    are of stored activity only, so a connected user is not active there; a full read replaces their hosts."""
     one_day = (Window(86400, "1d"),)
-    live = LiveCounts(
-        windows=one_day, source_names=["files", "db"], file_sources=["files"], also_counted=NODEINFO_WINDOWS
-    )
-    assert live.counted_windows == (one_day[0], *NODEINFO_WINDOWS)
-    live.index.replace_host("files.example", CountingChoice(Store.LASTLOG2), [UserActivity("alice", NOW - 100 * 86400)])
-    live.succeeded("files", at=NOW, duration=0.1, problems={})
-    sql = count_host(
-        HostData("sql.example", Store.LASTLOG2, [UserActivity("bob", NOW - 10 * 86400)]),
-        now=NOW,
-        windows=live.counted_windows,
-    )
-    live.set_sql_counts("db", {"sql.example": sql})
-    live.succeeded("db", at=NOW, duration=0.1, problems={})
-    exported = live.counts(now=NOW)
-    assert {host: dict(c.active) for host, c in exported.items()} == {
-        "files.example": {"1d": 0},
-        "sql.example": {"1d": 0},
-    }
-    assert set(exported["sql.example"].registered) == set(exported["sql.example"].returning) == {"1d"}
+    live = LiveCounts(windows=one_day, source_names=["files", "db"], file_sources=["files"])
+    live.index.replace_host("files.example", CountingChoice(Store.LASTLOG2), [UserActivity("alice", NOW - 100 * DAY)])
+    live.swap_in_stored("db", [stored("sql.example", UserActivity("bob", NOW - 10 * DAY))])
+    live.set_connected(ConnectedUsers(ConnectedMode.ADMIN_SOCKET, {"files.example": frozenset({"alice"}),
+                                                                    "sql.example": frozenset({"bob"})}))  # fmt: skip
+    for name in ("files", "db"):
+        live.succeeded(name, at=NOW, duration=0.1, problems={})
+    assert {host: dict(c.active) for host, c in live.counts(now=NOW).items()} == {
+        "files.example": {"1d": 1}, "sql.example": {"1d": 0}
+    }  # fmt: skip
     nodeinfo = live.counts(now=NOW, windows=NODEINFO_WINDOWS)
     assert {host: dict(c.active) for host, c in nodeinfo.items()} == {
-        "files.example": {"7d": 0, "30d": 0, "180d": 1},
+        "files.example": {"7d": 1, "30d": 1, "180d": 1},
         "sql.example": {"7d": 0, "30d": 1, "180d": 1},
     }
-    assert 'prosody_active_users{host="sql.example",window="30d"}' not in scrape(live, [float(NOW)])
     for host in ("files.example", "sql.example"):  # one host alone, as a NodeInfo request asks
         assert live.counts(now=NOW, windows=NODEINFO_WINDOWS, hosts={host}) == {host: nodeinfo[host]}
     assert live.counts(now=NOW, hosts={"other.example"}) == {}
-
-
-def test_a_reload_that_counts_more_windows_does_not_keep_counts_lacking_them() -> None:
-    """Kept counts must have every window counted now: else /metrics or NodeInfo would miss one (a KeyError)."""
-    counted = zero_counts(CountingChoice(Store.LASTLOG2), DEFAULT_WINDOWS)
-    old = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["db"])
-    old.set_sql_counts("db", {"sql.example": counted})
-    old.succeeded("db", at=NOW, duration=0.1, problems={})
-    fewer = LiveCounts(windows=DEFAULT_WINDOWS[:1], source_names=["db"])
-    fewer.keep_sql_counts_of(old)
-    assert {host: dict(c.active) for host, c in fewer.counts(now=NOW).items()} == {"sql.example": {"1d": 0}}
-    more = LiveCounts(windows=DEFAULT_WINDOWS, source_names=["db"], also_counted=NODEINFO_WINDOWS)
-    more.keep_sql_counts_of(old)
-    assert more.counts(now=NOW) == {}
+    live.swap_in_stored("db", [stored("new.example")])  # the host is gone from the database
+    assert list(live.counts(now=NOW)) == ["files.example", "new.example"]

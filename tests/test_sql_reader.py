@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import pymysql
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,43 +23,9 @@ from prosody_lastlog.sources.results import DatabaseError
 from prosody_lastlog.sources.sql import SqlReader
 from tests import prosody_table
 from tests.prosody_table import Row
-from tests.sql_servers import SqlServer, fresh_mysql_database, fresh_postgres_database
 
 NOW = 1_763_900_000
 DAY = 86400
-
-
-@pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[tuple[SqlSettings, Any]]:
-    path = tmp_path / "prosody.sqlite"
-    connection = sqlite3.connect(path)
-    prosody_table.create(connection, "SQLite3")
-    yield SqlSettings("SQLite3", str(path)), connection
-    connection.close()
-
-
-@pytest.fixture(scope="module")
-def postgres_db() -> Iterator[tuple[SqlSettings, Any]]:
-    with fresh_postgres_database() as server:
-        connection = psycopg.connect(server_dsn(server))
-        prosody_table.create(connection, "PostgreSQL")
-        yield parse_sql_url(server.url()), connection
-        connection.close()
-
-
-@pytest.fixture(scope="module")
-def mysql_db() -> Iterator[tuple[SqlSettings, Any]]:
-    with fresh_mysql_database() as server:
-        connection = pymysql.connect(
-            host=server.host, port=server.port, user=server.username, password=server.password, database=server.database
-        )
-        prosody_table.create(connection, "MySQL")
-        yield parse_sql_url(server.url()), connection
-        connection.close()
-
-
-def server_dsn(server: SqlServer) -> str:
-    return f"host={server.host} port={server.port} dbname={server.database} user={server.username}"
 
 
 def lastlog2(host: str, user: str, key: str, timestamp: float, ip: str | None = None) -> Row:

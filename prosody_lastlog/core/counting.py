@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from prosody_lastlog.core.cohorts import Cohort, add_cohorts
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers, is_connected
@@ -193,19 +193,6 @@ def total_counts(counts: Mapping[str, HostCounts], windows: Sequence[Window]) ->
         _sum_each([c.inactive for c in values]),
         _sum_each([c.never_used for c in values]),
         add_cohorts([c.cohorts for c in values]),
-    )
-
-
-def for_windows(counts: HostCounts, windows: Sequence[Window]) -> HostCounts:
-    """The same counts, with only these windows (each of which they were counted for)."""
-    labels = [w.label for w in windows]
-    if list(counts.active) == labels:
-        return counts
-    return replace(
-        counts,
-        active={label: counts.active[label] for label in labels},
-        registered={label: counts.registered[label] for label in labels},
-        returning={label: counts.returning[label] for label in labels},
     )
 
 

@@ -21,3 +21,8 @@ class SourceHealth:
     server: ServerFacts | None = None  # what the last successful refresh took the Prosody that wrote it to be
     has_watcher: bool = False  # a file source in `serve`, whose watcher reports here
     unwatched: str | None = None  # what of its data directory is not watched as it should be, and why
+    # An SQL source in `serve`: how it finds changed accounts between full reads ("by version": PostgreSQL's xmin;
+    # "by time": the time Prosody writes into a row), when it was last read in full, accounts read again since.
+    changes_found: str | None = None
+    last_full_read: float | None = None
+    accounts_reread: int = 0

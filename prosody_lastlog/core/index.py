@@ -314,6 +314,7 @@ class ActivityIndex:
         self._lock = threading.Lock()
         self._hosts: dict[str, HostIndex] = {}
         self._connected = NOBODY
+        self._stored_only: set[str] = set()  # hosts counted from stored activity only (SQL): no connected users
 
     @property
     def connected(self) -> ConnectedUsers:
@@ -325,26 +326,39 @@ class ActivityIndex:
         """Brings a host to a fresh scan of it: a new index, built outside the lock, then swapped in."""
         self.swap_in([HostIndex(host, choice.store, self.connected, users, choice=choice)])
 
-    def swap_in(self, indexes: Iterable[HostIndex]) -> None:
-        """Puts built indexes in place of their hosts' (the old ones are dropped)."""
+    def swap_in(self, indexes: Iterable[HostIndex], *, stored_only: bool = False) -> None:
+        """Puts built indexes in place of their hosts' (the old ones are dropped); `stored_only`: hosts whose counts
+        never include connected users (an SQL source's: it counts stored activity only)."""
         with self._lock:
             for index in indexes:
-                if index.connected is not self._connected:  # the answer changed while it was being built
-                    index.set_connected(self._connected)
+                connected = NOBODY if stored_only else self._connected
+                if index.connected is not connected:  # the answer changed while it was being built
+                    index.set_connected(connected)
                 self._hosts[index.host] = index
+                if stored_only:
+                    self._stored_only.add(index.host)
+                else:
+                    self._stored_only.discard(index.host)
 
     def set_connected(self, connected: ConnectedUsers) -> None:
-        """Applies a new answer to "who is connected" to every host."""
+        """Applies a new answer to "who is connected" to every host but the stored-only ones."""
         with self._lock:
             self._connected = connected
-            for index in self._hosts.values():
-                index.set_connected(connected)
+            for host, index in self._hosts.items():
+                if host not in self._stored_only:
+                    index.set_connected(connected)
 
     def remove_hosts(self, hosts: Iterable[str]) -> None:
         """Forgets hosts (a vhost removed from the config or the disk)."""
         with self._lock:
             for host in hosts:
                 self._hosts.pop(host, None)
+                self._stored_only.discard(host)
+
+    def held(self, hosts: Iterable[str]) -> list[HostIndex]:
+        """The indexes of those of `hosts` held (to keep them across a reload)."""
+        with self._lock:
+            return [self._hosts[host] for host in hosts if host in self._hosts]
 
     def choice_of(self, host: str) -> CountingChoice | None:
         """How a host is counted (its store and account rule), if the host is known."""
@@ -357,7 +371,8 @@ class ActivityIndex:
         with self._lock:
             index = self._hosts.get(host)
             if index is None:
-                index = self._hosts[host] = HostIndex(host, choice.store, self._connected, choice=choice)
+                connected = NOBODY if host in self._stored_only else self._connected
+                index = self._hosts[host] = HostIndex(host, choice.store, connected, choice=choice)
             if activity is None:
                 index.remove(user)
             else:
@@ -369,6 +384,12 @@ class ActivityIndex:
             index = self._hosts.get(host)
             if index is not None:
                 index.registered_accounts = registered
+
+    def registered_of(self, host: str) -> int | None:
+        """The host's registered accounts as last counted (None: not known, or no such host)."""
+        with self._lock:
+            index = self._hosts.get(host)
+            return index.registered_accounts if index else None
 
     def activity_of(self, host: str, user: str) -> UserActivity | None:
         """What is known of one user, if anything."""

@@ -85,7 +85,6 @@ class Daemon:
             source_names=[s.name for s in plan.sources],
             file_sources=file_sources,
             ages=ages,
-            also_counted=NODEINFO_WINDOWS if options.nodeinfo_hosts else (),
         )
         self._public_hosts = public_hosts(options.nodeinfo_hosts, plan.open_registration, options.node_names)
         self._declared_hosts = {host for host, _ in plan.known_hosts}  # counted once their source is
@@ -94,7 +93,13 @@ class Daemon:
         detection = ConnectedSetting.OFF if options.as_of is not None or not file_sources else options.connected
         self.connected_probe = ConnectedProbe(plan.server, detection)
         self._declare_hosts(plan)
-        self.refresher = Refresher(self.live, plan.sources, on_refresh=self._write_textfile, wall_clock=self.clock)
+        self.refresher = Refresher(
+            self.live,
+            plan.sources,
+            on_refresh=self._write_textfile,
+            wall_clock=self.clock,
+            reconcile_seconds=options.resync_seconds,
+        )
         self.windows = windows
         self.exporters: list[Exporter] = []
         self.registry = CollectorRegistry(auto_describe=False)

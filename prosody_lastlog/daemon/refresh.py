@@ -1,6 +1,8 @@
 """The one refresh: read a source, swap the result into the live state, tell the push exporters.
 
-The periodic timer calls `refresh_all`/`refresh`; the file watcher calls `apply_change` for one user.
+The periodic timer calls `refresh_all`/`refresh`; the file watcher calls `apply_change` for one user. An SQL source
+is read in full at its first refresh and every `reconcile_seconds` after; in between, a refresh reads only the
+accounts changed since the last (sources/sql_changes.py).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import assert_never
 
+from prosody_lastlog.core.connected import NOBODY
+from prosody_lastlog.core.index import HostIndex
 from prosody_lastlog.core.model import CountingChoice, ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
 from prosody_lastlog.daemon.state import LiveCounts
@@ -22,6 +27,7 @@ from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, s
 from prosody_lastlog.sources.kinds import FileSource, Source, log_choices
 from prosody_lastlog.sources.processes import release_free_memory
 from prosody_lastlog.sources.results import DatabaseError, DataDirError
+from prosody_lastlog.sources.sql_changes import ChangeMark
 from prosody_lastlog.sources.sql_source import SqlSource
 
 log = logging.getLogger(__name__)
@@ -41,9 +47,12 @@ class Refresher:
         progress: Callable[[int], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        reconcile_seconds: float = 3600.0,
     ) -> None:
         self.live = live
         self.sources = list(sources)
+        self.reconcile_seconds = reconcile_seconds  # between full reads of an SQL source
+        self._followed: dict[str, _Followed] = {}  # per SQL source: where its last look left off
         self._on_refresh = on_refresh
         self.progress = progress  # told of files read during a full scan (the startup progress bar)
         self._wall_clock = wall_clock
@@ -65,8 +74,8 @@ class Refresher:
                 case FileSource():  # scanned into the live index, then read a user at a time after file events
                     self._file_sources.append(source)
                     self._reads[source.name] = partial(self._scan, source)
-                case SqlSource():  # counted where it is; its counts are kept as they come
-                    self._reads[source.name] = partial(self._count, source)
+                case SqlSource():  # read into the live index, then only its changed accounts
+                    self._reads[source.name] = partial(self._follow, source)
                 case _:
                     assert_never(source)
 
@@ -184,11 +193,46 @@ class Refresher:
             self._choices[source] = (server, choices)
             log_choices(source, server, choices)
 
-    def _count(self, source: SqlSource) -> list[ReadProblem]:
-        result = source.count(now=int(self._wall_clock()), windows=self.live.counted_windows, ages=self.live.ages)
-        self.live.set_sql_counts(source.name, result.counts)
-        self._log_choices(source.name, result.server, {host: c.counting for host, c in result.counts.items()})
-        return result.problems
+    def _follow(self, source: SqlSource) -> list[ReadProblem]:
+        """A full read when due (the first, then every reconcile_seconds, or a host not read before has rows);
+        else the accounts changed since the last look, applied to the index."""
+        followed = self._followed.get(source.name)
+        now = int(self._wall_clock())
+        if followed is None or self._monotonic() - followed.full_read_at >= self.reconcile_seconds:
+            return self._read_in_full(source, now)
+        found = source.read_changes(followed.mark, followed.choices, followed.server, now=now)
+        unexplained = {  # an account made or deleted with no change found (no time in its rows, or its rows gone)
+            host
+            for host, registered in found.registered.items()
+            if registered != self.live.index.registered_of(host) and host not in found.accounts_changed
+        }
+        if found.new_hosts or unexplained:
+            return self._read_in_full(source, now)
+        with self._locks[source.name]:
+            for host, user, activity in found.records:
+                self.live.index.update(host, followed.choices[host], user, activity)
+            for host, registered in found.registered.items():
+                self.live.index.set_registered_accounts(host, registered)
+        followed.mark = found.mark
+        self.live.looked(source.name, changed=len(found.records))
+        return found.problems
+
+    def _read_in_full(self, source: SqlSource, now: int) -> list[ReadProblem]:
+        read, mark = source.snapshot(now=now)
+        indexes = [
+            HostIndex(
+                host, data.store, NOBODY, data.users, choice=data.choice, registered_accounts=data.registered_accounts
+            )
+            for host, data in read.hosts.items()
+        ]
+        choices = {index.host: index.choice for index in indexes}
+        with self._locks[source.name]:
+            self.live.swap_in_stored(source.name, indexes)
+        assert read.server is not None  # a read always says what the server is
+        self._followed[source.name] = _Followed(mark, read.server, choices, self._monotonic())
+        self.live.read_in_full(source.name, at=self._wall_clock(), how="by version" if mark.by_version else "by time")
+        self._log_choices(source.name, read.server, choices)
+        return read.problems
 
     def _scan(self, source: FileSource) -> list[ReadProblem]:
         with self._locks[source.name]:
@@ -239,6 +283,16 @@ class Refresher:
             for user in users:
                 if (known := self.live.index.activity_of(host, user)) is not None:
                     index.set(known)
+
+
+@dataclass
+class _Followed:
+    """Where the last look at an SQL source left off: its mark, the server and hosts its last full read found."""
+
+    mark: ChangeMark
+    server: ServerFacts
+    choices: dict[str, CountingChoice]
+    full_read_at: float  # monotonic
 
 
 def _log_problems(source: str, problems: Sequence[ReadProblem]) -> None:

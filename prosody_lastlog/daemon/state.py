@@ -1,4 +1,4 @@
-"""The daemon's live state: file sources in an ActivityIndex, SQL sources as their last counts, and health.
+"""The daemon's live state: every source's accounts in an ActivityIndex, and health.
 
 Refreshes write it; scrapes read it and never cause I/O. It is the collector's CountsView.
 """
@@ -10,9 +10,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 from prosody_lastlog.core.connected import NOBODY, ConnectedMode, ConnectedUsers
-from prosody_lastlog.core.counting import HostCounts, for_windows, zero_counts
+from prosody_lastlog.core.counting import HostCounts, zero_counts
 from prosody_lastlog.core.health import SourceHealth
-from prosody_lastlog.core.index import ActivityIndex
+from prosody_lastlog.core.index import ActivityIndex, HostIndex
 from prosody_lastlog.core.model import CountingChoice
 from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 
@@ -27,15 +27,13 @@ class LiveCounts:
         source_names: Sequence[str],
         file_sources: Collection[str] = (),
         ages: Sequence[Window] = DEFAULT_AGES,
-        also_counted: Sequence[Window] = (),
     ) -> None:
         self.windows = windows  # those counts() gives unless asked for others
-        self.counted_windows = tuple(sorted(set(windows) | set(also_counted)))  # those SQL sources count
         self.ages = ages  # the inactive windows
         self._file_sources = set(file_sources)  # the sources whose counts include connected users
         self.index = ActivityIndex()
         self._lock = threading.Lock()
-        self._sql_counts: dict[str, dict[str, HostCounts]] = {}
+        self._stored_hosts: dict[str, set[str]] = {}  # per source counting stored activity only (SQL): its hosts
         self._health = {name: SourceHealth(name) for name in source_names}
         self._counted: set[str] = set()  # sources with at least one successful refresh
         self._known_hosts: dict[str, tuple[str, CountingChoice]] = {}  # host -> (source, how counted), from the config
@@ -59,10 +57,14 @@ class LiveCounts:
             mode = self.connected.mode
             return {name: mode if name in self._file_sources else ConnectedMode.NONE for name in self._health}
 
-    def set_sql_counts(self, source: str, counts: Mapping[str, HostCounts]) -> None:
-        """Replaces what an SQL source counted."""
+    def swap_in_stored(self, source: str, indexes: Sequence[HostIndex]) -> None:
+        """Replaces what a source of stored activity only (SQL) holds with a full read of it."""
+        hosts = {index.host for index in indexes}
+        self.index.swap_in(indexes, stored_only=True)
         with self._lock:
-            self._sql_counts[source] = dict(counts)
+            gone = self._stored_hosts.get(source, set()) - hosts
+            self._stored_hosts[source] = hosts
+        self.index.remove_hosts(gone)
 
     def succeeded(self, source: str, *, at: float, duration: float, problems: Mapping[str, int]) -> None:
         """Records a successful full refresh (problems: this refresh's read problems by kind)."""
@@ -73,6 +75,18 @@ class LiveCounts:
                 health, up=True, last_success=at, duration_seconds=duration, problems=total, error=None
             )
             self._counted.add(source)
+
+    def read_in_full(self, source: str, *, at: float, how: str) -> None:
+        """Records a full read of a source read incrementally in between, and how it finds changes."""
+        with self._lock:
+            health = self._health[source]
+            self._health[source] = replace(health, changes_found=how, last_full_read=at)
+
+    def looked(self, source: str, *, changed: int) -> None:
+        """Records an incremental refresh that read `changed` accounts again."""
+        with self._lock:
+            health = self._health[source]
+            self._health[source] = replace(health, accounts_reread=health.accounts_reread + changed)
 
     def failed(self, source: str, error: str) -> None:
         """Records a failed refresh; the last good counts stay served."""
@@ -93,15 +107,11 @@ class LiveCounts:
     def counts(
         self, *, now: float, windows: Sequence[Window] | None = None, hosts: Collection[str] | None = None
     ) -> dict[str, HostCounts]:
-        """Counts per host (of `hosts`; default: every one) as of `now`, for `windows` (of counted_windows; default:
-        `self.windows`); nothing for a source that has never counted (no sentinel values)."""
+        """Counts per host (of `hosts`; default: every one) as of `now`, for `windows` (default: `self.windows`);
+        nothing for a source that has never counted (no sentinel values)."""
         windows = self.windows if windows is None else windows
         counts = self.index.counts(now=now, windows=windows, ages=self.ages, hosts=hosts)
         with self._lock:
-            for sql_counts in self._sql_counts.values():
-                counts.update(
-                    (host, for_windows(c, windows)) for host, c in sql_counts.items() if hosts is None or host in hosts
-                )
             for host, (source, choice) in self._known_hosts.items():
                 if host not in counts and source in self._counted and (hosts is None or host in hosts):
                     counts[host] = zero_counts(choice, windows, self.ages)
@@ -109,17 +119,16 @@ class LiveCounts:
 
     def keep_sql_counts_of(self, previous: LiveCounts) -> None:
         """After a reload: an SQL source that has not counted here yet (its database is down) keeps serving what
-        it last counted under the previous configuration, if that counted every window counted now; its health
-        still says it is down."""
-        if not set(self.counted_windows) <= set(previous.counted_windows):
-            return
+        it last held under the previous configuration; its health still says it is down."""
         with previous._lock:
-            kept = {name: dict(counts) for name, counts in previous._sql_counts.items() if name in previous._counted}
-        with self._lock:
-            for name, counts in kept.items():
-                if name in self._health and name not in self._counted and name not in self._file_sources:
-                    self._sql_counts[name] = counts
+            kept = {name: set(hosts) for name, hosts in previous._stored_hosts.items() if name in previous._counted}
+        for name, hosts in kept.items():
+            with self._lock:
+                keep = name in self._health and name not in self._counted and name not in self._file_sources
+                if keep:
                     self._counted.add(name)
+            if keep:
+                self.swap_in_stored(name, previous.index.held(hosts))
 
     def health(self) -> Sequence[SourceHealth]:
         """One entry per source, in the order they were configured."""

@@ -40,6 +40,7 @@ from prosody_lastlog.sources.database import (
     first_line,
 )
 from prosody_lastlog.sources.results import SQL_METHODS, DatabaseError, ReadResult, SourceCount
+from prosody_lastlog.sources.sql_changes import ChangeMark, changed_accounts, mark
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ PARTS = 2
 # What Lua's tonumber reads as a decimal number, which is how Prosody reads a `number` row back; Python's float()
 # also takes `1_000`, `inf` and non-ASCII digits.
 _NUMBER = re.compile(r"[ \t\n\v\f\r]*[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?[ \t\n\v\f\r]*")
+_USERS_PER_QUERY = 500  # accounts read again per query, by the table's (host, user, store, key) index
 _NOT_UTF8 = "Could not decode to UTF-8"  # how sqlite3 refuses text that is not UTF-8 (SQLite stores any bytes)
 
 
@@ -85,6 +87,72 @@ class SqlReader:
         """Streams every row of the chosen store per host into activity records."""
         with _connection(self._settings, self._cancellation) as connection:
             return self._read(connection, self._hosts)
+
+    def snapshot(self, *, now: int) -> tuple[ReadResult, ChangeMark]:
+        """Every row read into records (as read()), each host's registered accounts, and the mark to look for
+        changes from (taken before the rows are read: a change meanwhile is read again later)."""
+        with _connection(self._settings, self._cancellation) as connection:
+            since = mark(connection, now)
+            result = self._read(connection, self._hosts)
+            registered = self._registered(connection)
+            for host, data in result.hosts.items():
+                data.registered_accounts = registered(host)
+            return result, since
+
+    def read_changes(
+        self, since: ChangeMark, chosen: Mapping[str, CountingChoice], server: ServerFacts, *, now: int
+    ) -> ChangedAccounts:
+        """The accounts of the `chosen` hosts changed since `since` (sql_changes), each read again as a full read
+        reads it; with every chosen host's registered accounts now, which hosts' account stores changed, and the
+        next mark."""
+        with _connection(self._settings, self._cancellation) as connection:
+            next_mark = mark(connection, now)
+            found = ChangedAccounts(next_mark)
+            users: dict[str, set[str]] = {}
+            for host, user, store in changed_accounts(connection, self._hosts, since, now):
+                if host not in chosen:
+                    if _is_text(host):
+                        found.new_hosts.add(host)
+                    continue
+                if isinstance(user, str):
+                    users.setdefault(host, set()).add(user)
+                if store in (ACCOUNTS, ACCOUNT_DETAILS):
+                    found.accounts_changed.add(host)
+            for host, names in sorted(users.items()):
+                self._read_users(connection, host, sorted(names), chosen[host], thirteen=server.thirteen, into=found)
+            registered = self._registered(connection)
+            found.registered = {host: registered(host) for host in chosen}
+            return found
+
+    def _read_users(
+        self,
+        connection: Connection,
+        host: str,
+        users: list[str],
+        choice: CountingChoice,
+        *,
+        thirteen: bool,
+        into: ChangedAccounts,
+    ) -> None:
+        """These users' records, as the full read makes them (None: no longer any), in batches the table's
+        (host, user, ...) index serves."""
+        for start in range(0, len(users), _USERS_PER_QUERY):
+            batch = users[start : start + _USERS_PER_QUERY]
+            try:
+                accounts = self._accounts(connection, [host], thirteen, batch)
+                result = ReadResult(hosts={host: HostData(host, choice.store, choice=choice)})
+                seen: set[tuple[str, str]] = set()
+                with closing(connection.stream(*queries.rows_of(choice.store, [host], batch))) as rows:
+                    self._collect(rows, choice.store, {host: choice}, accounts, result, seen=seen)
+            except connection.errors as exc:
+                raise DatabaseError(f"cannot read {connection.settings.describe()}: {first_line(exc)}") from exc
+            records: dict[str, UserActivity | None] = dict.fromkeys(batch)
+            records |= {activity.user: activity for activity in result.hosts[host].users}
+            if self._policy.lists_accounts(host):
+                for _, user in accounts.holders - seen:
+                    records[user] = accounts.account_only(host, user, choice)
+            into.records.extend((host, user, activity) for user, activity in records.items())
+            into.problems.extend(result.problems)
 
     def count(self, *, now: int, windows: Sequence[Window], ages: Sequence[Window] = DEFAULT_AGES) -> SourceCount:
         """Counts per host: one aggregate query in the engine, else (or for hosts with odd rows) the stream."""
@@ -291,16 +359,21 @@ class SqlReader:
         result.hosts = dict(sorted(result.hosts.items()))
         return result
 
-    def _accounts(self, connection: Connection, hosts: Sequence[str], thirteen: bool) -> _AccountRows:
-        """What the account stores say of each user of `hosts`: who has an account record, and Prosody 13's
-        `created` and `disabled` and account_details' `registered` (no other account row is read)."""
+    def _accounts(
+        self, connection: Connection, hosts: Sequence[str], thirteen: bool, users: Sequence[str] | None = None
+    ) -> _AccountRows:
+        """What the account stores say of each user of `hosts` (or these users of the one host): who has an account
+        record, and Prosody 13's `created` and `disabled` and account_details' `registered` (no other account row
+        is read)."""
         found = _AccountRows()
         if not hosts:
             return found
         found.holders = {
-            (host, user) for host, user in connection.query(*queries.account_holders(hosts)) if isinstance(user, str)
+            (host, user)
+            for host, user in connection.query(*queries.account_holders(hosts, users))
+            if isinstance(user, str)
         }
-        with closing(connection.stream(*queries.account_fields(hosts))) as rows:
+        with closing(connection.stream(*queries.account_fields(hosts, users))) as rows:
             for host, user, store, key, kind, text in rows:
                 if store == ACCOUNTS and not thirteen:
                     continue  # Prosody 0.12 writes neither field
@@ -341,6 +414,19 @@ class SqlReader:
             if interpreted.activity is not None:
                 activity = accounts.complete(host, interpreted.activity, chosen[host])
                 result.hosts[host].users.append(activity)
+
+
+@dataclass
+class ChangedAccounts:
+    """What read_changes found: each changed account's record as a full read makes it (None: no longer any), each
+    host's registered accounts now, the hosts whose account stores changed, hosts not read before, the next mark."""
+
+    mark: ChangeMark
+    records: list[tuple[str, str, UserActivity | None]] = field(default_factory=list)  # (host, user, record)
+    registered: dict[str, int | None] = field(default_factory=dict)
+    accounts_changed: set[str] = field(default_factory=set)  # hosts with a changed accounts or account_details row
+    new_hosts: set[str] = field(default_factory=set)  # with changed rows, but not among the hosts read: read all
+    problems: list[ReadProblem] = field(default_factory=list)
 
 
 @dataclass

@@ -138,6 +138,14 @@ def host_filter(hosts: Sequence[str], column: str = '"host"') -> tuple[str, tupl
     return (f" AND {column} IN {_in_list(len(hosts))}", tuple(hosts)) if hosts else ("", ())
 
 
+def _filter(hosts: Sequence[str], users: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    """host_filter, and with `users` (of the one host given) an `AND user IN (...)` the table's index serves."""
+    where, params = host_filter(hosts)
+    if users is None:
+        return where, params
+    return f'{where} AND "user" IN {_in_list(len(users))}', (*params, *users)
+
+
 def stores_present(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """Which last-activity stores have rows, per host."""
     where, params = host_filter(hosts)
@@ -152,9 +160,10 @@ def stores_among(stores: Sequence[str], hosts: Sequence[str]) -> tuple[str, tupl
     return sql, (*stores, *params)
 
 
-def rows_of(store: Store, hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """Every row of `store` for the hosts, grouped by host and user for streaming."""
-    where, params = host_filter(hosts)
+def rows_of(store: Store, hosts: Sequence[str], users: Sequence[str] | None = None) -> tuple[str, tuple[str, ...]]:
+    """Every row of `store` for the hosts (or these users of the one host), grouped by host and user for
+    streaming."""
+    where, params = _filter(hosts, users)
     sql = (
         'SELECT "host", "user", "key", "type", "value" FROM "prosody" '
         f'WHERE "store" = ?{where} ORDER BY "host", "user", "key"'
@@ -162,9 +171,9 @@ def rows_of(store: Store, hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     return sql, (store.value, *params)
 
 
-def account_holders(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """The accounts that exist: users with any row in the accounts store."""
-    where, params = host_filter(hosts)
+def account_holders(hosts: Sequence[str], users: Sequence[str] | None = None) -> tuple[str, tuple[str, ...]]:
+    """The accounts that exist (of these users of the one host): users with any row in the accounts store."""
+    where, params = _filter(hosts, users)
     return f'SELECT DISTINCT "host", "user" FROM "prosody" WHERE "store" = ?{where}', (ACCOUNTS, *params)
 
 
@@ -176,10 +185,11 @@ def registered_accounts(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     return sql, (ACCOUNTS, *params)
 
 
-def account_fields(hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+def account_fields(hosts: Sequence[str], users: Sequence[str] | None = None) -> tuple[str, tuple[str, ...]]:
     """The only account rows whose values are read (the others hold password hashes): Prosody 13's `created` and
-    `disabled`, and mod_register_ibr's account_details `registered`; ordered by account."""
-    where, params = host_filter(hosts)
+    `disabled`, and mod_register_ibr's account_details `registered`; ordered by account (of these users of the
+    one host)."""
+    where, params = _filter(hosts, users)
     sql = (
         'SELECT "host", "user", "store", "key", "type", "value" FROM "prosody" '
         f'WHERE (("store" = ? AND "key" IN (?, ?)) OR ("store" = ? AND "key" = ?)){where} '
@@ -325,3 +335,50 @@ def aggregate(
         *host_params,
         *part_params,
     )
+
+
+# The stores whose rows a change of what is counted writes: the activity stores and the account stores.
+CHANGE_STORES = (*STORES, ACCOUNTS, ACCOUNT_DETAILS)
+
+
+def snapshot_mark() -> str:
+    """PostgreSQL: the oldest transaction the current snapshot cannot see; every row written since has an xmin at
+    or after it."""
+    return "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+def changed_since_xmin(hosts: Sequence[str], mark: int) -> tuple[str, tuple[object, ...]]:
+    """PostgreSQL: the accounts with a row of CHANGE_STORES written since `mark` (an earlier snapshot_mark): those
+    whose xmin is at most as many transactions before this snapshot's next one as `mark` is (xmin is a 32-bit
+    counter that wraps: the distance is taken modulo 2^32; a row old enough to alias is only read again)."""
+    where, params = host_filter(hosts, 'p."host"')
+    sql = (
+        'WITH "now" AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS "next") '
+        'SELECT DISTINCT p."host", p."user", p."store" FROM "prosody" p, "now" '
+        f'WHERE p."store" IN {_in_list(len(CHANGE_STORES))}{where} '
+        'AND mod(mod("now"."next" - p.xmin::text::bigint, 4294967296) + 4294967296, 4294967296) <= "now"."next" - ?'
+    )
+    return sql, (*CHANGE_STORES, *params, mark)
+
+
+def changed_since_time(hosts: Sequence[str], prefixes: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """MariaDB, SQLite (no row version a SELECT sees): the accounts with a row of CHANGE_STORES whose value holds
+    one of `prefixes` (time_prefixes), as Prosody writes os.time() into every such row it changes."""
+    where, params = host_filter(hosts)
+    anywhere = " OR ".join('INSTR("value", ?) > 0' for _ in prefixes)
+    sql = (
+        f'SELECT DISTINCT "host", "user", "store" FROM "prosody" WHERE "store" IN {_in_list(len(CHANGE_STORES))}'
+        f"{where} AND ({anywhere})"
+    )
+    return sql, (*CHANGE_STORES, *params, *prefixes)
+
+
+def time_prefixes(start: int, end: int, most: int = 8) -> list[str]:
+    """The fewest leading digits that every whole second from `start` to `end` begins with, as at most `most`
+    prefixes (the longest that do): a value holding a time in the span holds one of them."""
+    for length in range(len(str(end)), 0, -1):
+        prefixes = sorted({str(t)[:length] for t in range(start, end + 1, 10 ** max(0, len(str(end)) - length))})
+        prefixes = sorted({str(start)[:length], str(end)[:length], *prefixes})
+        if len(prefixes) <= most:
+            return prefixes
+    return [""]

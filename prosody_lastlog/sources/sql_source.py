@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
-from prosody_lastlog.core.rules import Policy
+from prosody_lastlog.core.model import CountingChoice
+from prosody_lastlog.core.rules import Policy, ServerFacts
 from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS, Cancellation
 from prosody_lastlog.sources.policy import Cadence, Intervals, store_suffix
 from prosody_lastlog.sources.results import ReadResult, SourceCount
-from prosody_lastlog.sources.sql import SqlReader
+from prosody_lastlog.sources.sql import ChangedAccounts, SqlReader
+from prosody_lastlog.sources.sql_changes import ChangeMark
 
 
 @dataclass
@@ -35,12 +37,12 @@ class SqlSource:
 
     @property
     def watch_dir(self) -> Path | None:
-        """None: nothing tells of a change in the database, so it is counted again every interval."""
+        """None: nothing tells of a change in the database, so it is looked at again every interval."""
         return None
 
     def cadence(self, intervals: Intervals) -> Cadence:
-        """A count every --sql-interval, not logged; health allows two missed: one that cannot connect fails within
-        the connect timeout, one that hangs is caught by the age."""
+        """A look for changes every --sql-interval, not logged; health allows two missed: one that cannot connect
+        fails within the connect timeout, one that hangs is caught by the age."""
         max_age = 2 * intervals.sql_interval_seconds + CONNECT_TIMEOUT_SECONDS + 60
         return Cadence(intervals.sql_interval_seconds, 0.0, max_age, logged=False)
 
@@ -59,6 +61,16 @@ class SqlSource:
     def read(self) -> ReadResult:
         """Every row of the chosen hosts' stores, as activity records (for listing accounts, not counting)."""
         return self._reader().read()
+
+    def snapshot(self, *, now: int) -> tuple[ReadResult, ChangeMark]:
+        """Every record, each host's registered accounts, and the mark to look for changes from (SqlReader)."""
+        return self._reader().snapshot(now=now)
+
+    def read_changes(
+        self, since: ChangeMark, chosen: Mapping[str, CountingChoice], server: ServerFacts, *, now: int
+    ) -> ChangedAccounts:
+        """The accounts changed since `since`, read again (SqlReader.read_changes)."""
+        return self._reader().read_changes(since, chosen, server, now=now)
 
     def _reader(self) -> SqlReader:
         return SqlReader(
