@@ -179,14 +179,15 @@ _LOGIN = '"host" = %s AND "user" = %s AND "store" = \'lastlog2\' AND "key" = \'l
 
 
 def _log_in(writer: _Writer, users: list[str], now: int) -> list[tuple[Any, ...]]:
-    """Writes a login at `now` for each user, one transaction each as mod_storage_sql does; returns the rows it
-    replaced (users with no login row yet get none)."""
+    """Writes a login at `now` for each of sql_count's users (`user<i>`, on host HOSTS[i % 3]), one transaction
+    each as mod_storage_sql does, through the table's (host, user, ...) index; returns the rows it replaced (a user
+    with no login row yet gets none)."""
+    from sql_count import HOSTS  # noqa: PLC0415  # the data set's hosts: sql_count imports this module
+
     old = []
     for user in users:
-        for host, value in writer.run(
-            'SELECT "host", "value" FROM "prosody" WHERE "user" = %s AND "store" = \'lastlog2\' AND "key" = \'login\'',
-            (user,),
-        ):
+        host = HOSTS[int(user.removeprefix("user")) % len(HOSTS)]
+        for (value,) in writer.run(f'SELECT "value" FROM "prosody" WHERE {_LOGIN}', (host, user)):
             writer.run(f'UPDATE "prosody" SET "value" = %s WHERE {_LOGIN}', (f'{{"timestamp":{now}}}', host, user))
             old.append((host, user, value))
     return old
