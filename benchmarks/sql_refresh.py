@@ -34,12 +34,11 @@ from prosody_lastlog.prosody.sql_settings import parse_sql_url
 from prosody_lastlog.sources import database
 from prosody_lastlog.sources.database import Connection, connect
 from prosody_lastlog.sources.sql import SqlReader
+from prosody_lastlog.sources.sql_queries import CHANGE_STORES
 from tests.integration.servers import free_port, stop_process
 from tests.sql_servers import SqlServer
 
-STORES = ("lastlog2", "lastlog", "account_activity", "accounts", "account_details")
-_IN_STORES = "(" + ", ".join(f"'{store}'" for store in STORES) + ")"
-SLACK_SECONDS = 120  # of a time-in-value search: Prosody's clock against the tool's
+_IN_STORES = "(" + ", ".join(f"'{store}'" for store in CHANGE_STORES) + ")"
 
 
 @dataclass

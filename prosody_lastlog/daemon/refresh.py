@@ -18,12 +18,11 @@ from functools import partial
 from typing import assert_never
 
 from prosody_lastlog.core.connected import NOBODY
-from prosody_lastlog.core.index import HostIndex
 from prosody_lastlog.core.model import CountingChoice, ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
 from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.sources.files import RecordUnreadableError
-from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, scan_indexes
+from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, host_indexes, scan_indexes
 from prosody_lastlog.sources.kinds import FileSource, Source, log_choices
 from prosody_lastlog.sources.processes import release_free_memory
 from prosody_lastlog.sources.results import DatabaseError, DataDirError
@@ -219,12 +218,7 @@ class Refresher:
 
     def _read_in_full(self, source: SqlSource, now: int) -> list[ReadProblem]:
         read, mark = source.snapshot(now=now)
-        indexes = [
-            HostIndex(
-                host, data.store, NOBODY, data.users, choice=data.choice, registered_accounts=data.registered_accounts
-            )
-            for host, data in read.hosts.items()
-        ]
+        indexes = list(host_indexes(read, NOBODY))
         choices = {index.host: index.choice for index in indexes}
         with self._locks[source.name]:
             self.live.swap_in_stored(source.name, indexes)

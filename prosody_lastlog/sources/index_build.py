@@ -143,12 +143,15 @@ def _scan(
     reader: FileStoreReader, connected: ConnectedUsers, name_hash: NameHash, progress: Progress | None
 ) -> ScannedIndexes:
     read = reader.read(progress)
-    hosts = {index.host: index for index in _indexes(read, connected, name_hash)}
+    hosts = {index.host: index for index in host_indexes(read, connected, name_hash)}
     return ScannedIndexes(hosts, read.problems, read.server, read.unreadable_hosts, read.unreadable_users)
 
 
-def _indexes(read: ReadResult, connected: ConnectedUsers, name_hash: NameHash) -> Iterator[HostIndex]:
-    """Each host's index, its records let go once indexed."""
+def host_indexes(
+    read: ReadResult, connected: ConnectedUsers, name_hash: Callable[[bytes], int] = hash
+) -> Iterator[HostIndex]:
+    """Each host's index, its records let go once indexed (`name_hash`: a NameHash for an index built in another
+    process)."""
     while read.hosts:
         host, data = read.hosts.popitem()
         yield HostIndex(
@@ -181,7 +184,7 @@ def _child(job: _Job, sender: Connection) -> None:
     try:
         try:
             read = job.reader.read((lambda files: sender.send(("progress", files))) if job.with_progress else None)
-            for index in _indexes(read, job.connected, job.name_hash):
+            for index in host_indexes(read, job.connected, job.name_hash):
                 _send_index(sender, index)
             sender.send(("done", (read.problems, read.server, read.unreadable_hosts, read.unreadable_users)))
         except Exception as exc:  # the parent raises it
