@@ -125,7 +125,13 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "--sql-interval",
         default=default("60s"),
         metavar="DURATION",
-        help="how often SQL sources are counted (default 60s)",
+        help="how often SQL sources are looked at for changes (default 60s; read in full every --resync-interval)",
+    )
+    serve.add_argument(
+        "--sql-binlog",
+        action="store_true",
+        help="follow MariaDB's or MySQL's row-based binary log: a login shows within about a second "
+        "(needs log_bin, binlog_format=ROW and the REPLICATION SLAVE and BINLOG MONITOR privileges; docs/sql.md)",
     )
     serve.add_argument("--polling", action="store_true", help="poll the data directory instead of using inotify")
     serve.add_argument(

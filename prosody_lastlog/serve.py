@@ -204,6 +204,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         textfile=args.textfile,
         resync_seconds=parse_window(args.resync_interval).seconds,
         sql_interval_seconds=parse_window(args.sql_interval).seconds,
+        sql_binlog=args.sql_binlog,
         per_host=not args.totals_only,
         compat=args.compat_metrics,
         polling=args.polling,

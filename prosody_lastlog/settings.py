@@ -115,6 +115,7 @@ KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "textfile": ("textfile", _path),
     "resync_interval": ("resync_interval", _duration),
     "sql_interval": ("sql_interval", _duration),
+    "sql_binlog": ("sql_binlog", _flag),
     "polling": ("polling", _flag),
     "connected": ("connected", _one_of(*(d.value for d in ConnectedSetting))),
     "connected_interval": ("connected_interval", _duration),

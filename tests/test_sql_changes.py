@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.sources import sql_queries as queries
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from prosody_lastlog.sources.results import ReadResult
-from prosody_lastlog.sources.sql import SqlReader
+from prosody_lastlog.sources.sql import ChangedAccounts, SqlReader
 from prosody_lastlog.sources.sql_changes import SLACK_SECONDS
 from tests import prosody_table
 from tests.prosody_table import Row
@@ -139,6 +141,31 @@ def state_of(read: ReadResult) -> tuple[State, dict[str, int | None], dict[str, 
     return records, registered, choices
 
 
+def write_all(
+    changes: list[tuple[str, str, str, str]],
+    choices: dict[str, CountingChoice],
+    write: Callable[[tuple[str, str, str, str], Store, int, bool], bool],
+    thirteen: bool,
+) -> set[tuple[str, str]]:
+    """Makes the writes, a second apart from NOW + 1, on hosts that were read; the (host, user) written to."""
+    written = set()
+    for number, change in enumerate(changes):
+        host = change[1]
+        if host in choices and write(change, choices[host].store, NOW + 1 + number, thirteen):
+            written.add((host, change[2]))
+    return written
+
+
+def apply_found(found: ChangedAccounts, records: State, registered: dict[str, int | None]) -> None:
+    """Applies what an incremental read found to the records and registered counts of a full read, as serve does."""
+    for host, user, activity in found.records:
+        if activity is None:
+            records[host].pop(user, None)
+        else:
+            records[host][user] = activity
+    registered |= found.registered
+
+
 def assert_incremental_equals_full(
     settings_: SqlSettings, connection: Any, rows: list[Row], changes: list[tuple[str, str, str, str]], thirteen: bool
 ) -> None:
@@ -149,19 +176,10 @@ def assert_incremental_equals_full(
     records, registered, choices = state_of(first)
     assert first.server is not None
     table = Table(settings_, connection)
-    written = set()
-    for number, write in enumerate(changes):
-        host = write[1]
-        if host in choices and apply_write(table, write, choices[host].store, NOW + 1 + number, thirteen):
-            written.add((host, write[2]))
+    written = write_all(changes, choices, partial(apply_write, table), thirteen)
     found = reader.read_changes(mark, choices, first.server, now=NOW + 1 + len(changes))
     assert written <= {(host, user) for host, user, _ in found.records}  # every account written to is found
-    for host, user, activity in found.records:
-        if activity is None:
-            records[host].pop(user, None)
-        else:
-            records[host][user] = activity
-    registered |= found.registered
+    apply_found(found, records, registered)
     assert found.accounts_changed == {host for what, host, _, _ in changes if what != "activity" and host in choices
                                       and (thirteen or what == "create")}  # fmt: skip
     again, _ = reader.snapshot(now=NOW + 1 + len(changes))
@@ -207,18 +225,22 @@ def test_time_prefixes_cover_the_span_and_nothing_far() -> None:
 # --------------------------------------------------------------------------- the daemon: deletions, reconcile
 
 
+def three_accounts(now: int) -> list[Row]:
+    """alice, bob and carol on a.example, with an account each, last logged in 10 days before `now`."""
+    rows: list[Row] = []
+    for user in ("alice", "bob", "carol"):
+        rows.append(("a.example", user, "lastlog2", *timestamp_value("lastlog2", "login", now - 10 * DAY)))
+        rows.append(("a.example", user, "accounts", "password", "string", "a-password"))
+    return rows
+
+
 def test_serve_follows_an_sql_source_and_catches_deletions(tmp_path: Path) -> None:
     """In `serve`: a login shows at the next look; a deleted account (its registered count changed with no change
     found) makes the source read in full at once; rows deleted from a kept account wait for the reconcile."""
     path = tmp_path / "prosody.sqlite"
     connection = sqlite3.connect(path)
     prosody_table.create(connection, "SQLite3")
-    now = int(time.time())
-    rows: list[Row] = []
-    for user in ("alice", "bob", "carol"):
-        rows.append(("a.example", user, "lastlog2", *timestamp_value("lastlog2", "login", now - 10 * DAY)))
-        rows.append(("a.example", user, "accounts", "password", "string", "a-password"))
-    prosody_table.replace_rows(connection, "SQLite3", rows)
+    prosody_table.replace_rows(connection, "SQLite3", three_accounts(int(time.time())))
     table = Table(SqlSettings("SQLite3", str(path)), connection)
     plan = plan_sources(SourceOptions(sql_url=f"sqlite://{path}"), environ={})
     options = ServeOptions(port=0, sql_interval_seconds=0.2, resync_seconds=3600)

@@ -23,6 +23,7 @@ from exporters.textfile import write_atomically
 from prosody_lastlog.core.connected import ConnectedSetting
 from prosody_lastlog.core.counting import Snapshot, totals_only
 from prosody_lastlog.core.windows import DEFAULT_AGES, Window
+from prosody_lastlog.daemon.binlog_follow import BinlogFollow, binlog_sources
 from prosody_lastlog.daemon.refresh import Refresher
 from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.daemon.timer import PeriodicTimer
@@ -46,6 +47,7 @@ class ServeOptions:
     resync_seconds: float = 3600.0  # full rescan of the file store, like the seed's hourly recount
     resync_jitter_seconds: float = 300.0
     sql_interval_seconds: float = 60.0
+    sql_binlog: bool = False  # follow MariaDB's binary log for SQL sources' changes (binlog_follow)
     textfile_interval_seconds: float = 60.0
     connected: ConnectedSetting = ConnectedSetting.AUTO  # how connected users are found (off under as_of: a replay)
     connected_interval_seconds: float = 300.0  # each admin-socket probe adds a line to Prosody's log
@@ -99,7 +101,9 @@ class Daemon:
             on_refresh=self._write_textfile,
             wall_clock=self.clock,
             reconcile_seconds=options.resync_seconds,
+            binlog=options.sql_binlog,
         )
+        self._binlog_follows = [BinlogFollow(self.refresher, s) for s in binlog_sources(plan, options.sql_binlog)]
         self.windows = windows
         self.exporters: list[Exporter] = []
         self.registry = CollectorRegistry(auto_describe=False)
@@ -146,6 +150,8 @@ class Daemon:
         try:
             for watcher in self._watchers:
                 watcher.start()
+            for follow in self._binlog_follows:
+                follow.start()  # from where the full read finds the log
             self.refresher.refresh_all()
         except BaseException:
             self.stop(close_exporters=False)
@@ -200,7 +206,9 @@ class Daemon:
             timer.stop()
         for watcher in self._watchers:
             watcher.stop()
-        self._timers, self._watchers = [], []
+        for follow in self._binlog_follows:
+            follow.stop()
+        self._timers, self._watchers, self._binlog_follows = [], [], []
         if close_exporters:
             for exporter in self.exporters:
                 exporter.close()

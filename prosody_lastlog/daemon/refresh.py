@@ -2,7 +2,8 @@
 
 The periodic timer calls `refresh_all`/`refresh`; the file watcher calls `apply_change` for one user. An SQL source
 is read in full at its first refresh and every `reconcile_seconds` after; in between, a refresh reads only the
-accounts changed since the last (sources/sql_changes.py).
+accounts changed since the last (sources/sql_changes.py). With `binlog`, the binary log's follower (binlog_follow)
+calls `apply_binlog` with the accounts changed, and a refresh between full reads looks only while it is down.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, h
 from prosody_lastlog.sources.kinds import FileSource, Source, log_choices
 from prosody_lastlog.sources.processes import release_free_memory
 from prosody_lastlog.sources.results import DatabaseError, DataDirError
+from prosody_lastlog.sources.sql import ChangedAccounts
+from prosody_lastlog.sources.sql_binlog import BinlogPosition
 from prosody_lastlog.sources.sql_changes import ChangeMark
 from prosody_lastlog.sources.sql_source import SqlSource
 
@@ -47,11 +50,14 @@ class Refresher:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         reconcile_seconds: float = 3600.0,
+        binlog: bool = False,
     ) -> None:
         self.live = live
         self.sources = list(sources)
         self.reconcile_seconds = reconcile_seconds  # between full reads of an SQL source
+        self.binlog = binlog  # SQL sources (MariaDB, MySQL) are followed in their binary log
         self._followed: dict[str, _Followed] = {}  # per SQL source: where its last look left off
+        self._following: dict[str, bool] = {}  # per SQL source, whether its binary log is followed now
         self._on_refresh = on_refresh
         self.progress = progress  # told of files read during a full scan (the startup progress bar)
         self._wall_clock = wall_clock
@@ -194,11 +200,14 @@ class Refresher:
 
     def _follow(self, source: SqlSource) -> list[ReadProblem]:
         """A full read when due (the first, then every reconcile_seconds, or a host not read before has rows);
-        else the accounts changed since the last look, applied to the index."""
+        else, unless the binary log is followed now, the accounts changed since the last look, applied to the
+        index."""
         followed = self._followed.get(source.name)
         now = int(self._wall_clock())
         if followed is None or self._monotonic() - followed.full_read_at >= self.reconcile_seconds:
             return self._read_in_full(source, now)
+        if self._following.get(source.name):
+            return []
         found = source.read_changes(followed.mark, followed.choices, followed.server, now=now)
         unexplained = {  # an account made or deleted with no change found (no time in its rows, or its rows gone)
             host
@@ -207,6 +216,57 @@ class Refresher:
         }
         if found.new_hosts or unexplained:
             return self._read_in_full(source, now)
+        self._apply(source, followed, found)
+        return found.problems
+
+    def apply_binlog(self, source: SqlSource, rows: set[tuple[str, str, str]]) -> bool:
+        """Reads again the accounts of rows the binary log says changed, and applies them. False while a full read
+        of the source runs (it holds older rows: keep these, and call again after it) or before the first; a new
+        host makes the next refresh a full read. Raises DatabaseError if they cannot be read."""
+        lock = self._refreshing[source.name]
+        if not lock.acquire(timeout=0.1):
+            return False
+        try:
+            followed = self._followed.get(source.name)
+            if followed is None:
+                return False
+            now = int(self._wall_clock())
+            found = source.read_accounts(rows, followed.choices, followed.server, followed.mark, now=now)
+            if found.new_hosts:
+                followed.full_read_at = -self.reconcile_seconds  # due at the next refresh
+            self._apply(source, followed, found)
+        finally:
+            lock.release()
+        _log_problems(source.name, found.problems)
+        self._on_refresh()
+        return True
+
+    def binlog_start(self, source: SqlSource) -> tuple[int, BinlogPosition] | None:
+        """Where the binary log stood at the last full read of the source, and which full read that was (they are
+        numbered); None before the first."""
+        followed = self._followed.get(source.name)
+        if followed is None or followed.binlog is None:
+            return None
+        return followed.number, followed.binlog
+
+    def binlog_followed(self, source: SqlSource, following: bool, reason: str = "") -> None:
+        """Records whether the source's binary log is followed now: while it is not, refreshes look for changes
+        by time, as without --sql-binlog. Logged when that changes."""
+        if self._following.get(source.name) == following:
+            return
+        self._following[source.name] = following
+        if following:
+            log.info("%s: following the binary log", source.name)
+        else:
+            log.error("cannot follow the binary log; looking for changes by time: %s", reason)
+        self.live.changes_found_by(source.name, "binlog" if following else "by time")
+
+    def need_full_read(self, source: SqlSource) -> None:
+        """Makes the source's next refresh a full read (the binary log lost changes)."""
+        if (followed := self._followed.get(source.name)) is not None:
+            followed.full_read_at = -self.reconcile_seconds
+
+    def _apply(self, source: SqlSource, followed: _Followed, found: ChangedAccounts) -> None:
         with self._locks[source.name]:
             for host, user, activity in found.records:
                 self.live.index.update(host, followed.choices[host], user, activity)
@@ -214,17 +274,19 @@ class Refresher:
                 self.live.index.set_registered_accounts(host, registered)
         followed.mark = found.mark
         self.live.looked(source.name, changed=len(found.records))
-        return found.problems
 
     def _read_in_full(self, source: SqlSource, now: int) -> list[ReadProblem]:
-        read, mark = source.snapshot(now=now)
+        read, mark = source.snapshot(now=now, binlog=self.binlog)
         indexes = list(host_indexes(read, NOBODY))
         choices = {index.host: index.choice for index in indexes}
         with self._locks[source.name]:
             self.live.swap_in_stored(source.name, indexes)
         assert read.server is not None  # a read always says what the server is
-        self._followed[source.name] = _Followed(mark, read.server, choices, self._monotonic())
-        self.live.read_in_full(source.name, at=self._wall_clock(), how="by version" if mark.by_version else "by time")
+        previous = self._followed.get(source.name)
+        number = previous.number + 1 if previous is not None else 1
+        self._followed[source.name] = _Followed(mark, read.server, choices, self._monotonic(), number, mark.binlog)
+        how = "binlog" if self._following.get(source.name) else "by version" if mark.by_version else "by time"
+        self.live.read_in_full(source.name, at=self._wall_clock(), how=how)
         self._log_choices(source.name, read.server, choices)
         return read.problems
 
@@ -281,12 +343,15 @@ class Refresher:
 
 @dataclass
 class _Followed:
-    """Where the last look at an SQL source left off: its mark, the server and hosts its last full read found."""
+    """Where the last look at an SQL source left off: its mark, the server and hosts its last full read found, and
+    where that read found the binary log."""
 
     mark: ChangeMark
     server: ServerFacts
     choices: dict[str, CountingChoice]
     full_read_at: float  # monotonic
+    number: int  # of the full read: 1 for the first
+    binlog: BinlogPosition | None  # where the binary log stood as it began, if followed
 
 
 def _log_problems(source: str, problems: Sequence[ReadProblem]) -> None:

@@ -82,6 +82,11 @@ class LiveCounts:
             health = self._health[source]
             self._health[source] = replace(health, changes_found=how, last_full_read=at)
 
+    def changes_found_by(self, source: str, how: str) -> None:
+        """Records how changes to a source read incrementally are found now."""
+        with self._lock:
+            self._health[source] = replace(self._health[source], changes_found=how)
+
     def looked(self, source: str, *, changed: int) -> None:
         """Records an incremental refresh that read `changed` accounts again."""
         with self._lock:

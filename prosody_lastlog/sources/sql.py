@@ -88,11 +88,12 @@ class SqlReader:
         with _connection(self._settings, self._cancellation) as connection:
             return self._read(connection, self._hosts)
 
-    def snapshot(self, *, now: int) -> tuple[ReadResult, ChangeMark]:
+    def snapshot(self, *, now: int, binlog: bool = False) -> tuple[ReadResult, ChangeMark]:
         """Every row read into records (as read()), each host's registered accounts, and the mark to look for
-        changes from (taken before the rows are read: a change meanwhile is read again later)."""
+        changes from (taken before the rows are read: a change meanwhile is read again later); with `binlog`,
+        the mark says where the binary log stood too."""
         with _connection(self._settings, self._cancellation) as connection:
-            since = mark(connection, now)
+            since = mark(connection, now, binlog=binlog)
             result = self._read(connection, self._hosts)
             registered = self._registered(connection)
             for host, data in result.hosts.items():
@@ -106,23 +107,60 @@ class SqlReader:
         reads it; with every chosen host's registered accounts now, which hosts' account stores changed, and the
         next mark."""
         with _connection(self._settings, self._cancellation) as connection:
-            next_mark = mark(connection, now)
-            found = ChangedAccounts(next_mark)
-            users: dict[str, set[str]] = {}
-            for host, user, store in changed_accounts(connection, self._hosts, since, now):
-                if host not in chosen:
-                    if _is_text(host):
-                        found.new_hosts.add(host)
-                    continue
-                if isinstance(user, str):
-                    users.setdefault(host, set()).add(user)
-                if store in (ACCOUNTS, ACCOUNT_DETAILS):
-                    found.accounts_changed.add(host)
-            for host, names in sorted(users.items()):
-                self._read_users(connection, host, sorted(names), chosen[host], thirteen=server.thirteen, into=found)
+            found = ChangedAccounts(mark(connection, now))
+            self._read_again(connection, changed_accounts(connection, self._hosts, since, now), chosen, server, found)
             registered = self._registered(connection)
             found.registered = {host: registered(host) for host in chosen}
             return found
+
+    def read_accounts(
+        self,
+        changed: Iterable[tuple[str, str, str]],
+        chosen: Mapping[str, CountingChoice],
+        server: ServerFacts,
+        since: ChangeMark,
+        *,
+        now: int,
+    ) -> ChangedAccounts:
+        """The accounts of these (host, user, store) rows (from the binary log), read again as read_changes reads
+        them; the registered accounts recounted only on the hosts whose account stores changed (the log tells of
+        every change there, deletions too). The next mark is `since` moved to now: were the log lost, a look by
+        time would take up from here."""
+        with _connection(self._settings, self._cancellation) as connection:
+            found = ChangedAccounts(replace(since, value=now))
+            covered = [(host, user, store) for host, user, store in changed if self._covers(host)]
+            self._read_again(connection, covered, chosen, server, found)
+            if found.accounts_changed:
+                registered = self._registered(connection)
+                found.registered = {host: registered(host) for host in found.accounts_changed}
+            return found
+
+    def _covers(self, host: str) -> bool:
+        """Whether this source reads the host (all hosts when none were named; as the engine's collation matches
+        them, case aside)."""
+        return not self._hosts or host.lower() in self._hosts
+
+    def _read_again(
+        self,
+        connection: Connection,
+        changed: Iterable[tuple[Any, Any, Any]],
+        chosen: Mapping[str, CountingChoice],
+        server: ServerFacts,
+        found: ChangedAccounts,
+    ) -> None:
+        """Reads the accounts of the changed (host, user, store) rows again into `found`."""
+        users: dict[str, set[str]] = {}
+        for host, user, store in changed:
+            if host not in chosen:
+                if _is_text(host):
+                    found.new_hosts.add(host)
+                continue
+            if isinstance(user, str):
+                users.setdefault(host, set()).add(user)
+            if store in (ACCOUNTS, ACCOUNT_DETAILS):
+                found.accounts_changed.add(host)
+        for host, names in sorted(users.items()):
+            self._read_users(connection, host, sorted(names), chosen[host], thirteen=server.thirteen, into=found)
 
     def _read_users(
         self,

@@ -10,6 +10,8 @@ Prosody's host and ours. A row written with no time (an account made by Prosody 
 further off waits for the next full read.
 
 Deleted rows leave nothing to find on either: the daemon's periodic full read (the reconcile) catches them.
+With --sql-binlog, MariaDB's binary log tells of every change, deletions too (sql_binlog); the mark then also
+holds where the log stood.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from prosody_lastlog.sources import sql_queries as queries
 from prosody_lastlog.sources.database import Connection
+from prosody_lastlog.sources.sql_binlog import BinlogPosition, binlog_position
 
 SLACK_SECONDS = 120  # how far Prosody's clock may be from ours for a change to be found by its time
 
@@ -28,14 +31,16 @@ class ChangeMark:
 
     value: int
     by_version: bool  # PostgreSQL's xmin; else the time in the values
+    binlog: BinlogPosition | None = None  # where MariaDB's binary log stood, when it is followed
 
 
-def mark(connection: Connection, now: int) -> ChangeMark:
-    """The mark of a look starting now (taken before its rows are read: a change meanwhile is found again)."""
+def mark(connection: Connection, now: int, *, binlog: bool = False) -> ChangeMark:
+    """The mark of a look starting now (taken before its rows are read: a change meanwhile is found again); with
+    `binlog`, where the binary log stands too."""
     if connection.settings.driver == "PostgreSQL":
         ((xmin,),) = connection.query(queries.snapshot_mark())
         return ChangeMark(int(xmin), by_version=True)
-    return ChangeMark(now, by_version=False)
+    return ChangeMark(now, by_version=False, binlog=binlog_position(connection) if binlog else None)
 
 
 def changed_accounts(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -62,15 +62,27 @@ class SqlSource:
         """Every row of the chosen hosts' stores, as activity records (for listing accounts, not counting)."""
         return self._reader().read()
 
-    def snapshot(self, *, now: int) -> tuple[ReadResult, ChangeMark]:
+    def snapshot(self, *, now: int, binlog: bool = False) -> tuple[ReadResult, ChangeMark]:
         """Every record, each host's registered accounts, and the mark to look for changes from (SqlReader)."""
-        return self._reader().snapshot(now=now)
+        return self._reader().snapshot(now=now, binlog=binlog)
 
     def read_changes(
         self, since: ChangeMark, chosen: Mapping[str, CountingChoice], server: ServerFacts, *, now: int
     ) -> ChangedAccounts:
         """The accounts changed since `since`, read again (SqlReader.read_changes)."""
         return self._reader().read_changes(since, chosen, server, now=now)
+
+    def read_accounts(
+        self,
+        changed: Iterable[tuple[str, str, str]],
+        chosen: Mapping[str, CountingChoice],
+        server: ServerFacts,
+        since: ChangeMark,
+        *,
+        now: int,
+    ) -> ChangedAccounts:
+        """The accounts of these changed rows, read again (SqlReader.read_accounts)."""
+        return self._reader().read_accounts(changed, chosen, server, since, now=now)
 
     def _reader(self) -> SqlReader:
         return SqlReader(

@@ -319,10 +319,13 @@ class PrivateMariadb(PrivateServer):
     superuser = "root"
     stop_signal = signal.SIGTERM  # a clean shutdown
 
-    def __init__(self, base: Path, port: int, run_as: RunAs | None, server: str, install_db: str) -> None:
+    def __init__(
+        self, base: Path, port: int, run_as: RunAs | None, server: str, install_db: str, *, binlog: bool = False
+    ) -> None:
         super().__init__(base, port, run_as)
         self.server = server
         self.install_db = install_db
+        self.binlog = binlog  # a row-based binary log, as a server replicas follow has
 
     def _common_options(self) -> list[str]:
         # Small InnoDB files and buffers: the data is a few dozen rows.
@@ -359,7 +362,11 @@ class PrivateMariadb(PrivateServer):
             f"--pid-file={self.base / 'mysqld.pid'}",
             f"--tmpdir={self.base / 'tmp'}",
             "--skip-name-resolve",
-            "--skip-log-bin",
+            *(
+                [f"--log-bin={self.base / 'binlog'}", "--binlog-format=ROW", "--server-id=1"]
+                if self.binlog
+                else ["--skip-log-bin"]
+            ),
         ]
 
     def connect(self, database: str | None = None, *, autocommit: bool = False) -> Any:
@@ -427,12 +434,13 @@ def private_postgres() -> Iterator[PrivateServer]:
 
 
 @contextmanager
-def private_mariadb() -> Iterator[PrivateServer]:
-    """A new MariaDB server on a free port, root@127.0.0.1 without password; stopped afterwards."""
+def private_mariadb(*, binlog: bool = False) -> Iterator[PrivateServer]:
+    """A new MariaDB server on a free port, root@127.0.0.1 without password, with a row-based binary log if
+    `binlog`; stopped afterwards."""
     package = "the Debian package mariadb-server"
     server = _find(("mariadbd", "mysqld"), what="the MariaDB server", install=package)
     install_db = _find(("mariadb-install-db", "mysql_install_db"), what="mariadb-install-db", install=package)
     run_as = unprivileged_user("mysql")
     base = Path(tempfile.mkdtemp(prefix="prosody-lastlog-mariadb-"))
-    with _running(PrivateMariadb(base, free_port(), run_as, server, install_db)) as running:
+    with _running(PrivateMariadb(base, free_port(), run_as, server, install_db, binlog=binlog)) as running:
         yield running
