@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 from scan import HOSTS, NOW, WINDOWS, generate, generator_version, warm_page_cache
@@ -216,8 +217,19 @@ def dataset(cache_dir: Path, users: int) -> Path:
     return data_dir
 
 
+class Endpoint(Protocol):
+    """Where load is sent: a daemon's HTTP server."""
+
+    def connection(self) -> HTTPConnection:
+        """A new client connection to it."""
+        ...
+
+
 def python_load(
-    serve: Serve, threads: int, running: Callable[[], bool], request: tuple[str, Mapping[str, str]] = ("/metrics", {})
+    serve: Endpoint,
+    threads: int,
+    running: Callable[[], bool],
+    request: tuple[str, Mapping[str, str]] = ("/metrics", {}),
 ) -> Load:
     """Threads, each with one HTTPConnection, GET `request` (path, headers) back to back while `running()`."""
     latencies: list[list[float]] = [[] for _ in range(threads)]

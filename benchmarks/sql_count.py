@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sql_refresh import buffer_pool_for, login_latencies, refresh_figures, summary
+from sql_refresh import buffer_pool_for, login_latencies, metrics_under_refreshes, refresh_figures, summary
 
 from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.prosody.sql_settings import parse_sql_url
@@ -293,7 +293,8 @@ def _line(label: str, seconds: float, note: str) -> None:
 def _refresh_part(server: SqlServer, args: argparse.Namespace, *, seed_s: float, pushdown_s: float) -> dict[str, Any]:
     """The refresh figures (sql_refresh.py), printed, and the login-to-counts latencies if asked for."""
     figures: dict[str, Any] = refresh_figures(server, args.users, repeat=args.repeat, changes=args.changes)
-    for name in ("seed", "pushdown", "steady"):
+    follows = server.driver == "MySQL"  # --sql-binlog follows MariaDB and MySQL only
+    for name in ("seed", "pushdown", "steady", *(["follow"] if follows else [])):
         rows, size = int(figures[f"{name}_rows"]), int(figures[f"{name}_bytes"])
         print(f"  moved to the tool, {name:<9} {rows:>11,} rows {size:>13,} bytes")
     _line(
@@ -308,6 +309,26 @@ def _refresh_part(server: SqlServer, args: argparse.Namespace, *, seed_s: float,
         f"{int(figures['steady_accounts']):,} accounts read again; / pushdown {steady / pushdown_s:.3f}, "
         f"/ seed {steady / seed_s:.4f}",
     )
+    print(
+        f"  {'':<47} of it: finding them {figures['steady_find_s']:.2f} s, "
+        f"recounting registered accounts {figures['steady_registered_s']:.2f} s"
+    )
+    if follows:
+        _line(
+            f"serve --sql-binlog: after {args.changes:,} logins",
+            figures["follow_s"],
+            f"the accounts the log names read again; / pushdown {figures['follow_s'] / pushdown_s:.3f}",
+        )
+    if args.load_seconds:
+        under = metrics_under_refreshes(
+            server, args.users, threads=4, seconds=args.load_seconds, interval=5, reconcile=args.load_seconds + 10
+        )
+        figures |= {f"metrics_{name}": value for name, value in under.items()}
+        print(
+            f"  /metrics p99 under 4 clients: {under['looks_p99_ms']:.2f} ms while looking every 5 s "
+            f"(10 logins/s), {under['full_read_p99_ms']:.2f} ms during a full read "
+            f"({under['full_read_window_s']:.0f} s); {under['looks_errors'] + under['full_read_errors']:.0f} errors"
+        )
     if args.latency_samples:
         latencies = login_latencies(server, args.users, args.latency_interval, args.latency_samples)
         figures |= {"latency_interval_s": args.latency_interval, "latency_s": latencies}
@@ -345,6 +366,9 @@ def main() -> int:
         "--latency-samples", type=int, default=3, help="logins timed from the table to the counts (3; 0: none)"
     )
     parser.add_argument("--latency-interval", type=int, default=30, help="--sql-interval for the latencies (30 s)")
+    parser.add_argument(
+        "--load-seconds", type=int, default=30, help="/metrics loaded while serve looks, then full-reads (30; 0: no)"
+    )
     args = parser.parse_args()
     agree = True
     report: dict[str, Any] = {"users": args.users, "repeat": args.repeat, "parts": PARTS, "engines": {}}

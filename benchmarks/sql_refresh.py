@@ -7,7 +7,11 @@ Used by sql_count.py on its loaded databases (run it). Per engine, beside one an
   full read what `serve` does at start and every --resync-interval: every row read into records (seconds)
   steady    one of `serve`'s refreshes between full reads after --changes logins (SqlReader.read_changes: find the
             changed accounts, read their rows by the table's index, count registered accounts): seconds, rows,
-            bytes; the logins are undone afterwards
+            bytes, and the seconds of its first and last parts alone; the logins are undone afterwards
+  follow    what `serve --sql-binlog` asks of the database for the same logins: the accounts the binary log names
+            read again by the index (SqlReader.read_accounts; no look, no recount: no account store changed)
+  /metrics  p99 under the daemon benchmark's client load while `serve --sql` looks every few seconds with logins
+            written meanwhile, and while its reconcile (a full read) runs
   latency   seconds from a login written to the table, at a random point of the interval, to the counts showing it:
             `serve --sql` as it is (the next look), and the pushdown every interval as `serve` did before
 
@@ -25,16 +29,18 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import partial
+from http.client import HTTPConnection
 from typing import Any
 
 from prosody_lastlog.prosody.sql_settings import parse_sql_url
 from prosody_lastlog.sources import database
 from prosody_lastlog.sources.database import Connection, connect
 from prosody_lastlog.sources.sql import SqlReader
-from prosody_lastlog.sources.sql_queries import CHANGE_STORES
+from prosody_lastlog.sources.sql_changes import changed_accounts
+from prosody_lastlog.sources.sql_queries import CHANGE_STORES, registered_accounts
 from tests.integration.servers import free_port, stop_process
 from tests.sql_servers import SqlServer
 
@@ -104,17 +110,23 @@ def buffer_pool_for(server: SqlServer) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class Steady:
-    """One steady-state refresh: seconds, what it moved, accounts read again."""
+    """One steady-state refresh: seconds, what it moved, accounts read again; its parts (finding the changed
+    accounts, recounting registered accounts); and what --sql-binlog's reading of the same accounts costs."""
 
     seconds: float
     moved: Transfer
     accounts: int
+    find_seconds: float
+    registered_seconds: float
+    follow_seconds: float
+    follow_moved: Transfer
 
 
 def time_steady(server: SqlServer, users: int, changes: int, repeat: int) -> tuple[float, Steady]:
     """Seconds of a full read (as serve's first), then the median of `repeat` steady-state refreshes, each after
     `changes` logins at the clock's time (undone afterwards)."""
-    reader = SqlReader(parse_sql_url(server.url()))
+    settings = parse_sql_url(server.url())
+    reader = SqlReader(settings)
     started = time.perf_counter()
     read, mark = reader.snapshot(now=int(time.time()))
     full_s = time.perf_counter() - started
@@ -123,21 +135,32 @@ def time_steady(server: SqlServer, users: int, changes: int, repeat: int) -> tup
     server_facts = read.server
     del read
     runs = []
-    with _writer(server) as writer:
+    with _writer(server) as writer, closing(connect(settings)) as connection:
         for number in range(repeat):
             picked = [f"user{i}" for i in random.Random(number).sample(range(users), min(changes, users // 2))]
             undo = _log_in(writer, picked, int(time.time()))
             try:
+                find_s = _timed(partial(changed_accounts, connection, [], mark, int(time.time())))
+                registered_s = _timed(partial(connection.query, *registered_accounts([])))
+                named = {(host, user, "lastlog2") for host, user, _ in undo}  # what the binary log names
+                with counting_transfer() as follow_moved:
+                    follow_s = _timed(partial(reader.read_accounts, named, choices, server_facts, mark, now=0))
                 with counting_transfer() as moved:
                     started = time.perf_counter()
                     found = reader.read_changes(mark, choices, server_facts, now=int(time.time()))
                     seconds = time.perf_counter() - started
                 mark = found.mark
-                runs.append(Steady(seconds, moved, len(found.records)))
+                runs.append(Steady(seconds, moved, len(found.records), find_s, registered_s, follow_s, follow_moved))
             finally:
                 _put_back(writer, undo)
             mark = reader.read_changes(mark, choices, server_facts, now=int(time.time())).mark  # past the undo
     return full_s, sorted(runs, key=lambda run: run.seconds)[len(runs) // 2]
+
+
+def _timed(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
 
 
 class _Writer:
@@ -233,6 +256,96 @@ def _latencies(
         finally:
             _put_back(writer, undo)
     return seconds
+
+
+@dataclass(frozen=True)
+class _Listening:
+    """A daemon's HTTP server on loopback (daemon.Endpoint)."""
+
+    port: int
+
+    def connection(self) -> HTTPConnection:
+        return HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+
+def metrics_under_refreshes(
+    server: SqlServer, users: int, *, threads: int, seconds: float, interval: int, reconcile: int
+) -> dict[str, float]:
+    """/metrics under `threads` clients (as make bench's daemon part loads it) while `serve --sql` refreshes: for
+    `seconds` of looks every `interval` s with 10 logins a second written meanwhile, then all through the
+    reconcile's full read (`reconcile` s after the first)."""
+    from daemon import for_seconds, python_load  # noqa: PLC0415  # the daemon benchmark's load, the same here
+
+    port = free_port()
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    command = [sys.executable, "-m", "prosody_lastlog", "serve", "--sql", server.url(), "--listen", f"127.0.0.1:{port}"]
+    command += ["--sql-interval", f"{interval}s", "--resync-interval", f"{reconcile}s"]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait(lambda: _active_1d(metrics) is not None, 900, "a first count")
+            ready = time.monotonic()
+            first_read = _sample(metrics, "prosody_lastlog_last_full_read_timestamp_seconds")
+            with _logging_in(server, users, per_second=10):
+                looks = python_load(_Listening(port), threads, for_seconds(seconds))
+            time.sleep(max(0.0, ready + reconcile - 5 - time.monotonic()))
+            started = time.monotonic()
+            full = python_load(
+                _Listening(port),
+                threads,
+                lambda: (
+                    _sample(metrics, "prosody_lastlog_last_full_read_timestamp_seconds") == first_read
+                    and time.monotonic() - started < 900
+                ),
+            )
+            full_read_s = time.monotonic() - started
+        finally:
+            stop_process(process)
+    return {
+        "looks_p99_ms": looks.p99_ms,
+        "looks_requests_per_s": looks.requests_per_s,
+        "looks_errors": looks.errors,
+        "full_read_p99_ms": full.p99_ms,
+        "full_read_requests_per_s": full.requests_per_s,
+        "full_read_errors": full.errors,
+        "full_read_window_s": full_read_s,
+    }
+
+
+@contextmanager
+def _logging_in(server: SqlServer, users: int, per_second: int) -> Iterator[None]:
+    """Writes `per_second` logins a second on a thread while the block runs; puts the rows back afterwards."""
+    stop = threading.Event()
+    undo: list[tuple[Any, ...]] = []
+
+    def write() -> None:
+        picker = random.Random(7)
+        with _writer(server) as writer:
+            while not stop.wait(1 / per_second):
+                undo.extend(_log_in(writer, [f"user{picker.randrange(users)}"], int(time.time())))
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with _writer(server) as writer:
+            _put_back(writer, list(reversed(undo)))
+
+
+def _sample(url: str, name: str) -> float | None:
+    """The first sample of `name` in /metrics, or None."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def _equals(active: Callable[[], float | None], value: float) -> bool:
@@ -339,4 +452,9 @@ def refresh_figures(server: SqlServer, users: int, *, repeat: int, changes: int)
         "steady_accounts": steady.accounts,
         "steady_rows": steady.moved.rows,
         "steady_bytes": steady.moved.bytes,
+        "steady_find_s": steady.find_seconds,
+        "steady_registered_s": steady.registered_seconds,
+        "follow_s": steady.follow_seconds,
+        "follow_rows": steady.follow_moved.rows,
+        "follow_bytes": steady.follow_moved.bytes,
     }

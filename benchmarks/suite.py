@@ -50,6 +50,9 @@ SQL       N users' lastlog2 rows, made by sql_count.rows, in a fresh database on
   floors    a bare scan of the rows, and the per-account GROUP BY alone: no exact count can do less
   ratios    pushdown / seed (target at 1M: pushdown ≤ 1 s and ≤ 0.02 of the seed, i.e. ≥ 50x faster),
             pushdown / scan floor; the pushdown must count what the seed counts
+  serve     a full read; a look after 1,000 logins (target at 1M ≤ 1 s); the same accounts read as --sql-binlog
+            reads them (target ≤ 1 s); /metrics p99 under --threads clients while serve looks every 5 s with 10
+            logins a second (target ≤ 10 ms), and during a full read (sql_refresh.py)
 daemon    `prosody-lastlog serve` on the same files (daemon.py)
   startup   seconds from process start to /metrics answering with all N users
   RSS       bytes per tracked user above serve on an empty data dir (target ≤ 120 at 1M, where fixed costs fade)
@@ -119,6 +122,8 @@ TARGETS = [
     *(Target(f"sql.{engine}.pushdown_s", 1.0, "≤ 1", MILLION) for engine in sql_count.SERVERS),
     *(Target(f"sql.{engine}.pushdown_over_seed", 0.02, "≤ 0.02", MILLION) for engine in sql_count.SERVERS),
     *(Target(f"sql.{engine}.steady_s", 1.0, "≤ 1", MILLION) for engine in sql_count.SERVERS),
+    Target("sql.MySQL.follow_s", 1.0, "≤ 1", MILLION),
+    *(Target(f"sql.{engine}.metrics_looks_p99_ms", 10, "≤ 10", MILLION) for engine in sql_count.SERVERS),
     Target("daemon.rss_bytes_per_user", 120, "≤ 120", MILLION),
     Target("daemon.p99_ms", 10, "≤ 10"),
     Target("daemon.rename_p99_ms", 2000, "≤ 2000"),
@@ -291,8 +296,9 @@ def _paired(
     return statistics.median(how(a.seconds, b.seconds) for a, b in zip(first, second, strict=True))
 
 
-def sql_figures(engine: str, users: int, repeat: int) -> Figures:
-    """The seed's access pattern, our pushdown and the engine's floors, in a fresh database of `users` users."""
+def sql_figures(engine: str, users: int, repeat: int, load_seconds: float) -> Figures:
+    """The seed's access pattern, our pushdown and the engine's floors, serve's refreshes and /metrics while they
+    run, in a fresh database of `users` users."""
     load = _load_1min()
     with sql_count.SERVERS[engine]() as server:
         loaded = sql_count.load(server, users)
@@ -301,6 +307,9 @@ def sql_figures(engine: str, users: int, repeat: int) -> Figures:
             pushdown_s, pushed = sql_count.time_method(server, "pushdown", repeat)
             scan_s, group_s = sql_count.time_floors(server, repeat)
             refresh = sql_refresh.refresh_figures(server, users, repeat=repeat, changes=1000)
+            under = sql_refresh.metrics_under_refreshes(
+                server, users, threads=4, seconds=load_seconds, interval=5, reconcile=round(load_seconds) + 10
+            )
     result: Figures = {
         f"sql.{engine}.load_1min": load,
         f"sql.{engine}.load_s": loaded,
@@ -315,6 +324,9 @@ def sql_figures(engine: str, users: int, repeat: int) -> Figures:
         f"sql.{engine}.steady_s": refresh["steady_s"],
         f"sql.{engine}.steady_over_pushdown": refresh["steady_s"] / pushdown_s,
         f"sql.{engine}.steady_bytes": refresh["steady_bytes"],
+        f"sql.{engine}.follow_s": refresh["follow_s"],
+        f"sql.{engine}.metrics_looks_p99_ms": under["looks_p99_ms"],
+        f"sql.{engine}.metrics_full_read_p99_ms": under["full_read_p99_ms"],
         f"sql.{engine}.pushdown_bytes": refresh["pushdown_bytes"],
         f"sql.{engine}.seed_bytes": refresh["seed_bytes"],
     }
@@ -402,6 +414,9 @@ ROWS: list[tuple[str, str, str, float]] = [  # (label, figure, format, scale)
             (f"{engine}: serve, full read (s)", f"sql.{engine}.full_read_s", ".3f", 1),
             (f"{engine}: serve, a look after 1,000 logins (s)", f"sql.{engine}.steady_s", ".3f", 1),
             (f"{engine}: a look / pushdown", f"sql.{engine}.steady_over_pushdown", ".3f", 1),
+            (f"{engine}: --sql-binlog, the same 1,000 read (s)", f"sql.{engine}.follow_s", ".3f", 1),
+            (f"{engine}: /metrics p99 while looking (ms)", f"sql.{engine}.metrics_looks_p99_ms", ".2f", 1),
+            (f"{engine}: /metrics p99 in a full read (ms)", f"sql.{engine}.metrics_full_read_p99_ms", ".2f", 1),
             (f"{engine}: KiB moved: seed", f"sql.{engine}.seed_bytes", ".0f", 1 / 1024),
             (f"{engine}: KiB moved: pushdown", f"sql.{engine}.pushdown_bytes", ".1f", 1 / 1024),
             (f"{engine}: KiB moved: a look", f"sql.{engine}.steady_bytes", ".1f", 1 / 1024),
@@ -542,7 +557,7 @@ def measure_all(sets: dict[int, Path], args: argparse.Namespace, errors: list[st
     if args.sql:
         for users in sets:
             for engine in sql_count.SERVERS:
-                measure = partial(sql_figures, engine, users, args.repeat)
+                measure = partial(sql_figures, engine, users, args.repeat, args.load_seconds)
                 figures[users] |= _attempt(errors, f"{engine}, {users:,} users", measure, Figures())
                 _progress(f"{engine} {users:,} users", figures[users], f"sql.{engine}.pushdown_over_seed")
     if args.daemon:
