@@ -9,6 +9,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ from prosody_lastlog.core.windows import DEFAULT_WINDOWS
 from prosody_lastlog.daemon.lifecycle import Daemon, ServeOptions
 from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.sources import sql_queries as queries
+from prosody_lastlog.sources.database import connect
 from prosody_lastlog.sources.plan import SourceOptions, plan_sources
 from prosody_lastlog.sources.results import ReadResult
 from prosody_lastlog.sources.sql import ChangedAccounts, SqlReader
-from prosody_lastlog.sources.sql_changes import SLACK_SECONDS
+from prosody_lastlog.sources.sql_changes import SLACK_SECONDS, ChangeMark, changed_accounts
 from tests import prosody_table
 from tests.prosody_table import Row
 from tests.test_daemon import wait_for
@@ -220,6 +222,26 @@ def test_time_prefixes_cover_the_span_and_nothing_far() -> None:
         assert len(prefixes) <= 8
         assert all(any(str(t).startswith(p) for p in prefixes) for t in range(start, end + 1))
     assert not any(str(NOW - DAY).startswith(p) for p in queries.time_prefixes(NOW - 240, NOW + 240))
+
+
+def test_a_look_by_time_keeps_only_rows_written_since_with_the_slack(sqlite_db: tuple[SqlSettings, Any]) -> None:
+    """The rows the time prefix finds are kept by their exact time: since the last look, less SLACK_SECONDS, up to
+    now and SLACK_SECONDS; older rows in the same block of seconds are not read again."""
+    settings_, connection = sqlite_db
+    now = 1_796_671_500  # mid-block: the prefix 1796671 covers 1796671000 to 1796671999
+    since = ChangeMark(now - 60, by_version=False)
+    rows: list[Row] = [
+        ("a.example", "old", "lastlog2", *timestamp_value("lastlog2", "login", now - 400)),  # same block, too old
+        ("a.example", "slack", "lastlog2", *timestamp_value("lastlog2", "logout", now - 60 - SLACK_SECONDS)),
+        ("a.example", "new", "account_activity", *timestamp_value("account_activity", "timestamp", now)),
+        ("a.example", "ahead", "accounts", *timestamp_value("accounts", "created", now + SLACK_SECONDS)),
+        ("a.example", "float", "account_details", "registered", "number", f"{now - 30}.5"),
+        ("a.example", "far", "lastlog2", *timestamp_value("lastlog2", "login", now + SLACK_SECONDS + 1)),
+    ]
+    prosody_table.replace_rows(connection, "SQLite3", rows)
+    with closing(connect(settings_)) as reading:
+        found = changed_accounts(reading, [], since, now)
+    assert {user for _, user, _ in found} == {"slack", "new", "ahead", "float"}
 
 
 # --------------------------------------------------------------------------- the daemon: deletions, reconcile

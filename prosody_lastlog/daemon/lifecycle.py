@@ -151,6 +151,7 @@ class Daemon:
             for watcher in self._watchers:
                 watcher.start()
             for follow in self._binlog_follows:
+                follow.check()  # a log that cannot be followed is refused here, before the count
                 follow.start()  # from where the full read finds the log
             self.refresher.refresh_all()
         except BaseException:

@@ -23,7 +23,7 @@ from prosody_lastlog.core.model import CountingChoice, ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
 from prosody_lastlog.daemon.state import LiveCounts
 from prosody_lastlog.sources.files import RecordUnreadableError
-from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, host_indexes, scan_indexes
+from prosody_lastlog.sources.index_build import ScannedIndexes, ScanProcesses, scan_indexes
 from prosody_lastlog.sources.kinds import FileSource, Source, log_choices
 from prosody_lastlog.sources.processes import release_free_memory
 from prosody_lastlog.sources.results import DatabaseError, DataDirError
@@ -58,6 +58,7 @@ class Refresher:
         self.binlog = binlog  # SQL sources (MariaDB, MySQL) are followed in their binary log
         self._followed: dict[str, _Followed] = {}  # per SQL source: where its last look left off
         self._following: dict[str, bool] = {}  # per SQL source, whether its binary log is followed now
+        self._following_lock = threading.Lock()
         self._on_refresh = on_refresh
         self.progress = progress  # told of files read during a full scan (the startup progress bar)
         self._wall_clock = wall_clock
@@ -109,20 +110,25 @@ class Refresher:
                 if not isinstance(exc, DataDirError | DatabaseError | OSError):
                     log.debug("refresh failure", exc_info=True)
                     exc = RuntimeError(f"unexpected {type(exc).__name__} while reading")
-                self.live.failed(source.name, str(exc))
-                if source.name not in self._failing:  # once per state change, not every attempt
-                    log.error("%s: refresh failed, serving the last good counts: %s", source.name, exc)
-                self._failing.add(source.name)
+                self._failed(source, exc)
                 return
-            if source.name in self._failing:
-                log.warning("%s: refresh works again", source.name)
-                self._failing.discard(source.name)
-            kinds = Counter(problem.kind for problem in problems)
-            self.live.succeeded(
-                source.name, at=self._wall_clock(), duration=self._monotonic() - started, problems=kinds
-            )
+            self._succeeded(source, self._monotonic() - started, problems)
             _log_problems(source.name, problems)
         self._on_refresh()
+
+    def _failed(self, source: Source, exc: Exception) -> None:
+        """The last counts stay served; the source is down, logged when it goes down."""
+        self.live.failed(source.name, str(exc))
+        if source.name not in self._failing:  # once per state change, not every attempt
+            log.error("%s: refresh failed, serving the last good counts: %s", source.name, exc)
+        self._failing.add(source.name)
+
+    def _succeeded(self, source: Source, seconds: float, problems: Sequence[ReadProblem]) -> None:
+        if source.name in self._failing:
+            log.warning("%s: refresh works again", source.name)
+            self._failing.discard(source.name)
+        kinds = Counter(problem.kind for problem in problems)
+        self.live.succeeded(source.name, at=self._wall_clock(), duration=seconds, problems=kinds)
 
     def apply_change(self, host: str, user: str) -> bool:
         """Re-reads one user's record (and account) after a file event. False if it could not be read (what was known
@@ -206,8 +212,8 @@ class Refresher:
         now = int(self._wall_clock())
         if followed is None or self._monotonic() - followed.full_read_at >= self.reconcile_seconds:
             return self._read_in_full(source, now)
-        if self._following.get(source.name):
-            return []
+        if self._following.get(source.name) and source.name not in self._failing:
+            return []  # the log's follower reads what changes
         found = source.read_changes(followed.mark, followed.choices, followed.server, now=now)
         unexplained = {  # an account made or deleted with no change found (no time in its rows, or its rows gone)
             host
@@ -220,9 +226,10 @@ class Refresher:
         return found.problems
 
     def apply_binlog(self, source: SqlSource, rows: set[tuple[str, str, str]]) -> bool:
-        """Reads again the accounts of rows the binary log says changed, and applies them. False while a full read
-        of the source runs (it holds older rows: keep these, and call again after it) or before the first; a new
-        host makes the next refresh a full read. Raises DatabaseError if they cannot be read."""
+        """Reads again the accounts of rows the binary log says changed, and applies them. False if not done: while
+        a full read of the source runs (it holds older rows: keep these, and call again after it), before the
+        first, or when they cannot be read (the source is then down, logged once, until a read works). A new host
+        makes the next refresh a full read."""
         lock = self._refreshing[source.name]
         if not lock.acquire(timeout=0.1):
             return False
@@ -231,10 +238,17 @@ class Refresher:
             if followed is None:
                 return False
             now = int(self._wall_clock())
-            found = source.read_accounts(rows, followed.choices, followed.server, followed.mark, now=now)
+            started = self._monotonic()
+            try:
+                found = source.read_accounts(rows, followed.choices, followed.server, followed.mark, now=now)
+            except DatabaseError as exc:
+                self._failed(source, exc)
+                return False
             if found.new_hosts:
                 followed.full_read_at = -self.reconcile_seconds  # due at the next refresh
             self._apply(source, followed, found)
+            if source.name in self._failing:
+                self._succeeded(source, self._monotonic() - started, found.problems)
         finally:
             lock.release()
         _log_problems(source.name, found.problems)
@@ -243,23 +257,24 @@ class Refresher:
 
     def binlog_start(self, source: SqlSource) -> tuple[int, BinlogPosition] | None:
         """Where the binary log stood at the last full read of the source, and which full read that was (they are
-        numbered); None before the first."""
+        numbered); None before the first, or if that read could not find the log."""
         followed = self._followed.get(source.name)
         if followed is None or followed.binlog is None:
             return None
         return followed.number, followed.binlog
 
-    def binlog_followed(self, source: SqlSource, following: bool, reason: str = "") -> None:
+    def set_binlog_followed(self, source: SqlSource, following: bool, reason: str = "") -> None:
         """Records whether the source's binary log is followed now: while it is not, refreshes look for changes
         by time, as without --sql-binlog. Logged when that changes."""
-        if self._following.get(source.name) == following:
-            return
-        self._following[source.name] = following
+        with self._following_lock:
+            if self._following.get(source.name) == following:
+                return
+            self._following[source.name] = following
+            self.live.changes_found_by(source.name, "binlog" if following else "by time")
         if following:
             log.info("%s: following the binary log", source.name)
         else:
-            log.error("cannot follow the binary log; looking for changes by time: %s", reason)
-        self.live.changes_found_by(source.name, "binlog" if following else "by time")
+            log.error("%s: cannot follow the binary log; looking for changes by time: %s", source.name, reason)
 
     def need_full_read(self, source: SqlSource) -> None:
         """Makes the source's next refresh a full read (the binary log lost changes)."""
@@ -276,17 +291,23 @@ class Refresher:
         self.live.looked(source.name, changed=len(found.records))
 
     def _read_in_full(self, source: SqlSource, now: int) -> list[ReadProblem]:
-        read, mark = source.snapshot(now=now, binlog=self.binlog)
-        indexes = list(host_indexes(read, NOBODY))
-        choices = {index.host: index.choice for index in indexes}
-        with self._locks[source.name]:
-            self.live.swap_in_stored(source.name, indexes)
-        assert read.server is not None  # a read always says what the server is
         previous = self._followed.get(source.name)
+        # In a child process, as a file scan: decoding a million rows here would hold up the scrapes.
+        nice = RESYNC_NICE if previous is not None else 0
+        read = scan_indexes(source.full_read(now=now, binlog=self.binlog), NOBODY, nice=nice, processes=self._scans)
+        mark = read.change_mark
+        assert read.server is not None and mark is not None  # an SQL read says what the server is and its mark
+        choices = {host: index.choice for host, index in read.hosts.items()}
+        with self._locks[source.name]:
+            self.live.swap_in_stored(source.name, list(read.hosts.values()))
+        release_free_memory()  # the swapped-out indexes'
         number = previous.number + 1 if previous is not None else 1
         self._followed[source.name] = _Followed(mark, read.server, choices, self._monotonic(), number, mark.binlog)
-        how = "binlog" if self._following.get(source.name) else "by version" if mark.by_version else "by time"
-        self.live.read_in_full(source.name, at=self._wall_clock(), how=how)
+        with self._following_lock:  # the follower's thread may say otherwise meanwhile
+            how = "binlog" if self._following.get(source.name) else "by version" if mark.by_version else "by time"
+            self.live.read_in_full(source.name, at=self._wall_clock(), how=how)
+        if mark.binlog_error is not None:
+            self.set_binlog_followed(source, False, mark.binlog_error)
         self._log_choices(source.name, read.server, choices)
         return read.problems
 

@@ -1,8 +1,9 @@
-"""A full scan of the file store, made into HostIndexes in a child process.
+"""A full read, a scan of the file store or an SQL source's snapshot, made into HostIndexes in a child process.
 
-The daemon's scrapes and file events run on threads of one interpreter: Python work of a scan there (reading files,
-making a million records, indexing them) would hold the GIL for seconds, and a scrape would wait for it. So the
-scan runs in a child process, which sends each host's built index; this process only takes them in and swaps.
+The daemon's scrapes and file events run on threads of one interpreter: Python work of a full read there (reading
+files or rows, making a million records, indexing them) would hold the GIL for seconds, and a scrape would wait for
+it. So the read runs in a child process, which sends each host's built index; this process only takes them in and
+swaps. The records' memory is the child's, given back when it ends.
 
 Taking an index in must not hold the GIL for long either: unpickled whole, a host of a million users (~25 MB of
 arrays) held it for several milliseconds at once. So an index travels as a small pickle whose arrays are left out
@@ -14,25 +15,31 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import signal
 import threading
+import time
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from prosody_lastlog.core.compact import NameHash, NameTable
 from prosody_lastlog.core.connected import ConnectedUsers
 from prosody_lastlog.core.index import HostIndex
 from prosody_lastlog.core.model import ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
-from prosody_lastlog.sources.files import FileStoreReader, Progress
+from prosody_lastlog.sources.files import Progress
 from prosody_lastlog.sources.processes import forker_of, process_context, set_up_child
 from prosody_lastlog.sources.results import ReadResult
 
+if TYPE_CHECKING:
+    from prosody_lastlog.sources.sql_changes import ChangeMark
+
 log = logging.getLogger(__name__)
 
+STOP_SECONDS = 2.0  # how long a child stopped by SIGTERM may take to cancel its database query
 PIECE_BYTES = 1 << 20  # of an array sent apart: appending one holds the GIL for well under a millisecond
 Buffer: TypeAlias = "array[Any] | bytearray"  # the kinds of array an index is made of
 
@@ -46,6 +53,15 @@ class ScannedIndexes:
     server: ServerFacts | None = None  # what the rules took the server to be
     unreadable_hosts: set[str] = field(default_factory=set)
     unreadable_users: dict[str, set[str]] = field(default_factory=dict)
+    change_mark: ChangeMark | None = None  # an SQL read's (ReadResult's)
+
+
+class FullRead(Protocol):
+    """What a child process runs: a reader of a whole source (it is pickled to the child)."""
+
+    def read(self, progress: Progress | None = None) -> ReadResult:
+        """Every record of the source."""
+        ...
 
 
 class ScanProcessError(OSError):
@@ -73,26 +89,41 @@ class ScanProcesses:
             self._running.discard(process)
 
     def stop_all(self) -> None:
-        """Ends every running scan process, and any started later."""
+        """Ends every running scan process (_end), and any started later."""
         with self._lock:
             self.stopped = True
-            for process in self._running:
-                process.kill()
+            running = list(self._running)
+        _end(running)
+
+
+def _end(processes: list[BaseProcess]) -> None:
+    """SIGTERM first, for a child reading a database to cancel its query on the server (a server does not notice
+    a client gone while its query waits on a lock); then SIGKILL for those still there STOP_SECONDS later."""
+    running = {process.sentinel: process for process in processes if process.is_alive()}
+    for process in running.values():
+        process.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    while running and (left := deadline - time.monotonic()) > 0:
+        for ended in wait(list(running), left):
+            if isinstance(ended, int):  # a sentinel is a file descriptor
+                running.pop(ended)
+    for process in running.values():
+        process.kill()
 
 
 def scan_indexes(
-    reader: FileStoreReader,
+    reader: FullRead,
     connected: ConnectedUsers,
     *,
     progress: Progress | None = None,
     nice: int = 0,
     processes: ScanProcesses | None = None,
 ) -> ScannedIndexes:
-    """Reads every file and indexes each host, in a child process run at `nice` (added to this one's niceness),
+    """Reads every file or row and indexes each host, in a child process run at `nice` (added to this one's niceness),
     registered in `processes` while it runs.
 
     The indexes count `connected` as connected (an index tells it apart from a newer answer by identity). Where no
-    process can be started, it is all done here. Raises what the reader raises (DataDirError).
+    process can be started, it is all done here. Raises what the reader raises (DataDirError, DatabaseError).
     """
     name_hash = NameHash()  # a fresh key: this process must hash names as the child did
     context = process_context(__name__)
@@ -113,7 +144,7 @@ def scan_indexes(
         return _receive(receiver, connected, progress)
     finally:
         receiver.close()
-        process.kill()  # done already, unless this process is leaving on an error
+        _end([process])  # done already, unless this process is leaving on an error
         process.join()
         if processes is not None:
             processes.discard(process)
@@ -135,16 +166,19 @@ def _receive(receiver: Connection, connected: ConnectedUsers, progress: Progress
         elif kind == "failed":
             raise value
         elif kind == "done":
-            scanned.problems, scanned.server, scanned.unreadable_hosts, scanned.unreadable_users = value
+            scanned.problems, scanned.server, scanned.unreadable_hosts, scanned.unreadable_users = value[:4]
+            scanned.change_mark = value[4]
             return scanned
 
 
 def _scan(
-    reader: FileStoreReader, connected: ConnectedUsers, name_hash: NameHash, progress: Progress | None
+    reader: FullRead, connected: ConnectedUsers, name_hash: NameHash, progress: Progress | None
 ) -> ScannedIndexes:
     read = reader.read(progress)
     hosts = {index.host: index for index in host_indexes(read, connected, name_hash)}
-    return ScannedIndexes(hosts, read.problems, read.server, read.unreadable_hosts, read.unreadable_users)
+    return ScannedIndexes(
+        hosts, read.problems, read.server, read.unreadable_hosts, read.unreadable_users, read.change_mark
+    )
 
 
 def host_indexes(
@@ -169,7 +203,7 @@ def host_indexes(
 class _Job:
     """What the child is to do."""
 
-    reader: FileStoreReader
+    reader: FullRead
     connected: ConnectedUsers
     name_hash: NameHash
     with_progress: bool
@@ -179,20 +213,26 @@ class _Job:
 
 def _child(job: _Job, sender: Connection) -> None:
     """Runs in the child: scans, sends ("progress", files read) if asked, ("host", index) per host, then ("done",
-    (problems, server facts, unreadable hosts, unreadable users)); or ("failed", the exception)."""
+    (problems, server facts, unreadable hosts, unreadable users, change mark)); or ("failed", the exception)."""
     set_up_child(job.forker, nice=job.nice)
+    signal.signal(signal.SIGTERM, _leave)  # raised where the read is: a database query is cancelled on the way out
     try:
         try:
             read = job.reader.read((lambda files: sender.send(("progress", files))) if job.with_progress else None)
             for index in host_indexes(read, job.connected, job.name_hash):
                 _send_index(sender, index)
-            sender.send(("done", (read.problems, read.server, read.unreadable_hosts, read.unreadable_users)))
+            done = (read.problems, read.server, read.unreadable_hosts, read.unreadable_users, read.change_mark)
+            sender.send(("done", done))
         except Exception as exc:  # the parent raises it
             sender.send(("failed", exc))
     except BrokenPipeError:
         pass  # the parent stopped waiting
     finally:
         sender.close()
+
+
+def _leave(number: int, _: object) -> None:
+    raise SystemExit(128 + number)
 
 
 class _ArraysApart(pickle.Pickler):

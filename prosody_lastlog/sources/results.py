@@ -4,10 +4,14 @@ be read at all, one of the two errors here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prosody_lastlog.core.counting import HostCounts
 from prosody_lastlog.core.model import HostData, ReadProblem
 from prosody_lastlog.core.rules import ServerFacts
+
+if TYPE_CHECKING:
+    from prosody_lastlog.sources.sql_changes import ChangeMark
 
 SQL_METHODS = ("auto", "pushdown", "stream")  # how an SQL source may be counted; "auto" takes one of the others
 
@@ -31,6 +35,7 @@ class ReadResult:
     # knew of them. Hosts whose directories could not be listed, and per host the users whose files could not be read.
     unreadable_hosts: set[str] = field(default_factory=set)
     unreadable_users: dict[str, set[str]] = field(default_factory=dict)
+    change_mark: ChangeMark | None = None  # an SQL full read's: where to look for changes from
 
 
 @dataclass(slots=True)

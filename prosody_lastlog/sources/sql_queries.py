@@ -349,25 +349,26 @@ def snapshot_mark() -> str:
 
 def changed_since_xmin(hosts: Sequence[str], mark: int) -> tuple[str, tuple[object, ...]]:
     """PostgreSQL: the accounts with a row of CHANGE_STORES written since `mark` (an earlier snapshot_mark): those
-    whose xmin is at most as many transactions before this snapshot's next one as `mark` is (xmin is a 32-bit
-    counter that wraps: the distance is taken modulo 2^32; a row old enough to alias is only read again)."""
+    whose xmin is at most as old as `mark` is, by age() (transactions before the current one; xmin is a 32-bit
+    counter that wraps, and age() counts modulo 2^32: a row old enough to alias, were it not frozen long before,
+    is only read again). age() of a row costs a third of taking its xmin as a number."""
     where, params = host_filter(hosts, 'p."host"')
     sql = (
-        'WITH "now" AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS "next") '
-        'SELECT DISTINCT p."host", p."user", p."store" FROM "prosody" p, "now" '
+        'SELECT DISTINCT p."host", p."user", p."store" FROM "prosody" p '
         f'WHERE p."store" IN {_in_list(len(CHANGE_STORES))}{where} '
-        'AND mod(mod("now"."next" - p.xmin::text::bigint, 4294967296) + 4294967296, 4294967296) <= "now"."next" - ?'
+        "AND age(p.xmin) <= age(mod(?, 4294967296)::text::xid)"
     )
     return sql, (*CHANGE_STORES, *params, mark)
 
 
 def changed_since_time(hosts: Sequence[str], prefixes: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """MariaDB, SQLite (no row version a SELECT sees): the accounts with a row of CHANGE_STORES whose value holds
-    one of `prefixes` (time_prefixes), as Prosody writes os.time() into every such row it changes."""
+    """MariaDB, SQLite (no row version a SELECT sees): the rows of CHANGE_STORES whose value holds one of
+    `prefixes` (time_prefixes), as Prosody writes os.time() into every such row it changes; with their values, for
+    the exact time to be checked by the caller (a prefix is cheaper to scan for than a span)."""
     where, params = host_filter(hosts)
     anywhere = " OR ".join('INSTR("value", ?) > 0' for _ in prefixes)
     sql = (
-        f'SELECT DISTINCT "host", "user", "store" FROM "prosody" WHERE "store" IN {_in_list(len(CHANGE_STORES))}'
+        f'SELECT "host", "user", "store", "value" FROM "prosody" WHERE "store" IN {_in_list(len(CHANGE_STORES))}'
         f"{where} AND ({anywhere})"
     )
     return sql, (*CHANGE_STORES, *params, *prefixes)

@@ -13,6 +13,7 @@ from prosody_lastlog.core.rules import Policy, ServerFacts
 from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS, Cancellation
+from prosody_lastlog.sources.files import Progress
 from prosody_lastlog.sources.policy import Cadence, Intervals, store_suffix
 from prosody_lastlog.sources.results import ReadResult, SourceCount
 from prosody_lastlog.sources.sql import ChangedAccounts, SqlReader
@@ -62,9 +63,9 @@ class SqlSource:
         """Every row of the chosen hosts' stores, as activity records (for listing accounts, not counting)."""
         return self._reader().read()
 
-    def snapshot(self, *, now: int, binlog: bool = False) -> tuple[ReadResult, ChangeMark]:
-        """Every record, each host's registered accounts, and the mark to look for changes from (SqlReader)."""
-        return self._reader().snapshot(now=now, binlog=binlog)
+    def full_read(self, *, now: int, binlog: bool = False) -> SqlSnapshot:
+        """A full read to run in another process (index_build.scan_indexes): SqlReader.snapshot."""
+        return SqlSnapshot(self.settings, tuple(self.hosts), self.policy, self.method, now, binlog)
 
     def read_changes(
         self, since: ChangeMark, chosen: Mapping[str, CountingChoice], server: ServerFacts, *, now: int
@@ -92,3 +93,23 @@ class SqlSource:
     def cancel(self) -> None:
         """Ends the count running at once (it raises StoppedError), and every later one: the daemon is stopping."""
         self.cancellation.cancel()
+
+
+@dataclass(frozen=True)
+class SqlSnapshot:
+    """SqlReader.snapshot as a job another process runs (a full read: index_build.FullRead); the mark to look for
+    changes from is the result's change_mark."""
+
+    settings: SqlSettings
+    hosts: tuple[str, ...]
+    policy: Policy
+    method: str
+    now: int
+    binlog: bool
+
+    def read(self, progress: Progress | None = None) -> ReadResult:
+        """Every record, each host's registered accounts, and the mark (no progress to tell of)."""
+        reader = SqlReader(self.settings, hosts=self.hosts, policy=self.policy, method=self.method)
+        result, mark = reader.snapshot(now=self.now, binlog=self.binlog)
+        result.change_mark = mark
+        return result
