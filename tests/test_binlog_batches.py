@@ -4,12 +4,15 @@ RECHECK_SECONDS after the first, keeping its place before every batch not read t
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from pymysqlreplication.event import HeartbeatLogEvent, XidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
+from prosody_lastlog.daemon import binlog_follow
 from prosody_lastlog.daemon.binlog_follow import BinlogFollow
 from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.sources.sql_binlog import Batch, BinlogFollower, BinlogPosition
@@ -90,9 +93,13 @@ class Refresher:
         self.applied: list[tuple[float, set[str]]] = []
         self.busy = False
         self.clock = Clock()
+        self.full_reads = 0
 
     def set_binlog_followed(self, *_: Any) -> None:
         pass
+
+    def need_full_read(self, _: Any) -> None:
+        self.full_reads += 1
 
     def apply_binlog(self, _: Any, rows: set[tuple[str, str, str]]) -> bool:
         if self.busy:
@@ -127,3 +134,40 @@ def test_each_batch_is_read_twice_and_the_place_waits_for_the_second() -> None:
     assert refresher.applied == [(1000, {"alice"}), (1000.625, {"alice"}), (1000.875, {"bob"}), (1001.5, {"bob"})]
     # alice's batch is passed once read twice; bob's, refused during the full read, waits for its second read
     assert places == [place[0], place[0], place[3], place[3], place[3], place[6]]
+
+
+def test_a_table_that_cannot_be_read_for_long_makes_a_full_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows kept to read again are bounded: past MOST_WAITING, the source is read in full and they are let go."""
+    monkeypatch.setattr(binlog_follow, "MOST_WAITING", 2)
+    refresher = Refresher()
+    refresher.busy = True  # every read refused
+    place = [BinlogPosition("binlog.000001", 100 * n) for n in range(5)]
+    follow = BinlogFollow.__new__(BinlogFollow)
+    follow._refresher = refresher  # type: ignore[assignment]
+    follow._position = None
+    follow._monotonic = refresher.clock
+
+    def batches(start: BinlogPosition) -> Iterator[Batch]:
+        for number, user in enumerate(["alice", "bob", "carol"]):
+            yield Batch(place[number], place[number + 1], {("a.example", user, "lastlog2")})
+
+    follow._follower = type("Follower", (), {"batches": staticmethod(batches)})()
+    follow._source = SqlSource(SETTINGS)
+    follow._follow_from(place[0])
+    assert refresher.full_reads == 1 and follow._position == place[3]
+
+
+def test_log_positions_order_by_the_files_number() -> None:
+    assert BinlogPosition("binlog.000009", 900) < BinlogPosition("binlog.000010", 4)
+    assert BinlogPosition("binlog.999999", 900) < BinlogPosition("binlog.1000000", 4)
+    assert BinlogPosition("binlog.000002", 4) <= BinlogPosition("binlog.000002", 4)
+    assert not BinlogPosition("binlog.000002", 4) < BinlogPosition("binlog.000001", 900)
+
+
+def test_an_sql_full_read_goes_to_a_child_without_its_cancellation() -> None:
+    """The source's cancellation (a lock) stays here, where a read without a child process uses it."""
+    source = SqlSource(SqlSettings("SQLite3", "/var/lib/prosody/prosody.sqlite"))
+    job = source.full_read(now=1_796_670_000, binlog=False)
+    assert job.cancellation is source.cancellation
+    travelled = pickle.loads(pickle.dumps(job))
+    assert travelled == job and travelled.cancellation is None

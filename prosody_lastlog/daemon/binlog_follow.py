@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # between attempts to follow the log again
 RECHECK_SECONDS = 0.5  # at least this between the two reads of a batch's accounts
+MOST_WAITING = 100_000  # changed rows kept to read again; past it, the source is read in full instead
 WAIT_SECONDS = 0.5  # between checks for a full read that says where the log starts
 _STOP_SECONDS = 2.0  # bound on joining the thread
 
@@ -108,6 +109,8 @@ class BinlogFollow:
                 self._refresher.set_binlog_followed(self._source, False, str(exc))
                 self._refresher.need_full_read(self._source)
                 self._position = None
+                latest = self._refresher.binlog_start(self._source)  # its place is from before the loss: wait
+                read_from = max(read_from, latest[0] if latest else 0)
             except DatabaseError as exc:
                 self._refresher.set_binlog_followed(self._source, False, str(exc))
             except Exception as exc:  # the library's own surprises: keep the daemon serving, try again
@@ -129,6 +132,10 @@ class BinlogFollow:
                 due = [item for item in waiting if item.read_at is None or now - item.read_at >= RECHECK_SECONDS]
                 rows = set().union(*(item.rows for item in due))
                 if rows and not self._refresher.apply_binlog(self._source, rows):
+                    if sum(len(item.rows) for item in waiting) > MOST_WAITING:  # the table cannot be read for long
+                        self._refresher.need_full_read(self._source)  # which reads all of them
+                        waiting.clear()
+                        self._position = batch.end
                     continue  # a full read runs, or the table cannot be read: all of them again next time
                 for item in due:
                     if item.read_at is None:

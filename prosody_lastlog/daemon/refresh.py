@@ -292,9 +292,10 @@ class Refresher:
 
     def _read_in_full(self, source: SqlSource, now: int) -> list[ReadProblem]:
         previous = self._followed.get(source.name)
-        # In a child process, as a file scan: decoding a million rows here would hold up the scrapes.
-        nice = RESYNC_NICE if previous is not None else 0
-        read = scan_indexes(source.full_read(now=now, binlog=self.binlog), NOBODY, nice=nice, processes=self._scans)
+        # In a child process, as a file scan: decoding a million rows here would hold up the scrapes. Not niced as a
+        # file resync is: a starved child would hold its snapshot open on the server (InnoDB purge, vacuum) for
+        # as long, and decoding rows in Python (PyMySQL) takes CPU time a niced process hardly gets under load.
+        read = scan_indexes(source.full_read(now=now, binlog=self.binlog), NOBODY, processes=self._scans)
         mark = read.change_mark
         assert read.server is not None and mark is not None  # an SQL read says what the server is and its mark
         choices = {host: index.choice for host, index in read.hosts.items()}

@@ -215,7 +215,8 @@ def _child(job: _Job, sender: Connection) -> None:
     """Runs in the child: scans, sends ("progress", files read) if asked, ("host", index) per host, then ("done",
     (problems, server facts, unreadable hosts, unreadable users, change mark)); or ("failed", the exception)."""
     set_up_child(job.forker, nice=job.nice)
-    signal.signal(signal.SIGTERM, _leave)  # raised where the read is: a database query is cancelled on the way out
+    for number in (signal.SIGTERM, signal.SIGINT):  # raised where the read is: a query is cancelled on the way out
+        signal.signal(number, _leave)
     try:
         try:
             read = job.reader.read((lambda files: sender.send(("progress", files))) if job.with_progress else None)
@@ -232,6 +233,10 @@ def _child(job: _Job, sender: Connection) -> None:
 
 
 def _leave(number: int, _: object) -> None:
+    """The first stop signal ends the read; later ones (systemd signals the whole group, then the daemon its child)
+    must not cut the cancelling of its query short: SIGKILL comes STOP_SECONDS later if it hangs."""
+    for ignored in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(ignored, signal.SIG_IGN)
     raise SystemExit(128 + number)
 
 

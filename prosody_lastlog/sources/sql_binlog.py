@@ -42,7 +42,7 @@ HEARTBEAT_SECONDS = 0.5  # the server says it is there this often when the log i
 BATCH_SECONDS = 0.25  # a busy log is handed on in batches at least this long, each ending at a commit
 READ_TIMEOUT_SECONDS = 10.0  # no byte for this long (not even a heartbeat): the server is gone or frozen
 RECONNECT_SECONDS = 1.0  # at least this between the reader's connections: a server dropping them is not hammered
-CHECK_SECONDS = 60.0  # how often the server's own position is compared with ours: one behind was reset
+CHECK_SECONDS = 60.0  # how often (at a batch's end) the server's position is compared with ours: behind is reset
 _COLUMNS = ("host", "user", "store")
 _LOG_GONE = 1236  # ER_MASTER_FATAL_ERROR_READING_BINLOG: the position asked for is no longer in the log
 _DENIED = (1045, 1142, 1227)  # access denied: to the server, to a table, to a privileged operation
@@ -51,12 +51,23 @@ _SYNTAX = 1064  # SHOW MASTER STATUS where MySQL 8.4 only knows SHOW BINARY LOG 
 logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class BinlogPosition:
-    """A place in the server's binary log (the files are numbered in order)."""
+    """A place in the server's binary log (its files are numbered in order: `binlog.000009` before
+    `binlog.000010`, and `binlog.999999` before `binlog.1000000`)."""
 
     file: str
     position: int
+
+    def __lt__(self, other: BinlogPosition) -> bool:
+        return self._order() < other._order()
+
+    def __le__(self, other: BinlogPosition) -> bool:
+        return self._order() <= other._order()
+
+    def _order(self) -> tuple[int, int]:
+        suffix = self.file.rpartition(".")[2]
+        return (int(suffix) if suffix.isdigit() else -1, self.position)
 
 
 class BinlogSetupError(DatabaseError):
@@ -78,9 +89,10 @@ class Batch:
 
 
 def binlog_position(connection: Connection, *, consistent: bool = False) -> BinlogPosition:
-    """Where the server's binary log ends now. With `consistent`, on MariaDB, the connection enters a snapshot
-    transaction and the position is the one matching it exactly: what it reads next is what the log holds up to
-    there. BinlogSetupError saying what to change if the log cannot be followed."""
+    """Where the server's binary log ends now. With `consistent`, the connection enters a snapshot transaction:
+    on MariaDB the position is the one matching it exactly (what it reads next is what the log holds up to there);
+    on MySQL the position is taken first (a change between the two is read twice, never missed).
+    BinlogSetupError saying what to change if the log cannot be followed."""
     describe = connection.settings.describe()
     try:
         variables = dict(
@@ -100,9 +112,11 @@ def binlog_position(connection: Connection, *, consistent: bool = False) -> Binl
                 f"{describe} has {', '.join(wrong)}: --sql-binlog needs binlog_format=ROW, binlog_row_image=FULL "
                 "(the default) and an uncompressed log"
             )
-        if consistent and (matching := _snapshot_position(connection)) is not None:
-            return matching
+        if consistent and _has_snapshot_position(connection):
+            return _snapshot_position(connection)
         rows = _log_status(connection)
+        if consistent:  # MySQL: after the position, so that the snapshot sees all the log holds before it
+            connection.query("START TRANSACTION WITH CONSISTENT SNAPSHOT")
     except connection.errors as exc:
         raise BinlogSetupError(
             f"cannot read the binary log position of {describe}: {first_line(exc)} "
@@ -113,14 +127,18 @@ def binlog_position(connection: Connection, *, consistent: bool = False) -> Binl
     return BinlogPosition(str(rows[0][0]), int(rows[0][1]))
 
 
-def _snapshot_position(connection: Connection) -> BinlogPosition | None:
-    """Starts a snapshot transaction; MariaDB's log position matching it (None on MySQL, which has none)."""
+_SNAPSHOT_STATUS = "SHOW STATUS WHERE Variable_name IN ('Binlog_snapshot_file', 'Binlog_snapshot_position')"
+
+
+def _has_snapshot_position(connection: Connection) -> bool:
+    """Whether the server says which log position a snapshot matches (MariaDB does; MySQL does not)."""
+    return bool(connection.query(_SNAPSHOT_STATUS))
+
+
+def _snapshot_position(connection: Connection) -> BinlogPosition:
+    """Starts a snapshot transaction; MariaDB's log position matching it exactly."""
     connection.query("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-    status = dict(
-        connection.query("SHOW STATUS WHERE Variable_name IN ('Binlog_snapshot_file', 'Binlog_snapshot_position')")
-    )
-    if not status.get("Binlog_snapshot_file"):
-        return None
+    status = dict(connection.query(_SNAPSHOT_STATUS))
     return BinlogPosition(str(status["Binlog_snapshot_file"]), int(status["Binlog_snapshot_position"]))
 
 
@@ -222,7 +240,7 @@ class BinlogFollower:
             now = self._monotonic()
             quiet = isinstance(event, heartbeat)
             if quiet or (isinstance(event, commit) and now - began >= BATCH_SECONDS):
-                if quiet and now - checked >= CHECK_SECONDS:
+                if now - checked >= CHECK_SECONDS:
                     self._check_not_reset(batch.end)
                     checked = now
                 yield batch

@@ -349,14 +349,15 @@ def snapshot_mark() -> str:
 
 def changed_since_xmin(hosts: Sequence[str], mark: int) -> tuple[str, tuple[object, ...]]:
     """PostgreSQL: the accounts with a row of CHANGE_STORES written since `mark` (an earlier snapshot_mark): those
-    whose xmin is at most as old as `mark` is, by age() (transactions before the current one; xmin is a 32-bit
-    counter that wraps, and age() counts modulo 2^32: a row old enough to alias, were it not frozen long before,
-    is only read again). age() of a row costs a third of taking its xmin as a number."""
+    whose xmin is at most as old as `mark` is, by age() (transactions before the current one). xmin is a 32-bit
+    counter kept even in frozen rows, and age() counts modulo 2^32 as a signed number: a row more than 2^31
+    transactions old has a negative age, and is left out with the rest. age() of a row costs a third of taking
+    its xmin as a number."""
     where, params = host_filter(hosts, 'p."host"')
     sql = (
         'SELECT DISTINCT p."host", p."user", p."store" FROM "prosody" p '
         f'WHERE p."store" IN {_in_list(len(CHANGE_STORES))}{where} '
-        "AND age(p.xmin) <= age(mod(?, 4294967296)::text::xid)"
+        "AND age(p.xmin) BETWEEN 0 AND age(mod(?, 4294967296)::text::xid)"
     )
     return sql, (*CHANGE_STORES, *params, mark)
 

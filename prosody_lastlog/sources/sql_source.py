@@ -65,7 +65,7 @@ class SqlSource:
 
     def full_read(self, *, now: int, binlog: bool = False) -> SqlSnapshot:
         """A full read to run in another process (index_build.scan_indexes): SqlReader.snapshot."""
-        return SqlSnapshot(self.settings, tuple(self.hosts), self.policy, self.method, now, binlog)
+        return SqlSnapshot(self.settings, tuple(self.hosts), self.policy, self.method, now, binlog, self.cancellation)
 
     def read_changes(
         self, since: ChangeMark, chosen: Mapping[str, CountingChoice], server: ServerFacts, *, now: int
@@ -106,10 +106,17 @@ class SqlSnapshot:
     method: str
     now: int
     binlog: bool
+    # The source's, where the read runs in this process (no process to be had); a child gets its own.
+    cancellation: Cancellation | None = field(default=None, compare=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "cancellation": None}  # a lock does not travel; a child is ended by a signal
 
     def read(self, progress: Progress | None = None) -> ReadResult:
         """Every record, each host's registered accounts, and the mark (no progress to tell of)."""
-        reader = SqlReader(self.settings, hosts=self.hosts, policy=self.policy, method=self.method)
+        reader = SqlReader(
+            self.settings, hosts=self.hosts, policy=self.policy, method=self.method, cancellation=self.cancellation
+        )
         result, mark = reader.snapshot(now=self.now, binlog=self.binlog)
         result.change_mark = mark
         return result
