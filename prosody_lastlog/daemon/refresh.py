@@ -218,7 +218,7 @@ class Refresher:
             return self._read_in_full(source, now)
         if self._following.get(source.name) and source.name not in self._failing:
             return []  # the log's follower reads what changes
-        found = source.read_changes(followed.mark, followed.choices, followed.server, now=now)
+        found = source.reader().read_changes(followed.mark, followed.choices, followed.server, now=now)
         unexplained = {  # an account made or deleted with no change found (no time in its rows, or its rows gone)
             host
             for host, registered in found.registered.items()
@@ -244,7 +244,7 @@ class Refresher:
             now = int(self._wall_clock())
             started = self._monotonic()
             try:
-                found = source.read_accounts(rows, followed.choices, followed.server, followed.mark, now=now)
+                found = source.reader().read_accounts(rows, followed.choices, followed.server, followed.mark, now=now)
             except DatabaseError as exc:
                 self._failed(source, exc)
                 return False

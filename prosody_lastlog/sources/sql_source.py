@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from prosody_lastlog.core.connected import NOBODY, ConnectedUsers
-from prosody_lastlog.core.model import CountingChoice
-from prosody_lastlog.core.rules import Policy, ServerFacts
+from prosody_lastlog.core.rules import Policy
 from prosody_lastlog.core.windows import DEFAULT_AGES, Window
 from prosody_lastlog.prosody.sql_settings import SqlSettings
 from prosody_lastlog.sources.database import CONNECT_TIMEOUT_SECONDS, Cancellation
 from prosody_lastlog.sources.files import Progress
 from prosody_lastlog.sources.policy import Cadence, Intervals, store_suffix
 from prosody_lastlog.sources.results import ReadResult, SourceCount
-from prosody_lastlog.sources.sql import ChangedAccounts, SqlReader
-from prosody_lastlog.sources.sql_changes import ChangeMark
+from prosody_lastlog.sources.sql import SqlReader
 
 
 @dataclass
@@ -57,35 +55,18 @@ class SqlSource:
     ) -> SourceCount:
         """Counts in the database (or by streaming rows where it cannot); stored activity only, so `connected`
         is not used (see the README: connected users and SQL)."""
-        return self._reader().count(now=now, windows=windows, ages=ages)
+        return self.reader().count(now=now, windows=windows, ages=ages)
 
     def read(self) -> ReadResult:
         """Every row of the chosen hosts' stores, as activity records (for listing accounts, not counting)."""
-        return self._reader().read()
+        return self.reader().read()
 
     def full_read(self, *, now: int, binlog: bool = False) -> SqlSnapshot:
         """A full read to run in another process (index_build.scan_indexes): SqlReader.snapshot."""
         return SqlSnapshot(self.settings, tuple(self.hosts), self.policy, self.method, now, binlog, self.cancellation)
 
-    def read_changes(
-        self, since: ChangeMark, chosen: Mapping[str, CountingChoice], server: ServerFacts, *, now: int
-    ) -> ChangedAccounts:
-        """The accounts changed since `since`, read again (SqlReader.read_changes)."""
-        return self._reader().read_changes(since, chosen, server, now=now)
-
-    def read_accounts(
-        self,
-        changed: Iterable[tuple[str, str, str]],
-        chosen: Mapping[str, CountingChoice],
-        server: ServerFacts,
-        since: ChangeMark,
-        *,
-        now: int,
-    ) -> ChangedAccounts:
-        """The accounts of these changed rows, read again (SqlReader.read_accounts)."""
-        return self._reader().read_accounts(changed, chosen, server, since, now=now)
-
-    def _reader(self) -> SqlReader:
+    def reader(self) -> SqlReader:
+        """A reader of the table under the source's cancellation (serve's looks: read_changes, read_accounts)."""
         return SqlReader(
             self.settings, hosts=self.hosts, policy=self.policy, method=self.method, cancellation=self.cancellation
         )
